@@ -1,0 +1,146 @@
+"""Command line: `python -m backend image|...`. Flags for settings come from shared.settings.SCHEMA."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from shared.settings import SCHEMA, SettingsError, validate
+
+# Settings a command exposes under a shorter, command-specific flag.
+IMAGE_ALIASES = {"steps": "image_steps"}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
+    group = parser.add_argument_group("settings (shared schema; defaults in brackets)")
+    for name, s in SCHEMA.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        extra = f" [{s.default!r}]"
+        if s.choices:
+            extra += f" one of {', '.join(s.choices)}"
+        elif s.minimum is not None:
+            extra += f" range {s.range_text()}"
+        if s.kind is bool:
+            group.add_argument(flag, dest=name, default=None, type=_parse_bool, metavar="true|false", help=s.help + extra)
+        else:
+            group.add_argument(flag, dest=name, default=None, type=s.kind, help=s.help + extra)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Text-to-3D backend (score distillation).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    image = sub.add_parser("image", help="The papers' 2D experiment: optimise one image with a method's gradient.")
+    image.add_argument("prompt", help="Text prompt, e.g. 'a red cube'.")
+    image.add_argument("--out", required=True, type=Path, help="Output PNG; a JSON record is written beside it.")
+    image.add_argument("--steps", dest="image_steps", type=int, default=None,
+                       help=f"Optimisation steps [{SCHEMA['image_steps'].default}].")
+    image.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    image.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_setting_flags(image, skip={"image_steps", "steps", "representation"})
+    return parser
+
+
+def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    given = {name: getattr(args, name) for name in SCHEMA if getattr(args, name, None) is not None}
+    return validate(given)
+
+
+def run_image(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from backend.distill.step import prompt_set
+    from backend.image2d import optimise_image
+    from backend.priors import load_prior, resolve_device
+    from backend.scene.cameras import front_view
+    from backend.images import save_png
+
+    settings = _settings_from_args(args)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    prior = load_prior(settings["model"], device)
+    load_seconds = time.perf_counter() - t0
+    prior.check_prompts(prompt_set(args.prompt, settings))  # fail before any work on a bad prompt
+    bar = None if args.quiet else tqdm(total=settings["image_steps"], desc=f"{settings['method']} '{args.prompt}'",
+                                       unit="step", file=sys.stderr)
+
+    def on_step(step: int, total: int, loss: float, record: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.update(1)
+            if step % 10 == 0 or step == total:
+                bar.set_postfix(loss=f"{loss:.3g}", t=int(record["t"]))
+
+    run = optimise_image(prior, args.prompt, settings, on_step)
+    if bar is not None:
+        bar.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(run.image, args.out)
+    record: dict[str, Any] = {
+        "command": "image",
+        "prompt": args.prompt,
+        "settings": settings,
+        "device": str(device),
+        "seconds": {"load_prior": round(load_seconds, 3), "optimise": round(run.seconds, 3)},
+        "image": args.out.name,
+        "image_size": list(run.image.shape[-2:]),
+        "trace_summary": _trace_summary(run.trace),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    if settings["model"] == "procedural":
+        record["figures"] = _procedural_figures(args.prompt, run.image, front_view(1), prior)
+    json_path = args.out.with_suffix(".json")
+    json_path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.out} and {json_path}")
+    if "figures" in record and record["figures"]:
+        print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items()))
+    return 0
+
+
+def _trace_summary(trace: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of each traced figure over the first, middle and last tenth of the run."""
+    if not trace:
+        return {}
+    n = len(trace)
+    tenth = max(1, n // 10)
+    windows = {"start": trace[:tenth], "middle": trace[n // 2 - tenth // 2 : n // 2 - tenth // 2 + tenth], "end": trace[-tenth:]}
+    keys = [k for k, v in trace[0].items() if isinstance(v, (int, float)) and k != "step"]
+    return {w: {k: sum(r[k] for r in rows) / len(rows) for k in keys} for w, rows in windows.items()}
+
+
+def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any) -> dict[str, float]:
+    from backend.metrics import image_figures
+    from backend.priors.procedural.world import ground_truth, parse_prompt
+
+    meaning = parse_prompt(prompt)
+    if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
+        return {}  # a multi-modal prompt has no single ground truth
+    truth, _ = ground_truth(prompt, views, prior.resolution)
+    return image_figures(image, truth[0])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from backend.priors.base import PriorError
+
+    try:
+        if args.command == "image":
+            return run_image(args)
+    except (SettingsError, PriorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1

@@ -1,0 +1,184 @@
+"""Score-distillation directions as pure functions of the denoiser's outputs.
+
+Each function takes noise predictions (REFERENCE.md notation: ``e_tgt``, ``e_null``,
+``e_neg``, ``e_tnp``) and returns the direction ``g`` on x_t's space; the training step
+multiplies by w(t) and turns it into a loss. No I/O, no globals, no prior: every function
+here can be checked on random tensors against the papers' equations.
+
+``METHODS`` says, for each method, which branches it needs at a given point of the run
+(Bridge changes branches between its stages) and how to combine them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Direction = Float[Tensor, "B C H W"]
+
+
+def mgda(u: Direction, v: Direction) -> tuple[Direction, Float[Tensor, "B"]]:
+    """Min-norm point of the segment between ``u`` and ``v``, per batch item (Desideri 2012).
+
+    Returns ``(mu u + (1 - mu) v, mu)`` with ``mu = clip(((v - u) . v) / ||v - u||^2, 0, 1)``.
+    Equal vectors (zero denominator) give mu = 0.5 and return the common vector; a zero
+    vector is the min-norm point itself (mu = 1 for u = 0, mu = 0 for v = 0). Never NaN.
+    """
+    b = u.shape[0]
+    uf = u.reshape(b, -1).double()
+    vf = v.reshape(b, -1).double()
+    diff = vf - uf
+    denom = (diff * diff).sum(-1)
+    numer = (diff * vf).sum(-1)
+    safe = denom > 0
+    mu = torch.where(safe, numer / torch.where(safe, denom, torch.ones_like(denom)), torch.full_like(denom, 0.5))
+    mu = mu.clamp(0.0, 1.0).to(u.dtype)
+    m = mu.view(b, *([1] * (u.dim() - 1)))
+    return m * u + (1 - m) * v, mu
+
+
+def cfg(e_null: Direction, e_tgt: Direction, scale: float) -> Direction:
+    """Classifier-free guidance, diffusers' convention: e_null + s (e_tgt - e_null)."""
+    return e_null + scale * (e_tgt - e_null)
+
+
+def sds(e_tgt: Direction, e_null: Direction, noise: Direction, guidance_scale: float) -> Direction:
+    """DreamFusion: g = e_null + s (e_tgt - e_null) - eps."""
+    return cfg(e_null, e_tgt, guidance_scale) - noise
+
+
+def nfsd(e_tgt: Direction, e_null: Direction, e_neg: Direction, t: Int[Tensor, "B"], guidance_scale: float,
+         small_t: int = 200) -> Direction:
+    """Noise-Free Score Distillation: g = s (e_tgt - e_null) + d_D.
+
+    d_D = e_null for t < small_t (the prediction is nearly pure denoising there), else e_null - e_neg.
+    """
+    small = (t < small_t).view(-1, *([1] * (e_tgt.dim() - 1)))
+    d_d = torch.where(small, e_null, e_null - e_neg)
+    return guidance_scale * (e_tgt - e_null) + d_d
+
+
+def csd(e_tgt: Direction, e_null: Direction, e_neg: Direction, w1: float, w2: float,
+        normalize: bool = False) -> Direction:
+    """Classifier Score Distillation: g = w1 (e_tgt - e_null) + w2 (e_null - e_neg)."""
+    g = w1 * (e_tgt - e_null) + w2 * (e_null - e_neg)
+    if normalize:
+        norm = g.flatten(1).norm(dim=-1).clamp(min=1e-12).view(-1, *([1] * (g.dim() - 1)))
+        g = g / norm
+    return g
+
+
+def bridge_stage2(e_tgt: Direction, e_src: Direction, k: float) -> Direction:
+    """SDS-Bridge's second stage: g = k (e_tgt - e_src), e_src the target-negative prompt."""
+    return k * (e_tgt - e_src)
+
+
+def bsd(e_tgt: Direction, e_null: Direction, lam: float) -> tuple[Direction, Float[Tensor, "B"]]:
+    """Balanced Score Distillation (PlacidDreamer eqs. 16-23): MGDA of c = lam (e_tgt - e_null) and d = e_null."""
+    return mgda(lam * (e_tgt - e_null), e_null)
+
+
+def tbsd_factor(progress: float, alpha: float, beta: float, gamma: float) -> float:
+    """TBSD eq. 11, factor(step) = max(alpha (1 - step / beta), gamma), with step and beta as fractions of the run."""
+    return max(alpha * (1.0 - progress / beta), gamma)
+
+
+def tbsd(e_tgt: Direction, e_null: Direction, e_tnp: Direction, factor: float) -> tuple[Direction, Float[Tensor, "B"]]:
+    """Target-Balanced Score Distillation (TBSD eqs. 10-14).
+
+    d_s = e_tgt - e_null (shape), d_t = e_tgt - e_tnp (texture), d_td = factor d_t;
+    g = mu d_s + (1 - mu) d_td with mu the per-sample MGDA weight.
+    """
+    d_s = e_tgt - e_null
+    d_td = factor * (e_tgt - e_tnp)
+    return mgda(d_s, d_td)
+
+
+# ---------------------------------------------------------------------------------------------
+# Method table: branches needed and how to combine them, given settings and run progress
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a method may read besides the predictions: run progress, timesteps, injected noise."""
+
+    progress: float  # step / total steps, in [0, 1)
+    t: Int[Tensor, "B"]
+    noise: Direction
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    branches: Callable[[StepContext], tuple[str, ...]]
+    direction: Callable[[Mapping[str, Direction], StepContext], tuple[Direction, dict[str, Any]]]
+
+
+def _bridge_stage(ctx: StepContext) -> int:
+    return 2 if ctx.progress >= ctx.settings["bridge_switch_at"] else 1
+
+
+def _sds_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    return sds(e["target"], e["null"], ctx.noise, ctx.settings["sds_guidance_scale"]), {}
+
+
+def _nfsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    s = ctx.settings
+    return nfsd(e["target"], e["null"], e["negative"], ctx.t, s["nfsd_guidance_scale"], s["nfsd_small_t"]), {}
+
+
+def csd_negative_weight(progress: float, w2: float, anneal_until: float) -> float:
+    """CSD's annealed negative weight: rises linearly from 0 to w2 over the first ``anneal_until`` of the run."""
+    if anneal_until <= 0:
+        return w2
+    return w2 * min(progress / anneal_until, 1.0)
+
+
+def _csd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    s = ctx.settings
+    w2 = csd_negative_weight(ctx.progress, s["csd_w2"], s["csd_anneal_until"])
+    return csd(e["target"], e["null"], e["negative"], s["csd_w1"], w2, s["csd_normalize"]), {"csd_w2": w2}
+
+
+def _bridge_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    if _bridge_stage(ctx) == 1:
+        g, _ = _sds_dir(e, ctx)
+        return g, {"bridge_stage": 1}
+    return bridge_stage2(e["target"], e["target_negative"], ctx.settings["bridge_k"]), {"bridge_stage": 2}
+
+
+def _bsd_uncond(settings: Mapping[str, Any]) -> str:
+    # The released BSD code feeds its negative prompt where the paper writes the empty prompt.
+    return "negative" if settings["bsd_use_negative"] else "null"
+
+
+def _bsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    g, a = bsd(e["target"], e[_bsd_uncond(ctx.settings)], ctx.settings["bsd_lambda"])
+    return g, {"mgda_weight": a}
+
+
+def _tbsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    s = ctx.settings
+    f = tbsd_factor(ctx.progress, s["tbsd_alpha"], s["tbsd_beta"], s["tbsd_gamma"])
+    g, mu = tbsd(e["target"], e["null"], e["target_negative"], f)
+    return s["tbsd_scale"] * g, {"mgda_weight": mu, "tbsd_factor": f}
+
+
+METHODS: dict[str, MethodSpec] = {
+    "sds": MethodSpec("sds", lambda ctx: ("target", "null"), _sds_dir),
+    "nfsd": MethodSpec("nfsd", lambda ctx: ("target", "null", "negative"), _nfsd_dir),
+    "csd": MethodSpec("csd", lambda ctx: ("target", "null", "negative"), _csd_dir),
+    "bridge": MethodSpec(
+        "bridge",
+        lambda ctx: ("target", "null") if _bridge_stage(ctx) == 1 else ("target", "target_negative"),
+        _bridge_dir,
+    ),
+    "bsd": MethodSpec("bsd", lambda ctx: ("target", _bsd_uncond(ctx.settings)), _bsd_dir),
+    "tbsd": MethodSpec("tbsd", lambda ctx: ("target", "null", "target_negative"), _tbsd_dir),
+}

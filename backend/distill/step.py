@@ -1,0 +1,74 @@
+"""One score-distillation step: noise the sample, ask the prior once, turn the method's direction into a loss.
+
+This is where a method meets a prior; it holds no state, so the same function serves the
+2D experiment and the 3D training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from backend.distill.methods import METHODS, StepContext
+from backend.distill.timesteps import sample_timesteps, timestep_weight
+from backend.priors.base import DiffusionPrior, PromptSet
+from backend.scene.cameras import Views
+from shared.settings import resolved_negative_prompt, resolved_weighting
+
+
+@dataclass
+class StepResult:
+    loss: Float[Tensor, ""]
+    t: Tensor
+    branches: tuple[str, ...]
+    # Method-specific figures (TBSD's mu and factor, Bridge's stage, ...), detached.
+    info: dict[str, Any] = field(default_factory=dict)
+    grad_norm: float = 0.0
+
+
+def prompt_set(prompt: str, settings: Mapping[str, Any]) -> PromptSet:
+    """The texts a job's branches use, from its prompt and settings."""
+    return PromptSet(
+        target=prompt,
+        negative=resolved_negative_prompt(settings),
+        target_negative_descriptors=settings["target_negative_descriptors"],
+    )
+
+
+def distillation_loss(
+    prior: DiffusionPrior,
+    x: Float[Tensor, "B C H W"],
+    prompts: PromptSet,
+    settings: Mapping[str, Any],
+    progress: float,
+    generator: torch.Generator | None = None,  # on the CPU
+    views: Views | None = None,
+) -> StepResult:
+    """Score-distillation loss on samples ``x`` in the prior's space (carrying gradient to the parameters).
+
+    ``loss = 0.5 * ||x - (x - w g).detach()||^2 / B``, so d loss / d x = w(t) g.
+    """
+    spec = METHODS[settings["method"]]
+    b = x.shape[0]
+    t = sample_timesteps(b, progress, settings, prior.num_train_timesteps, generator, device=x.device)
+    # Drawn from the run's CPU generator so a seed repeats a run on any device.
+    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    abar = prior.alphas_cumprod[t].to(x.dtype)
+    shape = (b,) + (1,) * (x.dim() - 1)
+    x_t = abar.sqrt().view(shape) * x.detach() + (1 - abar).sqrt().view(shape) * noise
+    ctx = StepContext(progress=progress, t=t, noise=noise, settings=settings)
+    branches = spec.branches(ctx)
+    with torch.no_grad():
+        preds = prior.predict_noise(x_t, t, prompts, branches, views)
+        preds = {k: v.to(x.dtype) for k, v in preds.items()}
+        g, info = spec.direction(preds, ctx)
+        w = timestep_weight(resolved_weighting(settings), abar).view(shape)
+        g = w * g
+    target = (x - g).detach()
+    loss = 0.5 * (x - target).pow(2).sum() / b
+    info = {k: (v.detach().float().mean().item() if isinstance(v, Tensor) else v) for k, v in info.items()}
+    return StepResult(loss=loss, t=t, branches=branches, info=info, grad_norm=float(g.flatten(1).norm(dim=-1).mean()))

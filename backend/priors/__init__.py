@@ -1,0 +1,33 @@
+"""Diffusion priors behind one interface (base.DiffusionPrior) and the loader that picks one."""
+
+from __future__ import annotations
+
+import torch
+
+from backend.priors.base import BRANCHES, DiffusionPrior, PriorError, PromptSet
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PriorError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise PriorError(f"device '{device}' is not one of auto, cpu, cuda")
+    return torch.device(device)
+
+
+def load_prior(model: str, device: torch.device | str = "cpu") -> DiffusionPrior:
+    """'procedural' -> the embedded exact-score world; anything else -> a Stable Diffusion folder or hub id."""
+    device = torch.device(device)
+    if model == "procedural":
+        from backend.priors.procedural.prior import ProceduralPrior
+
+        return ProceduralPrior(device=device)
+    from backend.priors.stable_diffusion import StableDiffusionPrior
+
+    return StableDiffusionPrior.from_pretrained(model, device=device)
+
+
+__all__ = ["BRANCHES", "DiffusionPrior", "PriorError", "PromptSet", "load_prior", "resolve_device"]

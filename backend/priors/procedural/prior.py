@@ -1,0 +1,133 @@
+"""The `procedural` prior: exact noise prediction of a diffused Gaussian mixture of renders.
+
+For prompt y and camera c the data distribution is ``mean_k N(x; R_k(c), s^2 I)`` over the
+catalogue components that y names (world.py). Diffused to time t it stays a mixture, with
+variance ``abar_t s^2 + 1 - abar_t``, so its noise prediction is closed-form:
+
+    eps_hat = sqrt(1 - abar_t) * sum_k gamma_k (x_t - sqrt(abar_t) R_k) / (abar_t s_k^2 + 1 - abar_t)
+
+with gamma the posterior responsibilities of the components given x_t. s_k = s for every clean
+and most degraded components; a "noisy" component is wider (world.DEGRADATION_STD), which keeps
+the mixture Gaussian and the prediction exact. Samples live in pixel
+space scaled to [-1, 1] at ``resolution`` (the same convention as Stable Diffusion's VAE input).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from backend.priors.base import DiffusionPrior, PromptSet
+from backend.priors.procedural import world
+from backend.scene.cameras import Views, front_view
+
+
+def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
+    """Stable Diffusion's training schedule, so t means the same thing for both priors."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+class ProceduralPrior(DiffusionPrior):
+    camera_aware = True
+
+    def __init__(self, resolution: int = 64, data_std: float = 0.1, device: torch.device | str = "cpu",
+                 cache_views: int = 256, cache_composed: int = 64) -> None:
+        self.name = "procedural"
+        self.device = torch.device(device)
+        self.resolution = resolution
+        self.data_std = data_std
+        self.alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+        self.sample_shape = (3, resolution, resolution)
+        self.image_size = resolution
+        self._geometry: OrderedDict[bytes, world.ShapeRender] = OrderedDict()
+        self._cache_views = cache_views
+        self._meanings: dict[str, world.PromptMeaning] = {}
+        self._composed: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+        self._cache_composed = cache_composed
+
+    # --- prompts --------------------------------------------------------------------------------
+    def meaning(self, text: str) -> world.PromptMeaning:
+        if text not in self._meanings:
+            self._meanings[text] = world.parse_prompt(text)
+        return self._meanings[text]
+
+    def check_prompts(self, prompts: PromptSet) -> None:
+        for text in (prompts.target, prompts.negative, prompts.target_negative):
+            self.meaning(text)
+
+    # --- renders --------------------------------------------------------------------------------
+    def _geometry_for(self, views: Views) -> world.ShapeRender:
+        keys = [views.key(i) for i in range(len(views))]
+        missing = [i for i, k in enumerate(keys) if k not in self._geometry]
+        if missing:
+            sub = Views(views.c2w[missing], views.fovy[missing], views.light_dir[missing], views.ambient)
+            fresh = world.render_shapes(sub.to(self.device), self.resolution)
+            for j, i in enumerate(missing):
+                self._geometry[keys[i]] = world.ShapeRender(fresh.coverage[j : j + 1], fresh.shading[j : j + 1])
+        for k in keys:
+            self._geometry.move_to_end(k)
+        while len(self._geometry) > self._cache_views:
+            self._geometry.popitem(last=False)
+        parts = [self._geometry[k] for k in keys]
+        return world.ShapeRender(torch.cat([p.coverage for p in parts]), torch.cat([p.shading for p in parts]))
+
+    def components(self, text: str, views: Views) -> tuple[Float[Tensor, "B K 3 H W"], Float[Tensor, "K"]]:
+        """The mixture means R_k(c) for ``text`` in [-1, 1] and each component's data variance."""
+        keys = tuple(views.key(i) for i in range(len(views)))
+        cached = self._composed.get((text, keys))
+        if cached is not None:
+            self._composed.move_to_end((text, keys))
+            return cached
+        comps = self.meaning(text).components()
+        means = world.compose(self._geometry_for(views), comps) * 2 - 1
+        # Image units -> [-1, 1] units doubles a standard deviation.
+        variance = (self.data_std**2 + (2 * world.component_std(comps)) ** 2).to(self.device)
+        self._composed[(text, keys)] = (means, variance)
+        while len(self._composed) > self._cache_composed:
+            self._composed.popitem(last=False)
+        return means, variance
+
+    def _posterior(self, x_t: Tensor, t: Tensor, text: str, views: Views) -> tuple[Tensor, Tensor, Tensor]:
+        """Responsibilities gamma [B K], offsets x_t - sqrt(abar) R_k [B K 3 H W], diffused variances [B K]."""
+        b = x_t.shape[0]
+        means, data_var = self.components(text, views)
+        abar = self.alphas_cumprod[t.to(self.device)].to(x_t.dtype).view(b, 1)
+        var = abar * data_var.to(x_t.dtype)[None] + 1 - abar  # B K
+        diff = x_t[:, None] - abar.sqrt()[..., None, None, None] * means.to(x_t.dtype)
+        dims = diff[0, 0].numel()
+        logits = -diff.pow(2).flatten(2).sum(-1) / (2 * var) - 0.5 * dims * var.log()
+        return torch.softmax(logits, dim=1), diff, var
+
+    # --- DiffusionPrior ---------------------------------------------------------------------------
+    def encode(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 R R"]:
+        if images.shape[-1] != self.resolution or images.shape[-2] != self.resolution:
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return images * 2 - 1
+
+    def decode(self, samples: Float[Tensor, "B 3 R R"]) -> Float[Tensor, "B 3 R R"]:
+        return ((samples + 1) / 2).clamp(0, 1)
+
+    def _denoise(self, x_t: Tensor, t: Int[Tensor, "B"], texts: list[str], views: Views | None) -> Tensor:
+        b = x_t.shape[0]
+        if views is None:
+            views = front_view(b)
+        elif len(views) != b:
+            raise ValueError(f"{len(views)} views for a batch of {b} samples")
+        abar = self.alphas_cumprod[t.to(self.device)].to(x_t.dtype).view(b, 1, 1, 1)
+        outs = []
+        for text in texts:
+            gamma, diff, var = self._posterior(x_t, t, text, views)
+            weights = (gamma / var)[..., None, None, None]
+            outs.append((1 - abar).sqrt() * (weights * diff).sum(1))
+        return torch.stack(outs)
+
+    def responsibilities(self, x_t: Tensor, t: Tensor, text: str, views: Views | None = None) -> Tensor:
+        """Posterior weights gamma_k of the mixture components (for tests and diagnostics)."""
+        views = front_view(x_t.shape[0]) if views is None else views
+        return self._posterior(x_t, t, text, views)[0]

@@ -1,0 +1,492 @@
+"""Stable Diffusion 1.x / 2.x as a DiffusionPrior.
+
+Loads the four components of a diffusers Stable Diffusion folder (or hub id) one by one rather than through
+a pipeline: the prior needs only the UNet, the VAE, the text encoder with its tokenizer, and the training
+schedule's cumulative alphas. Predictions always come back as epsilon, whatever the model was trained to
+predict, so methods never see the model's parameterisation.
+
+The module also builds randomly initialised models of the same code path from configs written here
+(``build_random_pipeline_components``), used by the tests (tiny sizes) and by GPU benchmarks (SD 2.1-base's
+full architecture) on machines that cannot download weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from backend.priors.base import DiffusionPrior, PriorError, PromptSet
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from backend.scene.cameras import Views
+
+RandomSize = Literal["tiny", "sd21-base"]
+
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+_SUPPORTED_PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float16 on CUDA (SD's weights are published and run in half precision), float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class StableDiffusionPrior(DiffusionPrior):
+    """Noise predictions of a Stable Diffusion 1.x/2.x UNet conditioned on CLIP text embeddings.
+
+    All weights are frozen. The UNet and the text encoder run without autograd; the VAE encoder keeps it,
+    so gradients flow from latents back to the rendered images.
+    """
+
+    camera_aware = False
+
+    def __init__(
+        self,
+        unet: "UNet2DConditionModel",
+        vae: "AutoencoderKL",
+        text_encoder: "CLIPTextModel",
+        tokenizer: "CLIPTokenizer",
+        scheduler: "DDPMScheduler",
+        *,
+        name: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = dtype if dtype is not None else default_dtype(self.device)
+
+        self.prediction_type = str(scheduler.config.prediction_type)
+        if self.prediction_type not in _SUPPORTED_PREDICTIONS:
+            raise PriorError(
+                f"model '{name}' predicts '{self.prediction_type}'; this prior supports "
+                f"{' and '.join(_SUPPORTED_PREDICTIONS)} models (Stable Diffusion 1.x/2.x)"
+            )
+
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        for module in (unet, vae, text_encoder):
+            # Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one.
+            if next(module.parameters()).dtype != self.dtype:
+                module.to(dtype=self.dtype)
+            module.to(device=self.device)
+            module.eval()
+            module.requires_grad_(False)
+
+        # The schedule the model was trained with; kept in float32 whatever the weights' dtype.
+        self.alphas_cumprod = scheduler.alphas_cumprod.detach().to(self.device, torch.float32).clone()
+
+        sample_size = unet.config.sample_size
+        if not isinstance(sample_size, int):
+            h, w = sample_size
+            if h != w:
+                raise PriorError(f"model '{name}' has a non-square latent size {tuple(sample_size)}")
+            sample_size = int(h)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.sample_shape = (int(unet.config.in_channels), sample_size, sample_size)
+        self.image_size = sample_size * self.vae_scale_factor
+        self.scaling_factor = float(vae.config.scaling_factor)
+        # SD 1/2 VAEs have no shift; later VAEs (SD3, Flux) do. Handling it costs nothing.
+        shift = getattr(vae.config, "shift_factor", None)
+        self.shift_factor = float(shift) if shift is not None else 0.0
+
+        # Prompt string -> [L, D] embedding in the model dtype. A job uses a handful of prompts for
+        # thousands of steps, so each is encoded once.
+        self._text_cache: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> "StableDiffusionPrior":
+        """Load a Stable Diffusion 1.x/2.x local diffusers folder or hub id; PriorError if it cannot be found.
+
+        A hub id is looked up in the Hugging Face cache first, so a cached model loads without any network
+        call; only when it is missing there, and HF_HUB_OFFLINE is not set, is it downloaded.
+        """
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from huggingface_hub import constants as hf_constants
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        device = torch.device(device)
+        dtype = dtype if dtype is not None else default_dtype(device)
+        path = Path(model).expanduser()
+        is_folder = path.is_dir()
+        if not is_folder and (_looks_like_path(model) or not _is_valid_repo_id(model)):
+            raise PriorError(
+                f"Stable Diffusion model '{model}' not found: there is no folder {path.resolve()}. "
+                f"Pass a local diffusers folder (with unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
+                f"with --model, or a hub id such as stabilityai/stable-diffusion-2-1-base; to download one, run "
+                f"`huggingface-cli download stabilityai/stable-diffusion-2-1-base` on a machine with internet."
+            )
+        source = str(path) if is_folder else model
+
+        offline = bool(hf_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE_VALUES
+        # Cache first (no network), then the hub unless offline. A local folder needs one attempt.
+        attempts = [True] if (is_folder or offline) else [True, False]
+        errors: list[BaseException] = []
+        for local_only in attempts:
+            try:
+                kw: dict[str, Any] = {"local_files_only": local_only}
+                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
+                vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw)
+                text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+                tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+                # Any SD scheduler config (PNDM, DDIM, ...) carries the training betas; DDPM reads them all.
+                scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
+                break
+            except (OSError, ValueError) as err:  # huggingface_hub's not-found errors are OSErrors
+                errors.append(err)
+        else:
+            cause = errors[-1]
+            if is_folder:
+                where = f"the folder {path.resolve()} is not a complete Stable Diffusion diffusers folder"
+                fix = (
+                    "it needs unet/, vae/, text_encoder/, tokenizer/ and scheduler/ subfolders; download a full "
+                    f"model with `huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir "
+                    f"{path}` on a machine with internet"
+                )
+            else:
+                missed = (
+                    "HF_HUB_OFFLINE is set, so nothing was downloaded"
+                    if offline
+                    else "downloading it from the hub failed"
+                )
+                where = (
+                    f"it is not a local folder ({path.resolve()} does not exist), it is not (fully) in the "
+                    f"Hugging Face cache ({hf_constants.HF_HUB_CACHE}), and {missed}"
+                )
+                fix = (
+                    f"download it with `huggingface-cli download {model}` on a machine with internet (into the "
+                    f"same HF_HOME / HF_HUB_CACHE), or pass a local folder with --model"
+                )
+            raise PriorError(
+                f"cannot load Stable Diffusion model '{model}': {where}; {fix}. "
+                f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
+            ) from cause
+
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, name=model, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ DiffusionPrior
+
+    def check_prompts(self, prompts: PromptSet) -> None:
+        """Raise PriorError for a prompt longer than the text encoder reads.
+
+        SD silently truncates at 77 tokens; a truncated target-negative prompt would lose exactly the
+        descriptors that tell it apart from the target, so a clear error is better than a quiet no-op.
+        """
+        limit = int(self.tokenizer.model_max_length)
+        for text in {prompts.target, prompts.negative, prompts.target_negative}:
+            n = len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+            if n > limit:
+                raise PriorError(
+                    f"prompt is {n} tokens long but the text encoder of '{self.name}' reads at most {limit} "
+                    f"(start and end tokens included); shorten it: '{text}'"
+                )
+
+    def encode(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
+        """Images in [0, 1] -> scaled latents, differentiable w.r.t. ``images``.
+
+        Uses the posterior's mean rather than a sample: score distillation wants a deterministic map from
+        render to latent, so that the only noise in the gradient is the diffusion noise the method injects
+        (a sample adds a second, useless noise term and makes the target depend on the draw).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode expects images of shape [B, 3, H, W], got {tuple(images.shape)}")
+        s = self.image_size
+        x = images.to(self.device, torch.float32)
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        x = (x * 2.0 - 1.0).to(self.dtype)
+        latents = self.vae.encode(x).latent_dist.mean
+        return ((latents - self.shift_factor) * self.scaling_factor).float()
+
+    def decode(self, samples: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
+        """Scaled latents -> images in [0, 1] at ``image_size``.
+
+        Autograd is left to the caller (wrap in ``torch.no_grad()`` for previews).
+        """
+        z = samples.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+        images = self.vae.decode(z).sample
+        return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def _denoise(
+        self,
+        x_t: Float[Tensor, "B C h w"],
+        t: Int[Tensor, "B"],
+        texts: list[str],
+        views: "Views | None",
+    ) -> Float[Tensor, "N B C h w"]:
+        """One UNet call on N*B rows (text-major: rows i*B .. i*B+B-1 use texts[i]); epsilon in float32."""
+        del views  # SD is not camera-aware (view-dependent prompts are the caller's business)
+        n, b = len(texts), x_t.shape[0]
+        # Predictions are targets, never differentiated through (the v conversion would otherwise carry x_t's graph).
+        x_t = x_t.detach().to(self.device, torch.float32)
+        t = t.to(self.device).long().reshape(-1)
+        if t.numel() == 1:  # one timestep for the whole batch
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape [{b}], got {tuple(t.shape)}")
+
+        emb = self._text_embeddings(texts)  # [N, L, D]
+        with torch.no_grad():
+            out = self.unet(
+                x_t.to(self.dtype).repeat(n, 1, 1, 1),
+                t.repeat(n),
+                encoder_hidden_states=emb.repeat_interleave(b, dim=0),
+                return_dict=False,
+            )[0]
+        out = out.float().reshape(n, b, *out.shape[1:])
+
+        if self.prediction_type == "v_prediction":
+            # v = sqrt(abar) eps - sqrt(1 - abar) x0 and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+            # give eps = sqrt(abar) v + sqrt(1 - abar) x_t.
+            abar = self.alphas_cumprod[t].view(1, b, 1, 1, 1)
+            out = abar.sqrt() * out + (1.0 - abar).sqrt() * x_t.unsqueeze(0)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _text_embeddings(self, texts: Sequence[str]) -> Float[Tensor, "N L D"]:
+        """Embeddings of ``texts``, encoding the ones not cached yet in one text-encoder call."""
+        missing = list(dict.fromkeys(s for s in texts if s not in self._text_cache))
+        if missing:
+            ids = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            with torch.no_grad():
+                # SD conditions on the last hidden state (SD 2's config already drops OpenCLIP's last layer).
+                hidden = self.text_encoder(ids, return_dict=False)[0]
+            for s, h in zip(missing, hidden):
+                self._text_cache[s] = h
+        return torch.stack([self._text_cache[s] for s in texts])
+
+
+def _looks_like_path(model: str) -> bool:
+    """Whether ``model`` can only be meant as a local path (hub ids are 'name' or 'owner/name')."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def _is_valid_repo_id(model: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- random models
+
+
+def _unet_config(size: RandomSize) -> dict[str, Any]:
+    if size == "sd21-base":
+        return dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            norm_num_groups=32,
+            act_fn="silu",
+        )
+    return dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        norm_num_groups=32,
+        act_fn="silu",
+    )
+
+
+def _vae_config(size: RandomSize) -> dict[str, Any]:
+    channels = (128, 256, 512, 512) if size == "sd21-base" else (32, 64)
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
+        layers_per_block=2 if size == "sd21-base" else 1,
+        latent_channels=4,
+        norm_num_groups=32,
+        act_fn="silu",
+        scaling_factor=0.18215,
+        sample_size=512 if size == "sd21-base" else 16,
+    )
+
+
+def _text_config(size: RandomSize, tokenizer: "CLIPTokenizer") -> dict[str, Any]:
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=77,
+    )
+    if size == "sd21-base":
+        # OpenCLIP ViT-H/14's text tower with its last layer dropped, as SD 2 ships it.
+        return dict(
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            projection_dim=512,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            **ids,
+        )
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=32,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        **ids,
+    )
+
+
+def _scheduler_config(prediction_type: str) -> dict[str, Any]:
+    # SD 1.x/2.x training schedule.
+    return dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def build_char_tokenizer() -> "CLIPTokenizer":
+    """A CLIP BPE tokenizer over single characters, written from scratch (no download).
+
+    Every lower-case letter, digit and punctuation mark is a token, alone and as a word end ("c</w>");
+    no merges. Random weights make the exact tokenisation irrelevant; what matters is that different
+    texts map to different ids and that everything is padded to 77 like SD's tokenizer.
+    """
+    import string
+
+    from transformers import CLIPTokenizer
+
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        # The tokenizer reads both files now and keeps nothing open, so the folder can go.
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+
+
+def build_random_pipeline_components(
+    size: RandomSize = "tiny",
+    *,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Randomly initialised SD components: keys unet, vae, text_encoder, tokenizer, scheduler.
+
+    ``"sd21-base"`` is Stable Diffusion 2.1-base's full architecture (UNet ~866 M parameters); ``"tiny"`` the
+    same block types at toy widths, for tests. Weights are created directly on ``device`` in float32, from a
+    private RNG stream seeded with ``seed`` (the caller's global RNG state is left untouched).
+    """
+    if size not in ("tiny", "sd21-base"):
+        raise ValueError(f"size must be 'tiny' or 'sd21-base', got {size!r}")
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    device = torch.device(device)
+    tokenizer = build_char_tokenizer()
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**_unet_config(size))
+        vae = AutoencoderKL(**_vae_config(size))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(size, tokenizer)))
+    scheduler = DDPMScheduler(**_scheduler_config(prediction_type))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def save_random_pipeline(
+    folder: str | os.PathLike[str],
+    size: RandomSize = "tiny",
+    *,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+) -> Path:
+    """Write random SD components in the diffusers folder layout, loadable by ``from_pretrained(folder)``."""
+    import diffusers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = build_random_pipeline_components(size, prediction_type=prediction_type, seed=seed)
+    for name, part in parts.items():
+        part.save_pretrained(folder / name)
+    # What a StableDiffusionPipeline writes, so diffusers' own pipeline loader accepts the folder too.
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def build_random_sd21_base(
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *, seed: int = 0
+) -> StableDiffusionPrior:
+    """A prior with random weights of SD 2.1-base's full architecture (for benchmarks; no download)."""
+    parts = build_random_pipeline_components("sd21-base", seed=seed, device=device)
+    return StableDiffusionPrior(**parts, name="random-sd21-base", device=device, dtype=dtype)

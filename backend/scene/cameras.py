@@ -1,0 +1,125 @@
+"""Cameras and lights shared by the renderers and the camera-aware prior.
+
+Axis convention (written once, used everywhere in the backend):
+- World: right-handed, +Z up, as in Blender. An object sits at the origin inside the unit box.
+- Azimuth 0 puts the camera on -Y looking toward +Y (Blender's "front" view); azimuth grows
+  counter-clockwise seen from above (toward +X at 90 deg). Elevation is above the XY plane.
+- Camera frames are OpenGL-style: the camera looks down its -Z axis with +Y up, +X right.
+  ``c2w`` maps camera coordinates to world coordinates.
+glTF export turns +Z up into glTF's +Y up (backend/export, issue 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Views:
+    """A batch of pinhole cameras, each with a directional light for diffuse shading."""
+
+    c2w: Float[Tensor, "B 4 4"]
+    fovy: Float[Tensor, "B"]  # vertical field of view, radians
+    light_dir: Float[Tensor, "B 3"]  # unit vector from the surface toward the light, world frame
+    ambient: float = 0.35
+
+    def __len__(self) -> int:
+        return int(self.c2w.shape[0])
+
+    @property
+    def origins(self) -> Float[Tensor, "B 3"]:
+        return self.c2w[:, :3, 3]
+
+    def to(self, device: torch.device | str) -> "Views":
+        return Views(self.c2w.to(device), self.fovy.to(device), self.light_dir.to(device), self.ambient)
+
+    def index(self, i: int) -> "Views":
+        return Views(self.c2w[i : i + 1], self.fovy[i : i + 1], self.light_dir[i : i + 1], self.ambient)
+
+    def key(self, i: int) -> bytes:
+        """A hashable identity of view ``i`` (for render caches)."""
+        parts = (self.c2w[i], self.fovy[i : i + 1], self.light_dir[i])
+        return b"".join(p.detach().to("cpu", torch.float32).numpy().tobytes() for p in parts) + str(
+            self.ambient
+        ).encode()
+
+
+def look_at(eye: Float[Tensor, "B 3"], target: Float[Tensor, "B 3"] | None = None) -> Float[Tensor, "B 4 4"]:
+    """Camera-to-world matrices for cameras at ``eye`` looking at ``target`` with world +Z up."""
+    if target is None:
+        target = torch.zeros_like(eye)
+    forward = torch.nn.functional.normalize(target - eye, dim=-1)
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype, device=eye.device).expand_as(forward)
+    right = torch.cross(forward, up, dim=-1)
+    # Looking straight up or down: any right vector orthogonal to forward will do.
+    degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
+    alt = torch.tensor([1.0, 0.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(right)
+    right = torch.where(degenerate, alt, right)
+    right = torch.nn.functional.normalize(right, dim=-1)
+    cam_up = torch.cross(right, forward, dim=-1)
+    c2w = torch.zeros(eye.shape[0], 4, 4, dtype=eye.dtype, device=eye.device)
+    c2w[:, :3, 0] = right
+    c2w[:, :3, 1] = cam_up
+    c2w[:, :3, 2] = -forward
+    c2w[:, :3, 3] = eye
+    c2w[:, 3, 3] = 1.0
+    return c2w
+
+
+def orbit_position(
+    azimuth_deg: Float[Tensor, "B"], elevation_deg: Float[Tensor, "B"], distance: Float[Tensor, "B"]
+) -> Float[Tensor, "B 3"]:
+    az = torch.deg2rad(azimuth_deg)
+    el = torch.deg2rad(elevation_deg)
+    return torch.stack(
+        [distance * torch.sin(az) * torch.cos(el), -distance * torch.cos(az) * torch.cos(el), distance * torch.sin(el)],
+        dim=-1,
+    )
+
+
+def orbit_views(
+    azimuth_deg: Float[Tensor, "B"] | list[float],
+    elevation_deg: Float[Tensor, "B"] | list[float],
+    distance: Float[Tensor, "B"] | list[float],
+    fovy_deg: Float[Tensor, "B"] | list[float],
+    light_dir: Float[Tensor, "B 3"] | None = None,
+    ambient: float = 0.35,
+) -> Views:
+    """Cameras on an orbit around the origin. The default light is a head-light raised by 30 deg."""
+    az, el, dist, fov = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (azimuth_deg, elevation_deg, distance, fovy_deg))
+    n = max(az.numel(), el.numel(), dist.numel(), fov.numel())
+    az, el, dist, fov = (v.expand(n) if v.numel() == 1 else v for v in (az, el, dist, fov))
+    eye = orbit_position(az, el, dist)
+    if light_dir is None:
+        light_dir = orbit_position(az - 30.0, (el + 30.0).clamp(max=89.0), torch.ones_like(dist))
+    light_dir = torch.nn.functional.normalize(torch.as_tensor(light_dir, dtype=torch.float32).reshape(-1, 3), dim=-1)
+    return Views(look_at(eye), torch.deg2rad(fov), light_dir.expand(n, 3).contiguous(), ambient)
+
+
+def front_view(n: int = 1) -> Views:
+    """The fixed camera of the 2D experiment: front, 20 deg above, distance 2, fovy 40 deg."""
+    return orbit_views([0.0] * n, [20.0] * n, [2.0] * n, [40.0] * n)
+
+
+def ray_bundle(views: Views, height: int, width: int) -> tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 3"]]:
+    """World-space ray origins and unit directions through pixel centres."""
+    device = views.c2w.device
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    tan_half = torch.tan(views.fovy / 2)[:, None, None]  # B 1 1
+    aspect = width / height
+    cx = (2 * xx - 1)[None] * tan_half * aspect
+    cy = (1 - 2 * yy)[None] * tan_half
+    dirs_cam = torch.stack([cx, cy, -torch.ones_like(cx)], dim=-1)  # B H W 3
+    rot = views.c2w[:, None, None, :3, :3]
+    dirs = torch.nn.functional.normalize((rot @ dirs_cam[..., None])[..., 0], dim=-1)
+    origins = views.c2w[:, None, None, :3, 3].expand_as(dirs)
+    return origins, dirs
+
+
+__all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "ray_bundle"]

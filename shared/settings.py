@@ -1,0 +1,243 @@
+"""The one settings schema: names, types, defaults, ranges and help text.
+
+The backend CLI builds its flags from it, the wire protocol validates job settings
+against it and the Blender panel draws its fields from it, so a setting is added
+here once and appears everywhere. Nothing in this module imports torch or bpy.
+
+Run-length-dependent knobs (CSD's anneal, Bridge's stage switch, TBSD's beta, the
+timestep anneal) are given as *fractions of the run* rather than step counts, so
+an artist who changes ``steps`` keeps the same schedule shape. The public configs'
+step numbers are noted next to each default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+METHODS: tuple[str, ...] = ("tbsd", "sds", "nfsd", "csd", "bridge", "bsd")
+REPRESENTATIONS: tuple[str, ...] = ("nerf", "gaussians")
+WEIGHTINGS: tuple[str, ...] = ("auto", "sds", "uniform", "sqrt_abar", "abar")
+T_SCHEDULES: tuple[str, ...] = ("random", "random_step_anneal", "random_linear_anneal", "deterministic")
+
+# Negative texts from the public code (../shared/REFERENCE.md); kept verbatim.
+NFSD_NEGATIVE = (
+    "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, gloomy"
+)
+CSD_NEGATIVE = "oversaturated color, ugly, tiling, low quality, noisy"
+BSD_NEGATIVE = "unrealistic, blurry, low quality"
+TARGET_NEGATIVE_DESCRIPTORS = (
+    "oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"
+)
+DEFAULT_NEGATIVE_BY_METHOD: dict[str, str] = {
+    "nfsd": NFSD_NEGATIVE,
+    "csd": CSD_NEGATIVE,
+    "bsd": BSD_NEGATIVE,
+}
+# w(t) per method when ``weighting`` is "auto" (REFERENCE.md: public code's choices).
+DEFAULT_WEIGHTING_BY_METHOD: dict[str, str] = {
+    "sds": "sds",
+    "nfsd": "sds",
+    "csd": "uniform",
+    "bridge": "sds",
+    "bsd": "sqrt_abar",
+    "tbsd": "sds",
+}
+
+MAX_PROMPT_CHARS = 500
+
+
+class SettingsError(ValueError):
+    """A setting has an unknown name, a wrong type or an out-of-range value."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type  # float, int, str or bool
+    default: Any
+    help: str
+    group: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None  # None: used by every method
+    advanced: bool = False
+    max_length: int = MAX_PROMPT_CHARS
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` coerced to this setting's type, or raise SettingsError."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise SettingsError(f"setting '{self.name}' must be true or false, got {value!r}")
+            return value
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise SettingsError(f"setting '{self.name}' must be an integer, got {value!r}")
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SettingsError(f"setting '{self.name}' must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise SettingsError(f"setting '{self.name}' must be finite, got {value!r}")
+        elif self.kind is str:
+            if not isinstance(value, str):
+                raise SettingsError(f"setting '{self.name}' must be a string, got {value!r}")
+            if len(value) > self.max_length:
+                raise SettingsError(
+                    f"setting '{self.name}' is {len(value)} characters long; at most {self.max_length} are allowed"
+                )
+        if self.choices is not None and value not in self.choices:
+            raise SettingsError(
+                f"setting '{self.name}' is {value!r}; allowed: {', '.join(self.choices)}"
+            )
+        if self.minimum is not None and value < self.minimum:
+            raise SettingsError(f"setting '{self.name}' is {value}; allowed range {self.range_text()}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingsError(f"setting '{self.name}' is {value}; allowed range {self.range_text()}")
+        return value
+
+    def range_text(self) -> str:
+        return f"[{self.minimum}, {self.maximum}]"
+
+
+def _s(*args: Any, **kwargs: Any) -> Setting:
+    return Setting(*args, **kwargs)
+
+
+_ALL: tuple[Setting, ...] = (
+    # --- what to make -------------------------------------------------------------------------
+    _s("method", str, "tbsd", "Score-distillation method.", "job", choices=METHODS),
+    _s("model", str, "procedural",
+       "Diffusion prior: 'procedural' (embedded exact-score world) or a Stable Diffusion 1.x/2.x "
+       "folder or hub id.", "job", max_length=1000),
+    _s("representation", str, "nerf", "3D representation to optimise.", "job", choices=REPRESENTATIONS),
+    _s("seed", int, 0, "Random seed; the same seed and settings repeat a run.", "job", 0, 2**31 - 1),
+    _s("steps", int, 10000, "Optimisation steps of a 3D run.", "job", 1, 200000),
+    _s("negative_prompt", str, "",
+       "General negative prompt (no target words). Empty: the method's published default "
+       "(NFSD, CSD and BSD each have one).", "prompt", methods=("nfsd", "csd", "bsd")),
+    _s("target_negative_descriptors", str, TARGET_NEGATIVE_DESCRIPTORS,
+       "Descriptors appended to the prompt to form the target negative prompt "
+       "(y_tnp = prompt + ', ' + descriptors).", "prompt", methods=("bridge", "tbsd")),
+    # --- timesteps ----------------------------------------------------------------------------
+    _s("t_min", float, 0.02, "Smallest diffusion time, as a fraction of the scheduler's steps.",
+       "timesteps", 0.0, 1.0, advanced=True),
+    _s("t_max", float, 0.98, "Largest diffusion time at the start of a run.", "timesteps", 0.0, 1.0,
+       advanced=True),
+    _s("t_schedule", str, "random_step_anneal",
+       "How t is drawn: 'random' U[t_min, t_max]; 'random_step_anneal' drops t_max to t_max_late at "
+       "t_anneal_at (ProlificDreamer/CSD/Bridge: 0.98 -> 0.5 at step 5000); 'random_linear_anneal' "
+       "lowers it linearly until t_anneal_at (PlacidDreamer); 'deterministic' t = (1 - progress) "
+       "(DreamGaussian).", "timesteps", choices=T_SCHEDULES, advanced=True),
+    _s("t_max_late", float, 0.5, "t_max after the anneal.", "timesteps", 0.0, 1.0, advanced=True),
+    _s("t_anneal_at", float, 0.5, "Fraction of the run at which the t_max anneal completes.",
+       "timesteps", 0.0, 1.0, advanced=True),
+    _s("weighting", str, "auto",
+       "w(t): 'sds' 1 - abar_t, 'uniform' 1, 'sqrt_abar', 'abar'; 'auto' takes the method's "
+       "public default (SDS/NFSD/Bridge/TBSD sds, CSD uniform, BSD sqrt_abar).",
+       "timesteps", choices=WEIGHTINGS, advanced=True),
+    # --- per-method scales ----------------------------------------------------------------------
+    _s("sds_guidance_scale", float, 100.0,
+       "SDS classifier-free guidance s in e_null + s (e_tgt - e_null) (threestudio's 100 is s = 101 "
+       "in this convention; DreamFusion used 100).", "method", 0.0, 500.0, methods=("sds", "bridge")),
+    _s("nfsd_guidance_scale", float, 7.5, "NFSD guidance scale on (e_tgt - e_null).", "method", 0.0, 100.0,
+       methods=("nfsd",)),
+    _s("nfsd_small_t", int, 200, "Below this timestep NFSD's d_D is e_null alone.", "method", 0, 1000,
+       methods=("nfsd",), advanced=True),
+    _s("csd_w1", float, 1.0, "CSD weight on the classifier term (e_tgt - e_null).", "method", 0.0, 100.0,
+       methods=("csd",)),
+    _s("csd_w2", float, 1.0, "CSD final weight on the negative term (e_null - e_neg).", "method", 0.0, 100.0,
+       methods=("csd",)),
+    _s("csd_anneal_until", float, 0.5,
+       "Fraction of the run over which CSD's negative weight rises from 0 to csd_w2 (official 3D "
+       "config: 5000 steps).", "method", 0.0, 1.0, methods=("csd",), advanced=True),
+    _s("csd_normalize", bool, False, "Divide CSD's direction by its norm per sample.", "method",
+       methods=("csd",), advanced=True),
+    _s("bridge_switch_at", float, 0.8,
+       "Fraction of the run at which Bridge moves from SDS (stage 1) to k (e_tgt - e_src) "
+       "(3D: 20k of 25k steps; 2D: 500 of 1000).", "method", 0.0, 1.0, methods=("bridge",)),
+    _s("bridge_k", float, 1.0, "Bridge stage-2 scale k.", "method", 0.0, 100.0, methods=("bridge",)),
+    _s("bsd_lambda", float, 15.0,
+       "BSD's classifier weight lambda (paper 25; the released code hard-codes 15).", "method",
+       0.0, 200.0, methods=("bsd",)),
+    _s("bsd_use_negative", bool, True,
+       "BSD's unconditional branch: the negative prompt (released code) instead of the empty prompt "
+       "(paper).", "method", methods=("bsd",), advanced=True),
+    _s("tbsd_alpha", float, 4.0,
+       "TBSD factor(step) start value alpha (unpublished; see docs/TBSD_DEFAULTS.md).", "method",
+       0.0, 100.0, methods=("tbsd",)),
+    _s("tbsd_beta", float, 0.5,
+       "Fraction of the run over which factor falls from alpha to gamma (alpha / beta is the rate).",
+       "method", 1e-6, 10.0, methods=("tbsd",)),
+    _s("tbsd_gamma", float, 1.0, "Lower bound gamma of TBSD's factor(step).", "method", 0.0, 100.0,
+       methods=("tbsd",)),
+    _s("tbsd_scale", float, 1.0,
+       "Overall scale of TBSD's direction (with Adam it only matters relative to other losses).",
+       "method", 0.0, 1000.0, methods=("tbsd",), advanced=True),
+    # --- the 2D experiment ------------------------------------------------------------------------
+    _s("image_steps", int, 500, "Steps of the 2D image experiment.", "image", 1, 100000),
+    _s("image_lr", float, 0.03, "Adam learning rate of the 2D experiment's image (or latents).", "image",
+       1e-6, 10.0),
+    _s("image_init_std", float, 0.1,
+       "Standard deviation of the 2D experiment's random initial sample (1 = the diffusion's own noise "
+       "level; see docs/EXPERIMENT_2D.md for why the default is lower).", "image", 0.0, 2.0, advanced=True),
+    _s("image_batch", int, 1, "Noise samples per step in the 2D experiment.", "image", 1, 64, advanced=True),
+)
+
+SCHEMA: dict[str, Setting] = {s.name: s for s in _ALL}
+
+
+def defaults() -> dict[str, Any]:
+    return {name: s.default for name, s in SCHEMA.items()}
+
+
+def validate(values: Mapping[str, Any] | None = None, *, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``values`` over ``base`` (the defaults when None) and check every entry.
+
+    Unknown names and bad values raise SettingsError naming what is wrong and
+    what is allowed. Returns a complete settings dict.
+    """
+    out = dict(defaults() if base is None else base)
+    for name, value in (values or {}).items():
+        setting = SCHEMA.get(name)
+        if setting is None:
+            raise SettingsError(
+                f"unknown setting '{name}'; known settings: {', '.join(sorted(SCHEMA))}"
+            )
+        out[name] = setting.check(value)
+    if out["t_min"] > out["t_max"]:
+        raise SettingsError(f"t_min ({out['t_min']}) must not exceed t_max ({out['t_max']})")
+    return out
+
+
+def resolved_negative_prompt(settings: Mapping[str, Any]) -> str:
+    """The general negative prompt a method uses: the setting, else the method's published one."""
+    return settings["negative_prompt"] or DEFAULT_NEGATIVE_BY_METHOD.get(settings["method"], "")
+
+
+def resolved_weighting(settings: Mapping[str, Any]) -> str:
+    w = settings["weighting"]
+    return DEFAULT_WEIGHTING_BY_METHOD[settings["method"]] if w == "auto" else w
+
+
+def settings_for_method(method: str) -> list[Setting]:
+    return [s for s in _ALL if s.methods is None or method in s.methods]
+
+
+def groups() -> Iterable[str]:
+    seen: dict[str, None] = {}
+    for s in _ALL:
+        seen.setdefault(s.group, None)
+    return seen.keys()
+
+
+__all__ = [
+    "METHODS", "REPRESENTATIONS", "SCHEMA", "Setting", "SettingsError", "defaults", "validate",
+    "resolved_negative_prompt", "resolved_weighting", "settings_for_method", "groups",
+    "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",
+]
