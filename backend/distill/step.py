@@ -50,7 +50,7 @@ def distillation_loss(
 ) -> StepResult:
     """Score-distillation loss on samples ``x`` in the prior's space (carrying gradient to the parameters).
 
-    ``loss = 0.5 * ||x - (x - w g).detach()||^2 / B``, so d loss / d x = w(t) g.
+    ``loss = 0.5 * ||x - (x - w g).detach()||^2 / B``, so d loss / d x = w(t) g / B.
     """
     spec = METHODS[settings["method"]]
     b = x.shape[0]

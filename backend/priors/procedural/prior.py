@@ -63,7 +63,9 @@ class ProceduralPrior(DiffusionPrior):
     # --- renders --------------------------------------------------------------------------------
     def _geometry_for(self, views: Views) -> world.ShapeRender:
         keys = [views.key(i) for i in range(len(views))]
-        missing = [i for i, k in enumerate(keys) if k not in self._geometry]
+        # One render per distinct uncached view (a batch often repeats a view).
+        first_index = {k: i for i, k in reversed(list(enumerate(keys)))}
+        missing = [i for k, i in first_index.items() if k not in self._geometry]
         if missing:
             sub = Views(views.c2w[missing], views.fovy[missing], views.light_dir[missing], views.ambient)
             fresh = world.render_shapes(sub.to(self.device), self.resolution)

@@ -1,0 +1,144 @@
+"""Baking the field's albedo into a UV texture (and into vertex colours).
+
+Each triangle is rasterised in UV space with a small vectorised barycentric rasteriser; every covered texel's
+centre maps back to a 3D surface point, where the albedo field is queried. Texels no triangle covers are then
+filled from covered neighbours (seam dilation), so bilinear filtering and mip-mapping at chart borders read the
+chart's own colours instead of the background. UV convention: see uv.py (v up, texture row 0 = top).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backend.export.field import FieldFn, evaluate
+from backend.export.mesh import Mesh
+
+
+@dataclass(frozen=True)
+class UVRaster:
+    """Which face covers each texel's centre (-1: none) and the centre's barycentric coordinates in it."""
+
+    face_id: np.ndarray  # int32 [S, S]
+    bary: np.ndarray  # float32 [S, S, 3]
+
+    @property
+    def covered(self) -> np.ndarray:
+        return self.face_id >= 0
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of texels covered by some triangle."""
+        return float(self.covered.mean())
+
+
+def rasterise_uv(uvs: np.ndarray, faces: np.ndarray, size: int, chunk_faces: int = 32768) -> UVRaster:
+    """Rasterise the triangles ``faces`` of per-vertex ``uvs`` into an S x S texel grid.
+
+    A texel is covered when its centre lies inside (or on the edge of) a triangle; where triangles share an
+    edge the later one wins, which is harmless since both map the texel to the same surface point.
+    """
+    s = int(size)
+    uvs = np.asarray(uvs, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    # Texel space: x = u S to the right, y = (1 - v) S downward, texel (row r, col c) has its centre at
+    # (c + 0.5, r + 0.5).
+    px = uvs[:, 0] * s
+    py = (1.0 - uvs[:, 1]) * s
+    face_id = np.full((s, s), -1, dtype=np.int32)
+    bary = np.zeros((s, s, 3), dtype=np.float32)
+    for start in range(0, len(faces), chunk_faces):
+        f = faces[start : start + chunk_faces]
+        x, y = px[f], py[f]  # [n, 3]
+        c0 = np.clip(np.ceil(x.min(axis=1) - 0.5), 0, s - 1).astype(np.int64)
+        c1 = np.clip(np.floor(x.max(axis=1) - 0.5), 0, s - 1).astype(np.int64)
+        r0 = np.clip(np.ceil(y.min(axis=1) - 0.5), 0, s - 1).astype(np.int64)
+        r1 = np.clip(np.floor(y.max(axis=1) - 0.5), 0, s - 1).astype(np.int64)
+        w = np.maximum(c1 - c0 + 1, 0)
+        h = np.maximum(r1 - r0 + 1, 0)
+        denom = (y[:, 1] - y[:, 2]) * (x[:, 0] - x[:, 2]) + (x[:, 2] - x[:, 1]) * (y[:, 0] - y[:, 2])
+        count = np.where(np.abs(denom) > 1e-12, w * h, 0)  # zero-area triangles in UV cover nothing
+        total = int(count.sum())
+        if total == 0:
+            continue
+        # One candidate per (triangle, texel of its bounding box), without a Python loop over triangles.
+        tri = np.repeat(np.arange(len(f)), count)
+        offset = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        col = c0[tri] + offset % w[tri]
+        row = r0[tri] + offset // w[tri]
+        cx, cy = col + 0.5, row + 0.5
+        xt, yt, dt = x[tri], y[tri], denom[tri]
+        l0 = ((yt[:, 1] - yt[:, 2]) * (cx - xt[:, 2]) + (xt[:, 2] - xt[:, 1]) * (cy - yt[:, 2])) / dt
+        l1 = ((yt[:, 2] - yt[:, 0]) * (cx - xt[:, 2]) + (xt[:, 0] - xt[:, 2]) * (cy - yt[:, 2])) / dt
+        l2 = 1.0 - l0 - l1
+        eps = -1e-7
+        inside = (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
+        row, col = row[inside], col[inside]
+        face_id[row, col] = (tri[inside] + start).astype(np.int32)
+        bary[row, col] = np.stack([l0[inside], l1[inside], l2[inside]], axis=-1).astype(np.float32)
+    return UVRaster(face_id, bary)
+
+
+def dilate(texture: np.ndarray, mask: np.ndarray, passes: int = 16) -> np.ndarray:
+    """Grow ``texture`` [S, S, C] outward from the texels in ``mask`` [S, S] by ``passes`` texels.
+
+    Each pass gives every empty texel with a filled 8-neighbour the mean of those neighbours. Texels still
+    empty afterwards get the mean colour of the masked texels, so coarse mip levels do not darken toward black.
+    """
+    tex = torch.from_numpy(np.ascontiguousarray(texture, dtype=np.float32)).permute(2, 0, 1)[None]
+    filled = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None].float()
+    channels = tex.shape[1]
+    kernel = torch.ones(channels + 1, 1, 3, 3)
+    tex = tex * filled
+    for _ in range(int(passes)):
+        if bool(filled.all()):
+            break
+        summed = F.conv2d(torch.cat([tex, filled], dim=1), kernel, padding=1, groups=channels + 1)
+        count = summed[:, channels:]
+        new = (filled == 0) & (count > 0)
+        tex = torch.where(new, summed[:, :channels] / count.clamp(min=1.0), tex)
+        filled = torch.where(new, torch.ones_like(filled), filled)
+    out = tex[0].permute(1, 2, 0).numpy().copy()
+    empty = filled[0, 0].numpy() == 0
+    if empty.any():
+        mask = np.asarray(mask, dtype=bool)
+        out[empty] = np.asarray(texture, dtype=np.float32)[mask].mean(axis=0) if mask.any() else 0.5
+    return out
+
+
+def bake_texture(
+    mesh: Mesh,
+    uvs: np.ndarray,
+    albedo_fn: FieldFn,
+    size: int = 1024,
+    raster: UVRaster | None = None,
+    dilation_passes: int = 16,
+    chunk: int = 262144,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The albedo texture float32 [S, S, 3] in [0, 1] of a mesh with per-vertex ``uvs`` (row 0 = top, v = 1).
+
+    ``albedo_fn`` maps torch points [N, 3] to colours [N, 3]; ``raster`` may be passed when already computed.
+    """
+    if raster is None:
+        raster = rasterise_uv(uvs, mesh.faces, size)
+    covered = raster.covered
+    texture = np.zeros((size, size, 3), dtype=np.float32)
+    if covered.any():
+        tri = mesh.vertices[mesh.faces[raster.face_id[covered]]]  # [N, 3 corners, 3]
+        points = np.einsum("nc,ncd->nd", raster.bary[covered], tri)
+        texture[covered] = np.clip(evaluate(albedo_fn, points, chunk, device).reshape(-1, 3), 0.0, 1.0)
+    return dilate(texture, covered, dilation_passes)
+
+
+def vertex_colours(
+    mesh: Mesh, albedo_fn: FieldFn, chunk: int = 262144, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """The albedo at each vertex, float32 [V, 3] in [0, 1]."""
+    return np.clip(evaluate(albedo_fn, mesh.vertices, chunk, device).reshape(-1, 3), 0.0, 1.0)
+
+
+__all__ = ["UVRaster", "rasterise_uv", "dilate", "bake_texture", "vertex_colours"]

@@ -1,0 +1,472 @@
+"""3D Gaussians as a `Representation`: parameters, shading, densification and pruning, checkpoints.
+
+Parameters (the names matter for checkpoints and optimiser groups):
+- ``means`` [N, 3] world positions,
+- ``log_scales`` [N, 3] (scale = exp),
+- ``quats`` [N, 4] raw quaternions w, x, y, z (normalised when used),
+- ``opacity_logits`` [N] (opacity = sigmoid),
+- ``albedo_logits`` [N, 3] (albedo = sigmoid; no view dependence: a text-to-3D asset needs a plain
+  base-colour texture, and spherical harmonics would let SDS paint lighting into view-dependent colour).
+
+Rendering uses gsplat on CUDA and the dense torch splatting of ``splatting.py`` elsewhere, over a fixed
+background colour given at construction (grey 0.5 by default, the procedural world's background): a
+learnable background would let SDS explain the object with the background.
+
+Densification follows 3DGS/gsplat's DefaultStrategy, with the schedule expressed as fractions of the run
+(``GaussianConfig``) so that it scales to 500-2000 step runs, and a growth budget per round (see
+``GaussianConfig.max_growth``). The training loop calls ``after_step(step, total, optimiser)`` after
+``optimiser.step()``; the parameter tensors are then replaced and the optimiser's param groups and Adam
+moments are rebuilt in place, so the loop must not keep its own references to the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from backend.scene.cameras import Views
+from backend.scene.representation import SHADINGS, Representation, RenderOutput
+from backend.scene.splatting import quat_to_rotmat, rasterize, views_to_opencv
+
+PARAMETER_NAMES: tuple[str, ...] = ("means", "log_scales", "quats", "opacity_logits", "albedo_logits")
+
+
+@dataclass
+class GaussianConfig:
+    """Initialisation, learning rates and the densification schedule (step schedules are fractions of the run)."""
+
+    # --- initialisation (DreamGaussian: 5000 points in a ball of radius 0.5, opacity 0.1) ---
+    num_points: int = 5000
+    init_radius: float = 0.5
+    init_opacity: float = 0.1
+    # Isotropic initial scale. None: the mean nearest-neighbour distance of the initial points (about
+    # 0.026 for 5000 points in the ball), so neighbouring splats overlap and the initial render has no holes.
+    init_scale: float | None = None
+    init_color_spread: float = 0.05  # albedo starts at 0.5 +- this, uniform (random colours near grey)
+
+    # --- learning rates, as multiples of the optimiser's base lr ---
+    # With lr = 0.01 (the TBSD paper's AdamW lr) these are DreamGaussian's rates: position 1e-3,
+    # colour 0.01 (on sigmoid logits this moves the colour 0.0025 per step around grey, like 0.01 on its SH
+    # DC term), opacity 0.05, scaling 0.005, rotation 0.005.
+    lr_means: float = 0.1
+    lr_means_final: float = 0.02  # the position lr decays log-linearly to this fraction of its start by the end
+    lr_scales: float = 0.5
+    lr_quats: float = 0.5
+    lr_opacity: float = 5.0
+    lr_albedo: float = 1.0
+
+    # --- densification and pruning ---
+    densify: bool = True
+    densify_from: float = 0.1  # fraction of the run
+    densify_until: float = 0.6
+    densify_every: float = 0.1  # fraction of the run between rounds (DreamGaussian: 50 of 500 steps)
+    # Mean norm of the view-space positional gradient above which a Gaussian is cloned or split, in gsplat's
+    # units (pixel gradient times width/2 and times the number of views, i.e. NDC of a batch-mean loss);
+    # 2e-4 is gsplat's grow_grad2d default.
+    grad_threshold: float = 2e-4
+    # At most this fraction of the current count is added per round, highest gradients first. The loss scale
+    # of score distillation varies by orders of magnitude between priors (pixels vs SD latents through the
+    # VAE), so an absolute threshold alone would either never fire or clone everything every round.
+    max_growth: float = 0.5
+    max_points: int = 20000  # hard cap (the dense CPU renderer wants far fewer: memory is O(H W N))
+    # Largest axis (world units) below which a Gaussian is cloned, above which it is split. About 1.3 px at
+    # 64x64 from distance 2 with a 40 deg fov (0.023 world units per pixel).
+    split_scale: float = 0.03
+    split_factor: float = 1.6  # children's scale = parent's / this (3DGS)
+    prune_opacity: float = 0.01
+    prune_scale: float = 0.2  # largest axis above this (world units; the object fits |x| <= 0.45) is pruned
+    # Opacity resets (fractions of the run): opacities above the value are set to it, so floaters must earn
+    # their opacity again and low ones get pruned. Done here because gsplat 1.5.3's DefaultStrategy never
+    # fires its reset. The value is the initial opacity rather than 3DGS's 0.01: a short run has only a few
+    # hundred steps left to recover.
+    opacity_reset_at: tuple[float, ...] = (0.3,)
+    opacity_reset_value: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.opacity_reset_at = tuple(float(f) for f in self.opacity_reset_at)
+        if self.num_points < 0 or self.max_points < 1:
+            raise ValueError("num_points must be >= 0 and max_points >= 1")
+        if not 0 <= self.densify_from <= self.densify_until <= 1:
+            raise ValueError("need 0 <= densify_from <= densify_until <= 1")
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def mean_nearest_neighbour_distance(points: Float[Tensor, "N 3"], chunk: int = 2048) -> float:
+    """Mean distance from each point to its nearest other point (chunked: O(N) memory per chunk row)."""
+    n = points.shape[0]
+    if n < 2:
+        raise ValueError("need at least two points")
+    nearest = []
+    for start in range(0, n, chunk):
+        d = torch.cdist(points[start : start + chunk], points)
+        rows = torch.arange(d.shape[0], device=points.device)
+        d[rows, rows + start] = float("inf")  # not the point itself
+        nearest.append(d.min(dim=1).values)
+    return float(torch.cat(nearest).mean())
+
+
+def replace_optimiser_param(
+    optimiser: torch.optim.Optimizer, old: Tensor, new: Tensor, source: Int[Tensor, "M"]
+) -> None:
+    """Put ``new`` in place of ``old`` in the optimiser; row ``i`` of ``new`` takes the state of row
+    ``source[i]`` of ``old``, or zero state where ``source[i] < 0`` (new Gaussians).
+
+    Works for Adam/AdamW (exp_avg, exp_avg_sq, max_exp_avg_sq): every per-element state tensor with ``old``'s
+    leading size is remapped; scalars such as ``step`` are kept.
+    """
+    for group in optimiser.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old:
+                group["params"][i] = new
+    state = optimiser.state.pop(old, None)
+    if not state:
+        return
+    fresh = source < 0
+    src = source.clamp(min=0).to(new.device)
+    remapped: dict[str, Any] = {}
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape == old.shape:
+            v = value[src]
+            v[fresh.to(v.device)] = 0
+            remapped[key] = v
+        else:
+            remapped[key] = value
+    optimiser.state[new] = remapped
+
+
+class GaussianScene(Representation):
+    """A cloud of anisotropic 3D Gaussians with albedo colour (see the module docstring)."""
+
+    kind = "gaussians"
+
+    def __init__(
+        self,
+        config: GaussianConfig | None = None,
+        background: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        seed: int = 0,
+        *,
+        initialise: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config or GaussianConfig()
+        n = self.config.num_points
+        self.register_buffer("background", torch.tensor(background, dtype=torch.float32), persistent=False)
+        self.means = nn.Parameter(torch.zeros(n, 3))
+        self.log_scales = nn.Parameter(torch.zeros(n, 3))
+        self.quats = nn.Parameter(torch.zeros(n, 4))
+        self.opacity_logits = nn.Parameter(torch.zeros(n))
+        self.albedo_logits = nn.Parameter(torch.zeros(n, 3))
+        if initialise:
+            self._initialise(seed)
+        # Densification statistics: render() keeps the projected means of renders that need gradients;
+        # after_step() reads their gradients once backward has run.
+        self._pending: list[tuple[Tensor, Tensor, int, int]] = []
+        self._grad_sum: Tensor | None = None
+        self._grad_count: Tensor | None = None
+        self.last_densify: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ init / activations
+
+    @torch.no_grad()
+    def _initialise(self, seed: int) -> None:
+        cfg = self.config
+        n = cfg.num_points
+        gen = torch.Generator().manual_seed(seed)
+        # Uniform in the ball's volume: radius ~ R u^(1/3), direction isotropic.
+        direction = F.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+        radius = cfg.init_radius * torch.rand(n, 1, generator=gen) ** (1 / 3)
+        points = direction * radius
+        if cfg.init_scale is not None:
+            scale = cfg.init_scale
+        elif n >= 2:
+            scale = mean_nearest_neighbour_distance(points)
+        else:
+            scale = 0.02  # a single point has no neighbour: a small fixed size
+        self.means.copy_(points)
+        self.log_scales.fill_(math.log(scale))
+        self.quats.zero_()
+        self.quats[:, 0] = 1.0  # identity rotation (the initial Gaussians are isotropic anyway)
+        self.opacity_logits.fill_(_logit(cfg.init_opacity))
+        albedo = 0.5 + cfg.init_color_spread * (2 * torch.rand(n, 3, generator=gen) - 1)
+        self.albedo_logits.copy_(torch.logit(albedo))
+
+    @property
+    def num_points(self) -> int:
+        return int(self.means.shape[0])
+
+    def scales(self) -> Float[Tensor, "N 3"]:
+        return self.log_scales.exp()
+
+    def opacities(self) -> Float[Tensor, "N"]:
+        return torch.sigmoid(self.opacity_logits)
+
+    def albedos(self) -> Float[Tensor, "N 3"]:
+        return torch.sigmoid(self.albedo_logits)
+
+    def unit_quats(self) -> Float[Tensor, "N 4"]:
+        return F.normalize(self.quats, dim=-1)
+
+    def normals(self) -> Float[Tensor, "N 3"]:
+        """Each Gaussian's shortest axis (unoriented): the normal of the flat disc it tends to become."""
+        rot = quat_to_rotmat(self.quats)
+        axis = self.log_scales.detach().argmin(dim=-1)
+        return rot[torch.arange(rot.shape[0], device=rot.device), :, axis]
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, views: Views, height: int, width: int, shading: str = "diffuse") -> RenderOutput:
+        """Differentiable render of every view, composited over the fixed background colour."""
+        if shading not in SHADINGS:
+            raise ValueError(f"unknown shading {shading!r}: use one of {SHADINGS}")
+        views = views.to(self.means.device)
+        B = len(views)
+        albedo = self.albedos()
+        if shading == "albedo":
+            colors: Tensor = albedo
+        else:
+            base = albedo if shading == "diffuse" else torch.ones_like(albedo)
+            normals = self.normals()
+            # Orient each normal toward the camera: a splat is seen from its front side.
+            to_cam = views.origins[:, None, :] - self.means[None].detach()  # B N 3
+            sign = torch.where((to_cam * normals[None].detach()).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+            n_dot_l = (sign * normals[None] * views.light_dir[:, None, :]).sum(-1, keepdim=True).clamp(min=0)
+            colors = base[None] * (views.ambient + (1 - views.ambient) * n_dot_l)  # B N 3
+        viewmats, Ks = views_to_opencv(views, height, width)
+        out = rasterize(
+            self.means, self.unit_quats(), self.scales(), self.opacities(), colors, viewmats, Ks, width, height,
+            backgrounds=self.background.to(self.means.dtype).expand(B, 3),
+        )
+        if out.means2d.requires_grad:
+            self._pending.append((out.means2d, out.visible, width, height))
+        return RenderOutput(
+            rgb=out.rgb.permute(0, 3, 1, 2),
+            opacity=out.alpha.permute(0, 3, 1, 2),
+            depth=out.depth.permute(0, 3, 1, 2),
+        )
+
+    # ------------------------------------------------------------------ fields for mesh export
+
+    def _log_weights(self, points: Float[Tensor, "P 3"]) -> Float[Tensor, "P N"]:
+        """log(o_i) - 0.5 d^T Sigma_i^-1 d for every point and Gaussian."""
+        rot = quat_to_rotmat(self.quats)  # N 3 3
+        d = points[:, None, :] - self.means[None]  # P N 3
+        local = torch.einsum("pnk,nkj->pnj", d, rot) / self.scales()[None]  # R^T d / s
+        return F.logsigmoid(self.opacity_logits)[None] - 0.5 * (local * local).sum(-1)
+
+    def _chunk(self, budget: int = 1 << 22) -> int:
+        return max(1, budget // max(1, self.num_points))
+
+    def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
+        """sum_i o_i exp(-0.5 d^T Sigma_i^-1 d), chunked over points."""
+        points = points.to(self.means.device, self.means.dtype)
+        step = self._chunk()
+        return torch.cat(
+            [torch.exp(self._log_weights(points[s : s + step])).sum(-1) for s in range(0, points.shape[0], step)]
+        ) if points.shape[0] else points.new_zeros(0)
+
+    def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """Density-weighted mean albedo of the Gaussians around each point (a softmax of the log weights, so
+        that points far from every Gaussian still get their nearest Gaussians' colour instead of 0/0)."""
+        points = points.to(self.means.device, self.means.dtype)
+        step = self._chunk()
+        albedo = self.albedos()
+        return torch.cat(
+            [torch.softmax(self._log_weights(points[s : s + step]), dim=-1) @ albedo for s in range(0, points.shape[0], step)]
+        ) if points.shape[0] else points.new_zeros(0, 3)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def optimiser_groups(self, lr: float) -> list[dict[str, Any]]:
+        """One group per parameter, named, with DreamGaussian-like rates relative to ``lr`` (GaussianConfig).
+
+        Weight decay is 0 in every group: AdamW's decay would pull log-scales toward scale 1 and logits
+        toward 0.5, which is no prior we want. ``base_lr`` is kept for the position lr decay.
+        """
+        cfg = self.config
+        rates = {
+            "means": cfg.lr_means, "log_scales": cfg.lr_scales, "quats": cfg.lr_quats,
+            "opacity_logits": cfg.lr_opacity, "albedo_logits": cfg.lr_albedo,
+        }
+        return [
+            {"params": [getattr(self, name)], "lr": lr * rates[name], "base_lr": lr * rates[name], "name": name,
+             "weight_decay": 0.0}
+            for name in PARAMETER_NAMES
+        ]
+
+    def before_step(self, step: int, total: int) -> None:
+        # Renders since the last after_step that were never backpropagated (previews) carry no gradient.
+        self._pending.clear()
+
+    def after_step(self, step: int, total: int, optimiser: torch.optim.Optimizer) -> None:
+        """Accumulate positional gradients; densify/prune and reset opacity on schedule; decay the position lr.
+
+        ``step`` counts from 0 and ``total`` is the run's number of steps.
+        """
+        cfg = self.config
+        self._accumulate_gradients()
+        done = step + 1
+        if cfg.densify and total > 0:
+            every = max(1, round(cfg.densify_every * total))
+            if cfg.densify_from * total <= done <= cfg.densify_until * total and done % every == 0:
+                self.densify_and_prune(optimiser)
+            if any(done == max(1, round(f * total)) for f in cfg.opacity_reset_at):
+                self.reset_opacity(optimiser)
+        progress = min(1.0, done / max(1, total))
+        for group in optimiser.param_groups:
+            if group.get("name") == "means" and "base_lr" in group:
+                group["lr"] = group["base_lr"] * cfg.lr_means_final**progress
+
+    @torch.no_grad()
+    def _accumulate_gradients(self) -> None:
+        n = self.num_points
+        if self._grad_sum is None or self._grad_sum.shape[0] != n:
+            self._grad_sum = torch.zeros(n, device=self.means.device)
+            self._grad_count = torch.zeros(n, device=self.means.device)
+        for means2d, visible, width, height in self._pending:
+            grad = means2d.grad
+            if grad is None or grad.shape[1] != n:
+                continue
+            # gsplat's normalisation: pixels -> NDC (x width/2) and undo the loss's mean over views (x views).
+            scale = torch.tensor([width / 2, height / 2], device=grad.device) * grad.shape[0]
+            norm = (grad * scale).norm(dim=-1) * visible  # B N
+            self._grad_sum += norm.sum(0)
+            self._grad_count += visible.sum(0)
+        self._pending.clear()
+
+    def _reset_stats(self) -> None:
+        self._grad_sum = torch.zeros(self.num_points, device=self.means.device)
+        self._grad_count = torch.zeros(self.num_points, device=self.means.device)
+
+    @torch.no_grad()
+    def reset_opacity(self, optimiser: torch.optim.Optimizer | None = None) -> None:
+        """Clamp opacities to ``opacity_reset_value`` and clear their Adam moments (3DGS's reset)."""
+        cap = _logit(self.config.opacity_reset_value)
+        self.opacity_logits.clamp_(max=cap)
+        if optimiser is not None:
+            for value in optimiser.state.get(self.opacity_logits, {}).values():
+                if torch.is_tensor(value) and value.shape == self.opacity_logits.shape:
+                    value.zero_()
+
+    @torch.no_grad()
+    def densify_and_prune(self, optimiser: torch.optim.Optimizer | None = None) -> dict[str, int]:
+        """Clone small and split large high-gradient Gaussians, then prune transparent and huge ones.
+
+        Returns counts (also kept in ``last_densify``). The optimiser's params and Adam state follow.
+        """
+        cfg = self.config
+        n = self.num_points
+        if self._grad_sum is None or self._grad_sum.shape[0] != n:
+            self._reset_stats()
+        avg_grad = self._grad_sum / self._grad_count.clamp(min=1)
+        scales = self.scales()
+        max_scale = scales.max(dim=-1).values
+
+        # Growth: candidates above the threshold, best first, within the round's budget and the cap.
+        candidates = torch.nonzero(avg_grad > cfg.grad_threshold, as_tuple=True)[0]
+        candidates = candidates[torch.argsort(avg_grad[candidates], descending=True)]
+        budget = max(0, min(int(cfg.max_growth * n), cfg.max_points - n))
+        chosen = candidates[:budget]  # each clone or split adds one Gaussian net
+        is_large = max_scale[chosen] > cfg.split_scale
+        clone_idx, split_idx = chosen[~is_large], chosen[is_large]
+
+        # Split children: two samples from the parent Gaussian, scales / split_factor (3DGS).
+        rot = quat_to_rotmat(self.quats[split_idx])
+        offsets = torch.randn(2, split_idx.shape[0], 3, device=self.means.device) * scales[split_idx]
+        child_means = (self.means[split_idx][None] + (rot[None] @ offsets[..., None])[..., 0]).reshape(-1, 3)
+        child_log_scales = (self.log_scales[split_idx] - math.log(cfg.split_factor)).repeat(2, 1)
+
+        keep_mask = torch.ones(n, dtype=torch.bool, device=self.means.device)
+        keep_mask[split_idx] = False
+        kept = torch.nonzero(keep_mask, as_tuple=True)[0]
+        n_new = clone_idx.shape[0] + 2 * split_idx.shape[0]
+
+        def grow(name: str, children: Tensor | None = None) -> Tensor:
+            p = getattr(self, name)
+            child = children if children is not None else p[split_idx].repeat(2, *([1] * (p.dim() - 1)))
+            return torch.cat([p[kept], p[clone_idx], child])
+
+        values = {
+            "means": grow("means", child_means),
+            "log_scales": grow("log_scales", child_log_scales),
+            "quats": grow("quats"),
+            "opacity_logits": grow("opacity_logits"),
+            "albedo_logits": grow("albedo_logits"),
+        }
+        # Kept rows keep their Adam moments; clones and children start from zero state (3DGS, gsplat).
+        source = torch.cat([kept, torch.full((n_new,), -1, dtype=torch.long, device=kept.device)])
+
+        # Prune: transparent or huge; never everything.
+        opacity = torch.sigmoid(values["opacity_logits"])
+        huge = values["log_scales"].exp().max(dim=-1).values > cfg.prune_scale
+        survive = ~((opacity < cfg.prune_opacity) | huge)
+        if not survive.any():
+            survive[opacity.argmax()] = True
+        values = {k: v[survive] for k, v in values.items()}
+        source = source[survive]
+
+        self._replace_parameters(values, source, optimiser)
+        self.last_densify = {
+            "cloned": int(clone_idx.shape[0]),
+            "split": int(split_idx.shape[0]),
+            "pruned": int((~survive).sum()),
+            "count": self.num_points,
+        }
+        return self.last_densify
+
+    def _replace_parameters(
+        self, values: dict[str, Tensor], source: Int[Tensor, "M"], optimiser: torch.optim.Optimizer | None
+    ) -> None:
+        for name, value in values.items():
+            old = getattr(self, name)
+            new = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
+            if optimiser is not None:
+                replace_optimiser_param(optimiser, old, new, source)
+            setattr(self, name, new)
+        self._pending.clear()
+        self._reset_stats()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        """Count, background and configuration: enough for ``from_state`` to rebuild before loading."""
+        config = asdict(self.config)
+        config["opacity_reset_at"] = list(config["opacity_reset_at"])
+        return {
+            "num_points": self.num_points,
+            "background": [float(v) for v in self.background.tolist()],
+            "config": config,
+        }
+
+    @classmethod
+    def from_state(cls, state_dict: dict[str, Tensor], extra: dict[str, Any]) -> "GaussianScene":
+        """A scene with the saved count (after densification) holding the saved parameters."""
+        known = {f.name for f in fields(GaussianConfig)}
+        config = GaussianConfig(**{k: v for k, v in extra.get("config", {}).items() if k in known})
+        config.num_points = int(extra["num_points"])
+        scene = cls(config, background=tuple(extra.get("background", (0.5, 0.5, 0.5))), initialise=False)
+        scene.load_state_dict(state_dict)
+        return scene
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+        # The count changes during training: resize the parameters to the checkpoint's before loading, so a
+        # scene of any count can load any checkpoint (an optimiser must be built afterwards).
+        for name in PARAMETER_NAMES:
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                old = getattr(self, name)
+                setattr(self, name, nn.Parameter(torch.empty(state_dict[key].shape, dtype=old.dtype, device=old.device)))
+        self._pending.clear()
+        self._grad_sum = self._grad_count = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+__all__ = ["GaussianScene", "GaussianConfig", "PARAMETER_NAMES", "replace_optimiser_param", "mean_nearest_neighbour_distance"]

@@ -1,0 +1,178 @@
+"""A NeRF for score distillation: hash-grid field, occupancy-grid volume renderer, background model.
+
+The field lives in the box [-bound, bound]^3 around the origin (world +Z up). Density is
+``softplus(raw + blob(x))`` with a centred blob so the run starts from a ball (threestudio's
+"blob_magic3d" bias, scaled to this unit-box world); albedo is a sigmoid head of the same MLP.
+Normals are the negative normalised density gradient (autograd), used for diffuse shading and
+the orientation loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from backend.scene.cameras import Views, ray_bundle
+from backend.scene.hashgrid import HashGrid
+from backend.scene.representation import RenderOutput, Representation
+
+
+class NeRFScene(Representation):
+    kind = "nerf"
+
+    def __init__(
+        self,
+        bound: float = 0.5,
+        grid_levels: int = 16,
+        grid_log2_table: int = 19,
+        grid_base_resolution: int = 16,
+        grid_per_level_scale: float = 1.447,
+        hidden: int = 64,
+        blob_scale: float = 10.0,
+        blob_radius: float = 0.25,
+        samples_per_ray: int = 128,
+        occupancy_resolution: int = 32,
+        background: tuple[float, float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.bound = bound
+        self.blob_scale = blob_scale
+        self.blob_radius = blob_radius
+        self.samples_per_ray = samples_per_ray
+        self.encoding = HashGrid(grid_levels, 2, grid_log2_table, grid_base_resolution, grid_per_level_scale)
+        self.mlp = nn.Sequential(nn.Linear(self.encoding.output_dim, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+        # A known background (the procedural world's grey) is fixed; otherwise a small MLP of the
+        # view direction learns one, as in threestudio.
+        if background is None:
+            self.background_mlp: nn.Module | None = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 3))
+            self.register_buffer("background_colour", torch.zeros(3), persistent=False)
+        else:
+            self.background_mlp = None
+            self.register_buffer("background_colour", torch.tensor(background, dtype=torch.float32))
+        self.occupancy_resolution = occupancy_resolution
+        self.register_buffer("occupancy_density", torch.zeros((occupancy_resolution,) * 3))
+        self.register_buffer("occupancy", torch.ones((occupancy_resolution,) * 3, dtype=torch.bool))
+        self.update_occupancy(decay=0.0)
+
+    # --- field ------------------------------------------------------------------------------------
+    def _raw(self, points: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "N"], Float[Tensor, "N 3"]]:
+        out = self.mlp(self.encoding((points / self.bound + 1) / 2))
+        blob = self.blob_scale * (1 - points.norm(dim=-1) / self.blob_radius)
+        return F.softplus(out[:, 0] + blob), torch.sigmoid(out[:, 1:])
+
+    def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
+        inside = (points.abs() <= self.bound).all(-1)
+        sigma, _ = self._raw(points)
+        return torch.where(inside, sigma, torch.zeros_like(sigma))
+
+    def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        return self._raw(points)[1]
+
+    def _field_with_normals(self, points: Tensor, need_normals: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        if not need_normals:
+            sigma, rgb = self._raw(points)
+            return sigma, rgb, None
+        with torch.enable_grad():
+            p = points.detach().requires_grad_(True)
+            sigma, rgb = self._raw(p)
+            (grad,) = torch.autograd.grad(sigma.sum(), p, create_graph=self.training)
+        return sigma, rgb, -F.normalize(grad, dim=-1)
+
+    # --- occupancy grid -------------------------------------------------------------------------------
+    def _cell_index(self, points: Float[Tensor, "N 3"]) -> Tensor:
+        r = self.occupancy_resolution
+        ijk = ((points / self.bound + 1) / 2 * r).long().clamp(0, r - 1)
+        return ijk[:, 0] * r * r + ijk[:, 1] * r + ijk[:, 2]
+
+    @torch.no_grad()
+    def update_occupancy(self, decay: float = 0.95) -> None:
+        """Re-estimate which cells can hold matter; skipped cells cost nothing at render time."""
+        r = self.occupancy_resolution
+        axis = (torch.arange(r, device=self.occupancy.device) + 0.5) / r * 2 - 1
+        centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3) * self.bound
+        jitter = (torch.rand_like(centres) - 0.5) * (2 * self.bound / r)
+        sigma = torch.cat([self.density(c) for c in (centres + jitter).split(65536)]).reshape(r, r, r)
+        self.occupancy_density.copy_(torch.maximum(self.occupancy_density * decay, sigma))
+        # Occupied where a render step through the cell would be at least 1% opaque; dilated by one cell
+        # so that the surface can still grow outward.
+        step = 2 * math.sqrt(3) * self.bound / self.samples_per_ray
+        occ = (self.occupancy_density * step > 0.01).float()
+        occ = F.max_pool3d(occ[None, None], 3, stride=1, padding=1)[0, 0] > 0
+        self.occupancy.copy_(occ)
+
+    def before_step(self, step: int, total: int) -> None:
+        if step > 0 and step % 16 == 0:
+            self.update_occupancy()
+
+    # --- rendering --------------------------------------------------------------------------------------
+    def _background(self, dirs: Float[Tensor, "R 3"]) -> Float[Tensor, "R 3"]:
+        if self.background_mlp is None:
+            return self.background_colour.expand_as(dirs)
+        return torch.sigmoid(self.background_mlp(dirs))
+
+    def render(self, views: Views, height: int, width: int, shading: str = "diffuse") -> RenderOutput:
+        origins, dirs = ray_bundle(views, height, width)
+        b = len(views)
+        o = origins.reshape(-1, 3)
+        d = dirs.reshape(-1, 3)
+        n_rays, n_s = o.shape[0], self.samples_per_ray
+        # Ray/box intersection (slabs).
+        inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+        t0 = (-self.bound - o) * inv
+        t1 = (self.bound - o) * inv
+        near = torch.minimum(t0, t1).max(-1).values.clamp(min=0)
+        far = torch.maximum(t0, t1).min(-1).values
+        hit = far > near
+        far = torch.where(hit, far, near + 1e-3)
+        u = torch.linspace(0, 1, n_s + 1, device=o.device)[:-1]
+        if self.training:
+            u = u + torch.rand(n_rays, n_s, device=o.device) / n_s
+        else:
+            u = (u + 0.5 / n_s).expand(n_rays, n_s)
+        t = near[:, None] + (far - near)[:, None] * u  # R S
+        delta = (far - near)[:, None] / n_s
+        pts = o[:, None] + t[..., None] * d[:, None]  # R S 3
+        flat = pts.reshape(-1, 3)
+        keep: Bool[Tensor, "R*S"] = self.occupancy.reshape(-1)[self._cell_index(flat)] & hit[:, None].expand(-1, n_s).reshape(-1)
+        idx = keep.nonzero().squeeze(-1)
+        need_normals = shading != "albedo"
+        sigma_k, albedo_k, normal_k = self._field_with_normals(flat[idx], need_normals)
+        sigma = torch.zeros(n_rays * n_s, device=o.device, dtype=sigma_k.dtype).index_put((idx,), sigma_k)
+        alpha = (1 - torch.exp(-sigma.reshape(n_rays, n_s) * delta))
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], dim=1), dim=1)
+        weights = (alpha * trans).reshape(-1)
+        w_k = weights[idx]
+        ray_k = idx // n_s
+        if shading == "albedo":
+            colour_k = albedo_k
+        else:
+            base = albedo_k if shading == "diffuse" else torch.ones_like(albedo_k)
+            light = views.light_dir.repeat_interleave(height * width, dim=0)[ray_k]
+            lambert = (normal_k * light).sum(-1, keepdim=True).clamp(min=0)
+            colour_k = base * (views.ambient + (1 - views.ambient) * lambert)
+        rgb = torch.zeros(n_rays, 3, device=o.device, dtype=colour_k.dtype).index_add(0, ray_k, w_k[:, None] * colour_k)
+        opacity = weights.reshape(n_rays, n_s).sum(-1, keepdim=True).clamp(max=1.0)
+        depth = (weights.reshape(n_rays, n_s) * t).sum(-1, keepdim=True)
+        rgb = rgb + (1 - opacity) * self._background(d)
+        losses: dict[str, Tensor] = {
+            "sparsity": (opacity**2 + 0.01).sqrt().mean(),
+        }
+        if normal_k is not None:
+            facing = (normal_k * d[ray_k]).sum(-1).clamp(min=0) ** 2
+            losses["orientation"] = torch.zeros(n_rays, device=o.device).index_add(0, ray_k, w_k * facing).mean()
+        def image(x: Tensor, c: int) -> Tensor:
+            return x.reshape(b, height, width, c).permute(0, 3, 1, 2)
+
+        return RenderOutput(rgb=image(rgb, 3), opacity=image(opacity, 1), depth=image(depth, 1), losses=losses)
+
+    def optimiser_groups(self, lr: float) -> list[dict[str, Any]]:
+        groups = [{"params": list(self.encoding.parameters()), "lr": lr, "weight_decay": 0.0},
+                  {"params": list(self.mlp.parameters()), "lr": lr * 0.1}]
+        if self.background_mlp is not None:
+            groups.append({"params": list(self.background_mlp.parameters()), "lr": lr * 0.1})
+        return groups

@@ -1,0 +1,58 @@
+"""What the training loop and mesh export need from a 3D representation (NeRF or 3D Gaussians)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from backend.scene.cameras import Views
+
+# Shading of a render (threestudio's names): "albedo" is the raw colour, "diffuse" multiplies it by
+# ambient + (1 - ambient) max(0, n.l) with the view's light, "textureless" shades a white albedo.
+SHADINGS: tuple[str, ...] = ("albedo", "diffuse", "textureless")
+
+
+@dataclass
+class RenderOutput:
+    rgb: Float[Tensor, "B 3 H W"]  # composited over the background, [0, 1]
+    opacity: Float[Tensor, "B 1 H W"]  # accumulated alpha of the object, [0, 1]
+    depth: Float[Tensor, "B 1 H W"] | None = None
+    # Regularisation terms this render makes available (e.g. NeRF's orientation loss), unweighted.
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Representation(nn.Module, ABC):
+    """A 3D scene in the unit box around the origin (world +Z up, see cameras.py)."""
+
+    kind: str
+
+    @abstractmethod
+    def render(self, views: Views, height: int, width: int, shading: str = "diffuse") -> RenderOutput:
+        """Differentiable render of every view."""
+
+    @abstractmethod
+    def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
+        """Volume density at world points (for mesh extraction)."""
+
+    @abstractmethod
+    def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """Surface colour in [0, 1] at world points (for texture baking)."""
+
+    @abstractmethod
+    def optimiser_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups with their learning rates."""
+
+    def before_step(self, step: int, total: int) -> None:
+        """Hook before a training step (occupancy-grid updates and similar)."""
+
+    def after_step(self, step: int, total: int, optimiser: torch.optim.Optimizer) -> None:
+        """Hook after the optimiser step (densification and pruning of Gaussians and similar)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint needs besides ``state_dict`` to rebuild this object (shapes, counts)."""
+        return {}
