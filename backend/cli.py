@@ -73,7 +73,7 @@ def run_image(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    prior = load_prior(settings["model"], device)
+    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
     load_seconds = time.perf_counter() - t0
     prior.check_prompts(prompt_set(args.prompt, settings))  # fail before any work on a bad prompt
     bar = None if args.quiet else tqdm(total=settings["image_steps"], desc=f"{settings['method']} '{args.prompt}'",

@@ -168,17 +168,77 @@ _ALL: tuple[Setting, ...] = (
     _s("bsd_use_negative", bool, True,
        "BSD's unconditional branch: the negative prompt (released code) instead of the empty prompt "
        "(paper).", "method", methods=("bsd",), advanced=True),
-    _s("tbsd_alpha", float, 4.0,
+    _s("tbsd_alpha", float, 2.0,
        "TBSD factor(step) start value alpha (unpublished; see docs/TBSD_DEFAULTS.md).", "method",
        0.0, 100.0, methods=("tbsd",)),
     _s("tbsd_beta", float, 0.5,
        "Fraction of the run over which factor falls from alpha to gamma (alpha / beta is the rate).",
        "method", 1e-6, 10.0, methods=("tbsd",)),
-    _s("tbsd_gamma", float, 1.0, "Lower bound gamma of TBSD's factor(step).", "method", 0.0, 100.0,
+    _s("tbsd_gamma", float, 0.5, "Lower bound gamma of TBSD's factor(step).", "method", 0.0, 100.0,
        methods=("tbsd",)),
     _s("tbsd_scale", float, 1.0,
        "Overall scale of TBSD's direction (with Adam it only matters relative to other losses).",
        "method", 0.0, 1000.0, methods=("tbsd",), advanced=True),
+    # --- 3D run: cameras ----------------------------------------------------------------------------
+    _s("quality", str, "standard",
+       "Preset that sets resolution, samples and step counts together (see PRESETS); explicit settings win.",
+       "job", choices=("draft", "standard", "high")),
+    _s("views_per_step", int, 1, "Camera views rendered per step.", "camera", 1, 16, advanced=True),
+    _s("camera_distance_min", float, 1.6, "Nearest training camera distance (object fits the unit box).",
+       "camera", 0.8, 10.0, advanced=True),
+    _s("camera_distance_max", float, 2.2, "Farthest training camera distance.", "camera", 0.8, 10.0, advanced=True),
+    _s("camera_elevation_min", float, -10.0, "Lowest training camera elevation, degrees.", "camera", -89.0, 89.0,
+       advanced=True),
+    _s("camera_elevation_max", float, 45.0, "Highest training camera elevation, degrees.", "camera", -89.0, 89.0,
+       advanced=True),
+    _s("camera_fovy_min", float, 35.0, "Smallest vertical field of view, degrees.", "camera", 5.0, 120.0,
+       advanced=True),
+    _s("camera_fovy_max", float, 50.0, "Largest vertical field of view, degrees.", "camera", 5.0, 120.0,
+       advanced=True),
+    _s("camera_bank_size", int, -1,
+       "Training cameras drawn once and reused (-1: 96 for camera-aware priors, whose renders are then "
+       "cached; fresh cameras every step otherwise; 0: always fresh).", "camera", -1, 100000, advanced=True),
+    _s("view_prompts", bool, True,
+       "Append ', front view' / ', side view' / ', back view' / ', overhead view' to Stable Diffusion prompts.",
+       "camera", advanced=True),
+    _s("textureless_prob", float, 0.3,
+       "Probability of a textureless (white albedo) render per step for priors that do not fix the shading.",
+       "camera", 0.0, 1.0, advanced=True),
+    # --- 3D run: optimisation -----------------------------------------------------------------------
+    _s("lr", float, 0.01, "AdamW learning rate of the 3D representation (TBSD paper: 0.01).", "optimise",
+       1e-5, 1.0, advanced=True),
+    _s("render_res_start", int, 64, "Render resolution at the start of a run (TBSD: 64).", "optimise", 16, 1024,
+       advanced=True),
+    _s("render_res_end", int, 256, "Render resolution after render_res_switch_at (TBSD: 256).", "optimise",
+       16, 1024, advanced=True),
+    _s("render_res_switch_at", float, 0.5, "Fraction of the run at which the resolution rises.", "optimise",
+       0.0, 1.0, advanced=True),
+    _s("lambda_orientation_start", float, 10.0, "Orientation-loss weight at the start (threestudio: 10).",
+       "optimise", 0.0, 1e5, advanced=True),
+    _s("lambda_orientation_end", float, 1000.0,
+       "Orientation-loss weight reached at half the run (threestudio: 1000 at step 5000).", "optimise",
+       0.0, 1e5, advanced=True),
+    _s("lambda_sparsity", float, 1.0, "Weight of the sparsity loss sqrt(opacity^2 + 0.01).", "optimise",
+       0.0, 1e4, advanced=True),
+    _s("nerf_samples_per_ray", int, 128, "NeRF samples per ray before empty-space skipping.", "nerf", 8, 1024,
+       advanced=True),
+    _s("nerf_grid_levels", int, 16, "Hash-grid levels (threestudio: 16).", "nerf", 1, 32, advanced=True),
+    _s("nerf_grid_log2_table", int, 19, "log2 of the hash table size per level (threestudio: 19).", "nerf",
+       8, 24, advanced=True),
+    _s("gaussian_points", int, 5000, "Initial number of Gaussians (DreamGaussian: 5000).", "gaussians",
+       100, 1000000, advanced=True),
+    _s("gaussian_max_points", int, 200000, "Cap on the number of Gaussians after densification.", "gaussians",
+       100, 5000000, advanced=True),
+    _s("procedural_resolution", int, 64, "Working resolution of the procedural prior.", "job", 16, 256,
+       advanced=True),
+    # --- outputs ------------------------------------------------------------------------------------
+    _s("preview_every", int, 100, "Steps between preview images (0: none).", "output", 0, 100000),
+    _s("checkpoint_every", int, 500, "Steps between checkpoints a run can resume from (0: none).", "output",
+       0, 1000000, advanced=True),
+    _s("mesh_resolution", int, 192, "Marching-cubes grid resolution.", "output", 32, 512),
+    _s("texture_size", int, 1024, "Baked texture side in texels.", "output", 64, 8192),
+    _s("decimate_faces", int, 0, "Target face count after decimation (0: keep every face).", "output",
+       0, 10000000, advanced=True),
     # --- the 2D experiment ------------------------------------------------------------------------
     _s("image_steps", int, 500, "Steps of the 2D image experiment.", "image", 1, 100000),
     _s("image_lr", float, 0.03, "Adam learning rate of the 2D experiment's image (or latents).", "image",
@@ -191,6 +251,16 @@ _ALL: tuple[Setting, ...] = (
 
 SCHEMA: dict[str, Setting] = {s.name: s for s in _ALL}
 
+# Quality presets: overrides applied under explicit settings. "draft" is sized for a CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "draft": {"steps": 600, "render_res_start": 32, "render_res_end": 32, "procedural_resolution": 32,
+              "nerf_samples_per_ray": 48, "nerf_grid_levels": 8, "nerf_grid_log2_table": 15,
+              "gaussian_points": 2000, "mesh_resolution": 64, "texture_size": 256, "preview_every": 100,
+              "checkpoint_every": 0},
+    "standard": {},
+    "high": {"steps": 20000, "nerf_samples_per_ray": 256, "mesh_resolution": 256, "texture_size": 2048},
+}
+
 
 def defaults() -> dict[str, Any]:
     return {name: s.default for name, s in SCHEMA.items()}
@@ -202,16 +272,24 @@ def validate(values: Mapping[str, Any] | None = None, *, base: Mapping[str, Any]
     Unknown names and bad values raise SettingsError naming what is wrong and
     what is allowed. Returns a complete settings dict.
     """
+    values = dict(values or {})
     out = dict(defaults() if base is None else base)
-    for name, value in (values or {}).items():
+    preset = values.get("quality", out.get("quality", "standard"))
+    if preset not in PRESETS:
+        raise SettingsError(f"setting 'quality' is {preset!r}; allowed: {', '.join(PRESETS)}")
+    if base is None:
+        out.update(PRESETS[preset])
+    for name, value in values.items():
         setting = SCHEMA.get(name)
         if setting is None:
             raise SettingsError(
                 f"unknown setting '{name}'; known settings: {', '.join(sorted(SCHEMA))}"
             )
         out[name] = setting.check(value)
-    if out["t_min"] > out["t_max"]:
-        raise SettingsError(f"t_min ({out['t_min']}) must not exceed t_max ({out['t_max']})")
+    for low, high in (("t_min", "t_max"), ("camera_distance_min", "camera_distance_max"),
+                      ("camera_elevation_min", "camera_elevation_max"), ("camera_fovy_min", "camera_fovy_max")):
+        if out[low] > out[high]:
+            raise SettingsError(f"{low} ({out[low]}) must not exceed {high} ({out[high]})")
     return out
 
 
@@ -237,7 +315,7 @@ def groups() -> Iterable[str]:
 
 
 __all__ = [
-    "METHODS", "REPRESENTATIONS", "SCHEMA", "Setting", "SettingsError", "defaults", "validate",
+    "METHODS", "REPRESENTATIONS", "SCHEMA", "PRESETS", "Setting", "SettingsError", "defaults", "validate",
     "resolved_negative_prompt", "resolved_weighting", "settings_for_method", "groups",
     "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",
 ]

@@ -6,6 +6,8 @@ softplus density) gives an empty mesh on one run and a bloated one on the next. 
 are the renders, and their silhouettes are trustworthy even when the field is fuzzy. A camera ray crosses the
 mesh of level L exactly when the largest density along it exceeds L, so we pick the L whose silhouettes
 {ray max > L} agree best (IoU) with the rendered silhouettes {opacity > 0.5}, over many rays from several views.
+A render's opacity integrates density along the ray while a level set only sees its maximum, so no level matches
+every ray; the IoU-best one is the level set whose silhouettes agree best with the renders the prior judged.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from backend.export.field import FieldFn, evaluate
 from backend.export.mesh import Mesh
@@ -82,31 +81,36 @@ def rasterise_uv(uvs: np.ndarray, faces: np.ndarray, size: int, chunk_faces: int
     return UVRaster(face_id, bary)
 
 
+def _box3(a: np.ndarray) -> np.ndarray:
+    """Sum over each texel's 3x3 neighbourhood (zero outside), for [S, S, C] arrays: two separable passes."""
+    p = np.pad(a, ((1, 1), (1, 1), (0, 0)))
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+
+
 def dilate(texture: np.ndarray, mask: np.ndarray, passes: int = 16) -> np.ndarray:
     """Grow ``texture`` [S, S, C] outward from the texels in ``mask`` [S, S] by ``passes`` texels.
 
     Each pass gives every empty texel with a filled 8-neighbour the mean of those neighbours. Texels still
     empty afterwards get the mean colour of the masked texels, so coarse mip levels do not darken toward black.
     """
-    tex = torch.from_numpy(np.ascontiguousarray(texture, dtype=np.float32)).permute(2, 0, 1)[None]
-    filled = torch.from_numpy(np.asarray(mask, dtype=bool))[None, None].float()
-    channels = tex.shape[1]
-    kernel = torch.ones(channels + 1, 1, 3, 3)
-    tex = tex * filled
+    mask = np.asarray(mask, dtype=bool)
+    tex = np.where(mask[..., None], np.asarray(texture, dtype=np.float32), 0.0).astype(np.float32)
+    filled = mask.copy()
+    channels = tex.shape[2]
     for _ in range(int(passes)):
-        if bool(filled.all()):
+        if filled.all():
             break
-        summed = F.conv2d(torch.cat([tex, filled], dim=1), kernel, padding=1, groups=channels + 1)
-        count = summed[:, channels:]
-        new = (filled == 0) & (count > 0)
-        tex = torch.where(new, summed[:, :channels] / count.clamp(min=1.0), tex)
-        filled = torch.where(new, torch.ones_like(filled), filled)
-    out = tex[0].permute(1, 2, 0).numpy().copy()
-    empty = filled[0, 0].numpy() == 0
-    if empty.any():
-        mask = np.asarray(mask, dtype=bool)
-        out[empty] = np.asarray(texture, dtype=np.float32)[mask].mean(axis=0) if mask.any() else 0.5
-    return out
+        summed = _box3(np.concatenate([tex, filled[..., None].astype(np.float32)], axis=2))
+        count = summed[..., channels]
+        new = ~filled & (count > 0)
+        if not new.any():
+            break
+        tex[new] = summed[new, :channels] / count[new, None]
+        filled |= new
+    if not filled.all():
+        tex[~filled] = np.asarray(texture, dtype=np.float32)[mask].mean(axis=0) if mask.any() else 0.5
+    return tex
 
 
 def bake_texture(

@@ -18,13 +18,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_prior(model: str, device: torch.device | str = "cpu") -> DiffusionPrior:
+def load_prior(model: str, device: torch.device | str = "cpu", procedural_resolution: int = 64) -> DiffusionPrior:
     """'procedural' -> the embedded exact-score world; anything else -> a Stable Diffusion folder or hub id."""
     device = torch.device(device)
     if model == "procedural":
         from backend.priors.procedural.prior import ProceduralPrior
 
-        return ProceduralPrior(device=device)
+        return ProceduralPrior(resolution=procedural_resolution, device=device)
     from backend.priors.stable_diffusion import StableDiffusionPrior
 
     return StableDiffusionPrior.from_pretrained(model, device=device)

@@ -69,6 +69,10 @@ class DiffusionPrior(ABC):
     image_size: int
     #: Whether the prior's predictions depend on the camera (the procedural world is; SD is not).
     camera_aware: bool = False
+    #: A background colour the prior's images always have (renders then use it), or None to learn one.
+    background: tuple[float, float, float] | None = None
+    #: The shading the prior's images always have ("diffuse"), or None for the usual random mix.
+    fixed_shading: str | None = None
 
     @property
     def num_train_timesteps(self) -> int:

@@ -123,3 +123,43 @@ def ray_bundle(views: Views, height: int, width: int) -> tuple[Float[Tensor, "B 
 
 
 __all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "ray_bundle"]
+
+
+def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tuple[Views, list[tuple[float, float]]]:
+    """Random training cameras around the object, azimuths stratified over the batch.
+
+    Each view carries a random light within 60 deg (azimuth) of its camera and 0-45 deg above it,
+    so diffuse shading reveals shape from every side. Returns the views and (azimuth, elevation)
+    per view for view-dependent prompts.
+    """
+    def uniform(lo: float, hi: float, count: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(count, generator=generator)
+
+    strata = (torch.arange(n) + torch.rand(n, generator=generator)) / n
+    azimuth = (strata * 360.0 + float(torch.rand(1, generator=generator)) * 360.0) % 360.0 - 180.0
+    elevation = uniform(settings["camera_elevation_min"], settings["camera_elevation_max"], n)
+    distance = uniform(settings["camera_distance_min"], settings["camera_distance_max"], n)
+    fovy = uniform(settings["camera_fovy_min"], settings["camera_fovy_max"], n)
+    light_az = azimuth + uniform(-60.0, 60.0, n)
+    light_el = (elevation + uniform(0.0, 45.0, n)).clamp(max=89.0)
+    light = orbit_position(light_az, light_el, torch.ones(n))
+    views = orbit_views(azimuth, elevation, distance, fovy, light_dir=light)
+    return views, list(zip(azimuth.tolist(), elevation.tolist()))
+
+
+def eval_views(n: int = 8, elevation: float = 20.0, distance: float = 2.0, fovy: float = 40.0) -> Views:
+    """The fixed turntable used for previews, mesh-level selection and figures."""
+    azimuth = [i * 360.0 / n for i in range(n)]
+    return orbit_views(azimuth, [elevation] * n, [distance] * n, [fovy] * n)
+
+
+def view_suffix(azimuth_deg: float, elevation_deg: float) -> str:
+    """DreamFusion's view-dependent prompt suffix for a camera (azimuth 0 = front)."""
+    if elevation_deg > 60.0:
+        return ", overhead view"
+    a = abs((azimuth_deg + 180.0) % 360.0 - 180.0)
+    if a < 45.0:
+        return ", front view"
+    if a > 135.0:
+        return ", back view"
+    return ", side view"

@@ -36,6 +36,12 @@ from backend.scene.splatting import quat_to_rotmat, rasterize, views_to_opencv
 
 PARAMETER_NAMES: tuple[str, ...] = ("means", "log_scales", "quats", "opacity_logits", "albedo_logits")
 
+# density()/albedo(): points per chunk (small, so a chunk of grid points is a thin slab that few Gaussians
+# reach), the cut-off in standard deviations (exp(-4.3^2 / 2) ~ 1e-4), and point x Gaussian pairs per evaluation.
+FIELD_POINT_CHUNK = 1024
+FIELD_CUTOFF = 4.3
+FIELD_PAIR_BUDGET = 1 << 21
+
 
 @dataclass
 class GaussianConfig:
@@ -49,6 +55,9 @@ class GaussianConfig:
     # 0.026 for 5000 points in the ball), so neighbouring splats overlap and the initial render has no holes.
     init_scale: float | None = None
     init_color_spread: float = 0.05  # albedo starts at 0.5 +- this, uniform (random colours near grey)
+
+    # Renderer: "auto" (gsplat for CUDA tensors, the dense torch splatting otherwise), "gsplat" or "dense".
+    splatting: str = "auto"
 
     # --- learning rates, as multiples of the optimiser's base lr ---
     # With lr = 0.01 (the TBSD paper's AdamW lr) these are DreamGaussian's rates: position 1e-3,
@@ -243,7 +252,7 @@ class GaussianScene(Representation):
         viewmats, Ks = views_to_opencv(views, height, width)
         out = rasterize(
             self.means, self.unit_quats(), self.scales(), self.opacities(), colors, viewmats, Ks, width, height,
-            backgrounds=self.background.to(self.means.dtype).expand(B, 3),
+            backgrounds=self.background.to(self.means.dtype).expand(B, 3), backend=self.config.splatting,
         )
         if out.means2d.requires_grad:
             self._pending.append((out.means2d, out.visible, width, height))
@@ -255,33 +264,52 @@ class GaussianScene(Representation):
 
     # ------------------------------------------------------------------ fields for mesh export
 
-    def _log_weights(self, points: Float[Tensor, "P 3"]) -> Float[Tensor, "P N"]:
-        """log(o_i) - 0.5 d^T Sigma_i^-1 d for every point and Gaussian."""
-        rot = quat_to_rotmat(self.quats)  # N 3 3
-        d = points[:, None, :] - self.means[None]  # P N 3
-        local = torch.einsum("pnk,nkj->pnj", d, rot) / self.scales()[None]  # R^T d / s
-        return F.logsigmoid(self.opacity_logits)[None] - 0.5 * (local * local).sum(-1)
+    def _log_weights(self, points: Float[Tensor, "P 3"], idx: Int[Tensor, "M"] | None = None) -> Float[Tensor, "P M"]:
+        """log(o_i) - 0.5 d^T Sigma_i^-1 d for every point and Gaussian (or the Gaussians ``idx``)."""
+        means, quats, log_scales, logits = self.means, self.quats, self.log_scales, self.opacity_logits
+        if idx is not None:
+            means, quats, log_scales, logits = means[idx], quats[idx], log_scales[idx], logits[idx]
+        rot = quat_to_rotmat(quats)  # M 3 3
+        d = points[:, None, :] - means[None]  # P M 3
+        local = torch.einsum("pmk,mkj->pmj", d, rot) / log_scales.exp()[None]  # R^T d / s
+        return F.logsigmoid(logits)[None] - 0.5 * (local * local).sum(-1)
 
-    def _chunk(self, budget: int = 1 << 22) -> int:
-        return max(1, budget // max(1, self.num_points))
+    def _field(self, points: Float[Tensor, "P 3"], reduce) -> Tensor:  # type: ignore[no-untyped-def]
+        """Evaluate ``reduce(log_weights, idx)`` over chunks of points, each against the Gaussians that can reach
+        it: a Gaussian whose mean is farther than FIELD_CUTOFF of its largest standard deviation from the
+        chunk's bounding box adds less than o exp(-FIELD_CUTOFF^2 / 2) (1e-4 o) to any of its points. Grid
+        points come in scanline order, so a chunk is a thin slab and this keeps mesh extraction near O(P)."""
+        points = points.to(self.means.device, self.means.dtype)
+        with torch.no_grad():
+            reach = FIELD_CUTOFF * self.log_scales.exp().max(dim=-1).values
+        out = []
+        for start in range(0, points.shape[0], FIELD_POINT_CHUNK):
+            chunk = points[start : start + FIELD_POINT_CHUNK]
+            with torch.no_grad():
+                lo, hi = chunk.min(dim=0).values, chunk.max(dim=0).values
+                gap = (self.means - torch.maximum(torch.minimum(self.means, hi), lo)).norm(dim=-1)
+                idx = torch.nonzero(gap <= reach, as_tuple=True)[0]
+            if idx.numel() == 0:
+                idx = None  # nothing near: every Gaussian (the albedo still wants its nearest ones)
+            step = max(1, FIELD_PAIR_BUDGET // max(1, self.num_points if idx is None else idx.numel()))
+            out += [reduce(self._log_weights(chunk[s : s + step], idx), idx) for s in range(0, chunk.shape[0], step)]
+        return torch.cat(out)
 
     def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
-        """sum_i o_i exp(-0.5 d^T Sigma_i^-1 d), chunked over points."""
-        points = points.to(self.means.device, self.means.dtype)
-        step = self._chunk()
-        return torch.cat(
-            [torch.exp(self._log_weights(points[s : s + step])).sum(-1) for s in range(0, points.shape[0], step)]
-        ) if points.shape[0] else points.new_zeros(0)
+        """sum_i o_i exp(-0.5 d^T Sigma_i^-1 d) (Gaussians beyond 4.3 sigma of a chunk of points left out)."""
+        if points.shape[0] == 0:
+            return self.means.new_zeros(0)
+        return self._field(points, lambda logw, idx: torch.exp(logw).sum(-1))
 
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """Density-weighted mean albedo of the Gaussians around each point (a softmax of the log weights, so
         that points far from every Gaussian still get their nearest Gaussians' colour instead of 0/0)."""
-        points = points.to(self.means.device, self.means.dtype)
-        step = self._chunk()
+        if points.shape[0] == 0:
+            return self.means.new_zeros(0, 3)
         albedo = self.albedos()
-        return torch.cat(
-            [torch.softmax(self._log_weights(points[s : s + step]), dim=-1) @ albedo for s in range(0, points.shape[0], step)]
-        ) if points.shape[0] else points.new_zeros(0, 3)
+        return self._field(
+            points, lambda logw, idx: torch.softmax(logw, dim=-1) @ (albedo if idx is None else albedo[idx])
+        )
 
     # ------------------------------------------------------------------ optimisation
 
@@ -456,17 +484,28 @@ class GaussianScene(Representation):
         scene.load_state_dict(state_dict)
         return scene
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # The count changes during training: resize the parameters to the checkpoint's before loading, so a
         # scene of any count can load any checkpoint (an optimiser must be built afterwards).
         for name in PARAMETER_NAMES:
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 old = getattr(self, name)
-                setattr(self, name, nn.Parameter(torch.empty(state_dict[key].shape, dtype=old.dtype, device=old.device)))
+                empty = torch.empty(state_dict[key].shape, dtype=old.dtype, device=old.device)
+                setattr(self, name, nn.Parameter(empty, requires_grad=old.requires_grad))
         self._pending.clear()
         self._grad_sum = self._grad_count = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
-__all__ = ["GaussianScene", "GaussianConfig", "PARAMETER_NAMES", "replace_optimiser_param", "mean_nearest_neighbour_distance"]
+__all__ = [
+    "GaussianScene",
+    "GaussianConfig",
+    "PARAMETER_NAMES",
+    "replace_optimiser_param",
+    "mean_nearest_neighbour_distance",
+]

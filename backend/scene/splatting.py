@@ -178,7 +178,10 @@ def project(
 
 
 def _splat_exponents(
-    means2d: Float[Tensor, "M 2"], conics: Float[Tensor, "M 3"], log_opacities: Float[Tensor, "M"], pixels: Float[Tensor, "P 2"]
+    means2d: Float[Tensor, "M 2"],
+    conics: Float[Tensor, "M 3"],
+    log_opacities: Float[Tensor, "M"],
+    pixels: Float[Tensor, "P 2"],
 ) -> Float[Tensor, "P M"]:
     """``0.5 d^T Sigma2d^-1 d - log(o)`` for every pixel and Gaussian, so that ``o exp(-sigma) = exp(-result)``.
 
@@ -192,9 +195,8 @@ def _splat_exponents(
     basis = torch.cat([x * x, x * y, y * y, x, y, torch.ones_like(x)], dim=1)  # P 6
     mx, my = means2d[:, 0].to(f64), means2d[:, 1].to(f64)
     a, b, c = 0.5 * conics[:, 0].to(f64), conics[:, 1].to(f64), 0.5 * conics[:, 2].to(f64)
-    coeffs = torch.stack(
-        [a, b, c, -2 * a * mx - b * my, -2 * c * my - b * mx, a * mx * mx + b * mx * my + c * my * my - log_opacities.to(f64)]
-    )  # 6 M
+    constant = a * mx * mx + b * mx * my + c * my * my - log_opacities.to(f64)
+    coeffs = torch.stack([a, b, c, -2 * a * mx - b * my, -2 * c * my - b * mx, constant])  # 6 M
     return (basis @ coeffs).to(means2d.dtype)
 
 

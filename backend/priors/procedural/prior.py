@@ -34,6 +34,8 @@ def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085,
 
 class ProceduralPrior(DiffusionPrior):
     camera_aware = True
+    background = world.BACKGROUND
+    fixed_shading = "diffuse"
 
     def __init__(self, resolution: int = 64, data_std: float = 0.1, device: torch.device | str = "cpu",
                  cache_views: int = 256, cache_composed: int = 64) -> None:

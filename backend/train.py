@@ -1,0 +1,246 @@
+"""The 3D training loop: a method (backend/distill) on a representation (backend/scene) with a prior.
+
+`Trainer` holds one run's state (representation, optimiser, step, generator) so a run can be
+checkpointed, resumed, cancelled between steps and continued with new settings (refine).
+Progress, previews and intermediate meshes leave through `TrainEvents` callbacks, so the same
+loop serves the CLI, the server and the tests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from backend.distill.step import distillation_loss, prompt_set
+from backend.priors.base import DiffusionPrior, PromptSet
+from backend.scene.cameras import Views, eval_views, sample_orbit_views, view_suffix
+from backend.scene.representation import Representation
+
+CAMERA_BANK_AUTO = 96
+
+
+@dataclass
+class Progress:
+    step: int  # steps done
+    total: int
+    loss: float
+    seconds: float  # since the run (or its resume) started
+    eta_seconds: float
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainEvents:
+    on_progress: Callable[[Progress], None] | None = None
+    on_preview: Callable[[int, Float[Tensor, "3 H W"]], None] | None = None
+    # Polled between steps: True stops the run after the current step (cancel).
+    should_stop: Callable[[], bool] | None = None
+    # Polled between steps: True asks for an intermediate mesh now (handled by the caller via on_mesh_request).
+    mesh_requested: Callable[[int], bool] | None = None
+    on_mesh_request: Callable[[int, "Trainer"], None] | None = None
+    progress_every: int = 1
+
+
+def build_representation(kind: str, settings: Mapping[str, Any], prior: DiffusionPrior,
+                         device: torch.device) -> Representation:
+    """A fresh NeRF or Gaussian scene sized by the settings, with the prior's background when it has one."""
+    if kind == "nerf":
+        from backend.scene.nerf import NeRFScene
+
+        scene: Representation = NeRFScene(
+            grid_levels=settings["nerf_grid_levels"],
+            grid_log2_table=settings["nerf_grid_log2_table"],
+            samples_per_ray=settings["nerf_samples_per_ray"],
+            background=prior.background,
+        )
+    elif kind == "gaussians":
+        from backend.scene.gaussians import GaussianConfig, GaussianScene
+
+        config = GaussianConfig(num_points=settings["gaussian_points"], max_points=settings["gaussian_max_points"])
+        scene = GaussianScene(config, background=prior.background or (0.5, 0.5, 0.5), seed=settings["seed"])
+    else:
+        raise ValueError(f"unknown representation '{kind}'; allowed: nerf, gaussians")
+    return scene.to(device)
+
+
+def render_resolution(progress: float, settings: Mapping[str, Any]) -> int:
+    return settings["render_res_end"] if progress >= settings["render_res_switch_at"] else settings["render_res_start"]
+
+
+def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
+    """Linear ramp from start to end over the first half of the run (threestudio: 10 -> 1000 by step 5000)."""
+    frac = min(progress / 0.5, 1.0)
+    return settings["lambda_orientation_start"] + frac * (settings["lambda_orientation_end"] - settings["lambda_orientation_start"])
+
+
+class Trainer:
+    def __init__(self, prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
+                 representation: Representation | None = None, device: torch.device | str = "cpu") -> None:
+        self.prior = prior
+        self.device = torch.device(device)
+        self.settings = dict(settings)
+        self.prompt = prompt
+        self.prompts = prompt_set(prompt, settings)
+        prior.check_prompts(self.prompts)
+        self.scene = representation or build_representation(settings["representation"], settings, prior, self.device)
+        self.optimiser = torch.optim.AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
+        self.generator = torch.Generator().manual_seed(settings["seed"])
+        self.step = 0
+        self.total = settings["steps"]
+        self._bank: tuple[Views, list[tuple[float, float]]] | None = None
+        self.timings: dict[str, float] = {"render": 0.0, "encode": 0.0, "prior_and_method": 0.0, "backward": 0.0,
+                                          "optimiser": 0.0}
+
+    # --- cameras ------------------------------------------------------------------------------------
+    def _bank_size(self) -> int:
+        size = self.settings["camera_bank_size"]
+        if size < 0:
+            return CAMERA_BANK_AUTO if self.prior.camera_aware else 0
+        return size
+
+    def _views(self) -> tuple[Views, list[tuple[float, float]]]:
+        n = self.settings["views_per_step"]
+        bank_size = self._bank_size()
+        if bank_size == 0:
+            views, angles = sample_orbit_views(n, self.settings, self.generator)
+            return views.to(self.device), angles
+        if self._bank is None:
+            # The bank has its own generator so resuming a run rebuilds the same cameras.
+            bank_gen = torch.Generator().manual_seed(self.settings["seed"] + 7919)
+            views, angles = sample_orbit_views(bank_size, self.settings, bank_gen)
+            self._bank = (views.to(self.device), angles)
+        idx = torch.randint(0, bank_size, (n,), generator=self.generator).tolist()
+        views, angles = self._bank
+        chosen = Views(views.c2w[idx], views.fovy[idx], views.light_dir[idx], views.ambient)
+        return chosen, [angles[i] for i in idx]
+
+    def _shading(self) -> str:
+        if self.prior.fixed_shading is not None:
+            return self.prior.fixed_shading
+        u = float(torch.rand(1, generator=self.generator))
+        return "textureless" if u < self.settings["textureless_prob"] else "diffuse"
+
+    def _prompt_groups(self, angles: list[tuple[float, float]]) -> list[tuple[PromptSet, list[int]]]:
+        """Batch items that share a prompt; view-dependent suffixes split them (one prior call per group)."""
+        if self.prior.camera_aware or not self.settings["view_prompts"]:
+            return [(self.prompts, list(range(len(angles))))]
+        groups: dict[str, list[int]] = {}
+        for i, (az, el) in enumerate(angles):
+            groups.setdefault(view_suffix(az, el), []).append(i)
+        return [(prompt_set(self.prompt + suffix, self.settings), idx) for suffix, idx in groups.items()]
+
+    # --- one step -------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, Any]:
+        s = self.settings
+        progress = self.step / max(self.total, 1)
+        self.scene.train()
+        self.scene.before_step(self.step, self.total)
+        views, angles = self._views()
+        res = render_resolution(progress, s)
+        t0 = time.perf_counter()
+        out = self.scene.render(views, res, res, self._shading())
+        t1 = time.perf_counter()
+        x = self.prior.encode(out.rgb)
+        t2 = time.perf_counter()
+        loss = torch.zeros((), device=x.device)
+        info: dict[str, Any] = {}
+        for prompts, idx in self._prompt_groups(angles):
+            sub_views = Views(views.c2w[idx], views.fovy[idx], views.light_dir[idx], views.ambient)
+            result = distillation_loss(self.prior, x[idx], prompts, s, progress, self.generator,
+                                       sub_views if self.prior.camera_aware else None)
+            loss = loss + result.loss * len(idx) / len(angles)
+            info.update(result.info)
+        t3 = time.perf_counter()
+        if "orientation" in out.losses:
+            loss = loss + orientation_weight(progress, s) * out.losses["orientation"]
+        if s["lambda_sparsity"] > 0 and "sparsity" in out.losses:
+            loss = loss + s["lambda_sparsity"] * out.losses["sparsity"]
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        t4 = time.perf_counter()
+        self.optimiser.step()
+        self.scene.after_step(self.step, self.total, self.optimiser)
+        t5 = time.perf_counter()
+        for key, dt in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            self.timings[key] += dt
+        self.step += 1
+        return {"loss": float(loss.detach()), "resolution": res, **info}
+
+    def run(self, events: TrainEvents | None = None, until: int | None = None) -> bool:
+        """Train up to step ``until`` (default: the end). Returns False if stopped early."""
+        events = events or TrainEvents()
+        until = self.total if until is None else min(until, self.total)
+        start_step, start = self.step, time.perf_counter()
+        while self.step < until:
+            if events.should_stop is not None and events.should_stop():
+                return False
+            record = self.train_step()
+            elapsed = time.perf_counter() - start
+            done = self.step - start_step
+            if events.on_progress is not None and (self.step % events.progress_every == 0 or self.step == until):
+                eta = elapsed / done * (self.total - self.step)
+                figures = {k: v for k, v in record.items() if k != "loss"}
+                events.on_progress(Progress(self.step, self.total, record["loss"], elapsed, eta, figures))
+            every = self.settings["preview_every"]
+            if events.on_preview is not None and every > 0 and (self.step % every == 0 or self.step == self.total):
+                events.on_preview(self.step, self.preview())
+            if events.mesh_requested is not None and events.on_mesh_request is not None and events.mesh_requested(self.step):
+                events.on_mesh_request(self.step, self)
+        return True
+
+    # --- views of the result --------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_eval(self, n: int = 8, resolution: int | None = None, shading: str = "diffuse") -> Any:
+        self.scene.eval()
+        res = resolution or self.settings["render_res_start"]
+        return self.scene.render(eval_views(n).to(self.device), res, res, shading)
+
+    def preview(self, n: int = 4, resolution: int = 128) -> Float[Tensor, "3 H W"]:
+        """A strip of ``n`` turntable views."""
+        out = self.render_eval(n, resolution)
+        return torch.cat(list(out.rgb.clamp(0, 1).cpu()), dim=-1)
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path) -> None:
+        """Everything a run needs to continue: weights, optimiser, step, settings, generator."""
+        tmp = path.with_suffix(".tmp")
+        torch.save({
+            "format": 1,
+            "prompt": self.prompt,
+            "settings": self.settings,
+            "step": self.step,
+            "representation": self.scene.kind,
+            "scene_state": self.scene.state_dict(),
+            "scene_extra": self.scene.extra_state(),
+            "optimiser": self.optimiser.state_dict(),
+            "generator": self.generator.get_state(),
+        }, tmp)
+        tmp.replace(path)  # atomic: a crash mid-write never leaves a torn checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, prior: DiffusionPrior, device: torch.device | str = "cpu",
+                        prompt: str | None = None, settings: Mapping[str, Any] | None = None) -> "Trainer":
+        """Resume a run; a new prompt or settings continue from its state (refine)."""
+        state = torch.load(path, map_location=device, weights_only=False)
+        merged = dict(state["settings"], **(settings or {}))
+        if state["representation"] == "gaussians":
+            from backend.scene.gaussians import GaussianScene
+
+            scene: Representation = GaussianScene.from_state(state["scene_state"], state["scene_extra"]).to(device)
+        else:
+            scene = build_representation(state["representation"], merged, prior, torch.device(device))
+            scene.load_state_dict(state["scene_state"])
+        trainer = cls(prior, prompt or state["prompt"], merged, scene, device)
+        trainer.optimiser.load_state_dict(state["optimiser"])
+        trainer.step = state["step"]
+        trainer.generator.set_state(state["generator"])
+        return trainer
+
+
+__all__ = ["Trainer", "TrainEvents", "Progress", "build_representation", "render_resolution", "orientation_weight"]
