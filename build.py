@@ -3,9 +3,13 @@
 
     python build.py demo   # the main job end to end on the embedded procedural prior
     python build.py test   # the test suite
+    python build.py setup  # only set up both environments
 
 Each command sets itself up from nothing: a virtual environment in .venv with the CPU build of
 torch (torch==2.13.0, from the local disk on these machines) and the project with its test extras.
+`test` and `setup` also make .venv-blender, a separate environment holding Blender's Python API (the bpy
+wheel, Blender 4.5 LTS), which the tests use to import our GLB files with Blender's own glTF importer; it is
+kept apart from .venv because bpy pins numpy<2 and weighs ~370 MB download / ~820 MB installed.
 Only the standard library is used here, so a bare Python 3.11 can run it.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -22,10 +27,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
+BLENDER_VENV = ROOT / ".venv-blender"
+# Blender 4.5 LTS as a Python module; its wheels are built for CPython 3.11 only.
+BPY = "bpy==4.5.15"
+BPY_PYTHON = (3, 11)
+# The tests find the Blender environment's interpreter through this variable (see tests/blender_support.py).
+BLENDER_PYTHON_ENV_VAR = "TBSD_BLENDER_PYTHON"
+
+
+def _venv_python(venv_dir: Path) -> Path:
+    return venv_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def _python() -> Path:
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    return _venv_python(VENV)
+
+
+def blender_python() -> Path:
+    """The interpreter of .venv-blender (which may not exist yet)."""
+    return _venv_python(BLENDER_VENV)
 
 
 def _run(cmd: list[str], **kwargs) -> None:
@@ -50,9 +70,55 @@ def ensure_env() -> Path:
     return py
 
 
+def _python_for_bpy() -> list[str]:
+    """A command that runs a CPython of the version the bpy wheels are built for."""
+    if sys.version_info[:2] == BPY_PYTHON:
+        return [sys.executable]
+    name = "python{}.{}".format(*BPY_PYTHON)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(
+            f"error: {BPY} needs Python {name[6:]} (it ships wheels for that version only); "
+            f"run build.py with {name}, or put {name} on PATH"
+        )
+    return [found]
+
+
+def ensure_blender_env() -> Path:
+    """Create .venv-blender with Blender's Python module (bpy) in it; skipped when the pin has not changed.
+
+    Returns that environment's interpreter. Separate from .venv: bpy pins numpy<2, and it is large.
+    """
+    stamp = BLENDER_VENV / ".installed"
+    py = blender_python()
+    if stamp.exists() and stamp.read_text() == BPY and py.exists():
+        return py
+    if not py.exists():
+        print(f"creating {BLENDER_VENV}", flush=True)
+        base = _python_for_bpy()
+        if base == [sys.executable]:
+            venv.EnvBuilder(with_pip=True).create(BLENDER_VENV)
+        else:
+            _run(base + ["-m", "venv", BLENDER_VENV])
+    print(f"installing {BPY} into {BLENDER_VENV} (about 370 MB to download, 820 MB installed)", flush=True)
+    _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", BPY])
+    # bpy imports only on the Python it was built for, with its own libraries; check once, here.
+    _run([py, "-c", "import bpy; print('bpy', bpy.app.version_string)"])
+    stamp.write_text(BPY)
+    return py
+
+
+def cmd_setup(extra: list[str]) -> int:
+    ensure_env()
+    ensure_blender_env()
+    return 0
+
+
 def cmd_test(extra: list[str]) -> int:
     py = ensure_env()
-    proc = subprocess.run([str(py), "-m", "pytest", *extra], cwd=ROOT)
+    blender_py = ensure_blender_env()
+    env = dict(os.environ, **{BLENDER_PYTHON_ENV_VAR: str(blender_py)})
+    proc = subprocess.run([str(py), "-m", "pytest", *extra], cwd=ROOT, env=env)
     if proc.returncode == 5:
         print("error: pytest collected no tests", file=sys.stderr)
         return 1
@@ -70,10 +136,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("demo", "test", "setup"))
     args, extra = parser.parse_known_args()
-    if args.command == "setup":
-        ensure_env()
-        return 0
-    return {"demo": cmd_demo, "test": cmd_test}[args.command](extra)
+    return {"demo": cmd_demo, "test": cmd_test, "setup": cmd_setup}[args.command](extra)
 
 
 if __name__ == "__main__":

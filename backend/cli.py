@@ -52,7 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     image.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(image, skip={"image_steps", "steps", "representation"})
+
+    gen = sub.add_parser("generate", help="Text to textured mesh: train a NeRF or 3D Gaussians, export GLB/OBJ/PLY.")
+    gen.add_argument("prompt", help="Text prompt, e.g. 'a red cube'.")
+    gen.add_argument("--out", required=True, type=Path, help="Output folder (mesh.glb, mesh.obj, preview.png, job.json).")
+    gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    gen.add_argument("--resume", type=Path, default=None, help="Continue from a checkpoint.pt of an earlier run.")
+    gen.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_setting_flags(gen, skip=set(IMAGE_ONLY))
     return parser
+
+
+IMAGE_ONLY = ("image_steps", "image_lr", "image_init_std", "image_batch")
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,6 +144,50 @@ def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any) -> dict
     return image_figures(image, truth[0])
 
 
+def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from backend.generate import run_job
+    from backend.priors import load_prior, resolve_device
+    from backend.train import Trainer, TrainEvents
+
+    settings = _settings_from_args(args)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
+    load_seconds = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.resume is not None:
+        given = {n: getattr(args, n) for n in SCHEMA if getattr(args, n, None) is not None}
+        trainer = Trainer.from_checkpoint(args.resume, prior, device, args.prompt, given or None)
+    else:
+        trainer = Trainer(prior, args.prompt, settings, device=device)
+    bar = None if args.quiet else tqdm(total=trainer.total, initial=trainer.step, unit="step", file=sys.stderr,
+                                       desc=f"{trainer.settings['method']} {trainer.settings['representation']}")
+    checkpoint = args.out / "checkpoint.pt"
+    every = trainer.settings["checkpoint_every"]
+
+    def on_progress(p: Any) -> None:
+        if bar is not None:
+            bar.update(p.step - bar.n)
+            bar.set_postfix(loss=f"{p.loss:.3g}")
+        if every > 0 and p.step % every == 0:
+            trainer.save_checkpoint(checkpoint)
+
+    try:
+        record = run_job(prior, args.prompt, trainer.settings, args.out, device,
+                         TrainEvents(on_progress=on_progress), trainer=trainer, load_seconds=load_seconds)
+    finally:
+        if bar is not None:
+            bar.close()
+    if every > 0:
+        trainer.save_checkpoint(checkpoint)
+    print(f"wrote {', '.join(record['files'].values())}, preview.png and job.json in {args.out}")
+    if record.get("figures"):
+        print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items() if isinstance(v, float)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from backend.priors.base import PriorError
@@ -140,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "image":
             return run_image(args)
+        if args.command == "generate":
+            return run_generate(args)
     except (SettingsError, PriorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ def build_representation(kind: str, settings: Mapping[str, Any], prior: Diffusio
             grid_log2_table=settings["nerf_grid_log2_table"],
             samples_per_ray=settings["nerf_samples_per_ray"],
             background=prior.background,
+            normal_eps=settings["nerf_normal_eps"],
         )
     elif kind == "gaussians":
         from backend.scene.gaussians import GaussianConfig, GaussianScene

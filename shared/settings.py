@@ -225,6 +225,9 @@ _ALL: tuple[Setting, ...] = (
     _s("nerf_grid_levels", int, 16, "Hash-grid levels (threestudio: 16).", "nerf", 1, 32, advanced=True),
     _s("nerf_grid_log2_table", int, 19, "log2 of the hash table size per level (threestudio: 19).", "nerf",
        8, 24, advanced=True),
+    _s("nerf_normal_eps", float, 0.01,
+       "Step of the central differences giving NeRF normals (0: analytic density gradient, which carries the "
+       "hash grid's cell-scale noise and needs a double backward).", "nerf", 0.0, 0.1, advanced=True),
     _s("gaussian_points", int, 5000, "Initial number of Gaussians (DreamGaussian: 5000).", "gaussians",
        100, 1000000, advanced=True),
     _s("gaussian_max_points", int, 200000, "Cap on the number of Gaussians after densification.", "gaussians",

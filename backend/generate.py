@@ -1,0 +1,118 @@
+"""One generation job end to end: prompt + settings -> trained representation -> textured mesh on disk.
+
+Writes ``mesh.glb``, ``mesh.obj`` (+ .mtl + texture PNG), ``mesh.ply``, ``preview.png`` (turntable
+strip) and ``job.json`` (settings used, timings per phase, figures). The CLI and the server both
+call `run_job`; `export_result` is also used for intermediate meshes while a run is going.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from backend.export import export_mesh, extract_mesh
+from backend.images import save_png
+from backend.priors.base import DiffusionPrior
+from backend.scene.cameras import eval_views
+from backend.train import Trainer, TrainEvents
+
+# Renders used to choose the marching-cubes level: the eval turntable plus views from above and below,
+# so concavities seen only from one side still constrain the level.
+LEVEL_VIEWS = 8
+LEVEL_RESOLUTION = 64
+
+
+def _field(fn: Any) -> Any:
+    def call(points: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fn(points)
+
+    return call
+
+
+def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("glb", "obj", "ply"),
+                  stem: str = "mesh", mesh_resolution: int | None = None,
+                  texture_size: int | None = None) -> dict[str, Any]:
+    """Extract, bake and write the trainer's current scene; returns figures and file paths."""
+    s = trainer.settings
+    scene = trainer.scene
+    scene.eval()
+    views = eval_views(LEVEL_VIEWS).to(trainer.device)
+    with torch.no_grad():
+        opacity = scene.render(views, LEVEL_RESOLUTION, LEVEL_RESOLUTION, "albedo").opacity
+    t0 = time.perf_counter()
+    mesh, extract_figures = extract_mesh(
+        _field(scene.density), views, opacity, resolution=mesh_resolution or s["mesh_resolution"],
+        target_faces=s["decimate_faces"] or None, device=trainer.device,
+    )
+    t1 = time.perf_counter()
+    export_figures = export_mesh(out_dir, mesh, _field(scene.albedo), texture_size=texture_size or s["texture_size"],
+                                 formats=formats, stem=stem, device=trainer.device)
+    t2 = time.perf_counter()
+    return {"mesh": mesh, "extract": extract_figures, "export": export_figures,
+            "seconds": {"extract": t1 - t0, "export": t2 - t1}}
+
+
+def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, level: float, resolution: int = 64) -> dict[str, float]:
+    """Voxel IoU with the true shape and the mean surface colour's error, when the prompt names one object."""
+    from backend.export import density_grid
+    from backend.export.field import DEFAULT_BOUND
+    from backend.priors.procedural import world
+
+    meaning = world.parse_prompt(prompt)
+    if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
+        return {}
+    grid = density_grid(_field(trainer.scene.density), resolution, DEFAULT_BOUND, device=trainer.device)
+    axis = torch.linspace(-DEFAULT_BOUND, DEFAULT_BOUND, resolution)
+    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    truth = (world.sdf(meaning.shapes[0], pts) < 0).numpy().reshape(grid.shape)
+    pred = grid > level
+    iou = float((truth & pred).sum() / max((truth | pred).sum(), 1))
+    with torch.no_grad():
+        colours = _field(trainer.scene.albedo)(torch.as_tensor(mesh.vertices, device=trainer.device)).cpu().numpy()
+    true_colour = np.array(world.COLOURS[meaning.colours[0]])
+    return {"voxel_iou": iou, "mean_colour": colours.mean(0).tolist(),
+            "colour_error": float(np.linalg.norm(colours.mean(0) - true_colour))}
+
+
+def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out_dir: Path,
+            device: torch.device, events: TrainEvents | None = None, trainer: Trainer | None = None,
+            load_seconds: float = 0.0) -> dict[str, Any]:
+    """Train (or continue ``trainer``), export, and write job.json. Returns the job record."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    t0 = time.perf_counter()
+    trainer = trainer or Trainer(prior, prompt, settings, device=device)
+    completed = trainer.run(events)
+    t1 = time.perf_counter()
+    result = export_result(trainer, out_dir)
+    t2 = time.perf_counter()
+    save_png(trainer.preview(8, 128), out_dir / "preview.png")
+    t3 = time.perf_counter()
+    record: dict[str, Any] = {
+        "prompt": prompt,
+        "status": "finished" if completed else "stopped",
+        "settings": trainer.settings,
+        "device": str(device),
+        "steps_done": trainer.step,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": {"load_prior": load_seconds, "train": t1 - t0, **result["seconds"], "preview": t3 - t2,
+                    "train_phases": dict(trainer.timings)},
+        "steps_per_second": trainer.step / max(t1 - t0, 1e-9),
+        "mesh": {k: v for k, v in result["extract"].items() if k != "seconds"},
+        "files": {k: str(Path(v).name) for k, v in result["export"].get("files", {}).items()},
+        "export": {k: v for k, v in result["export"].items() if k != "files"},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    if device.type == "cuda":
+        record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    if prior.name == "procedural":
+        record["figures"] = procedural_figures(prompt, trainer, result["mesh"], result["extract"]["level"])
+    (out_dir / "job.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
