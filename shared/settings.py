@@ -169,7 +169,7 @@ _ALL: tuple[Setting, ...] = (
        "BSD's unconditional branch: the negative prompt (released code) instead of the empty prompt "
        "(paper).", "method", methods=("bsd",), advanced=True),
     _s("tbsd_alpha", float, 2.0,
-       "TBSD factor(step) start value alpha (unpublished; see docs/TBSD_DEFAULTS.md).", "method",
+       "TBSD factor(step) start value alpha (unpublished; see docs/METHODS.md).", "method",
        0.0, 100.0, methods=("tbsd",)),
     _s("tbsd_beta", float, 0.5,
        "Fraction of the run over which factor falls from alpha to gamma (alpha / beta is the rate).",
@@ -248,7 +248,7 @@ _ALL: tuple[Setting, ...] = (
        1e-6, 10.0),
     _s("image_init_std", float, 0.1,
        "Standard deviation of the 2D experiment's random initial sample (1 = the diffusion's own noise "
-       "level; see docs/EXPERIMENT_2D.md for why the default is lower).", "image", 0.0, 2.0, advanced=True),
+       "level; see docs/METHODS.md for why the default is lower).", "image", 0.0, 2.0, advanced=True),
     _s("image_batch", int, 1, "Noise samples per step in the 2D experiment.", "image", 1, 64, advanced=True),
 )
 
