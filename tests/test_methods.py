@@ -397,7 +397,7 @@ def test_distillation_loss_reports_stage_and_factor(spied_prior):
     assert distillation_loss(prior, x, prompt_set(PROMPT, s), s, 0.49).info["bridge_stage"] == 1
     r = distillation_loss(prior, x, prompt_set(PROMPT, s), s, 0.5)
     assert r.info["bridge_stage"] == 2 and r.branches == ("target", "target_negative")
-    s = validate({"method": "tbsd"})
+    s = validate({"method": "tbsd", "tbsd_alpha": 4.0, "tbsd_beta": 0.5, "tbsd_gamma": 1.0})
     for progress, f in ((0.0, 4.0), (0.25, 2.0), (0.7, 1.0)):
         info = distillation_loss(prior, x, prompt_set(PROMPT, s), s, progress).info
         assert info["tbsd_factor"] == pytest.approx(f)
