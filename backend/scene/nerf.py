@@ -39,9 +39,11 @@ class NeRFScene(Representation):
         occupancy_resolution: int = 32,
         background: tuple[float, float, float] | None = None,
         normal_eps: float = 0.0,
+        normal_min_weight: float = 1e-4,
     ) -> None:
         super().__init__()
         self.normal_eps = normal_eps
+        self.normal_min_weight = normal_min_weight
         self.bound = bound
         self.blob_scale = blob_scale
         self.blob_radius = blob_radius
@@ -75,24 +77,24 @@ class NeRFScene(Representation):
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         return self._raw(points)[1]
 
-    def _field_with_normals(self, points: Tensor, need_normals: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        if not need_normals:
-            sigma, rgb = self._raw(points)
-            return sigma, rgb, None
+    def _normals(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """Unit normals (negative normalised density gradient) at ``points``."""
+        if points.shape[0] == 0:
+            return points.new_zeros(0, 3)
         if self.normal_eps > 0:
             # Central differences over a few finest-level cells: smoother than the analytic gradient of a
             # hash grid (which carries its cell-scale noise) and no double backward.
             n = points.shape[0]
             offsets = torch.eye(3, device=points.device, dtype=points.dtype) * self.normal_eps
-            probes = torch.cat([points, (points[:, None] + offsets).reshape(-1, 3), (points[:, None] - offsets).reshape(-1, 3)])
-            sigma_all, rgb_all = self._raw(probes)
-            grad = (sigma_all[n : 4 * n].reshape(n, 3) - sigma_all[4 * n :].reshape(n, 3)) / (2 * self.normal_eps)
-            return sigma_all[:n], rgb_all[:n], -F.normalize(grad, dim=-1)
+            probes = torch.cat([(points[:, None] + offsets).reshape(-1, 3), (points[:, None] - offsets).reshape(-1, 3)])
+            sigma = self._raw(probes)[0]
+            grad = (sigma[: 3 * n].reshape(n, 3) - sigma[3 * n :].reshape(n, 3)) / (2 * self.normal_eps)
+            return -F.normalize(grad, dim=-1)
         with torch.enable_grad():
             p = points.detach().requires_grad_(True)
-            sigma, rgb = self._raw(p)
+            sigma, _ = self._raw(p)
             (grad,) = torch.autograd.grad(sigma.sum(), p, create_graph=self.training)
-        return sigma, rgb, -F.normalize(grad, dim=-1)
+        return -F.normalize(grad, dim=-1)
 
     # --- occupancy grid -------------------------------------------------------------------------------
     def _cell_index(self, points: Float[Tensor, "N 3"]) -> Tensor:
@@ -152,16 +154,23 @@ class NeRFScene(Representation):
         keep: Bool[Tensor, "R*S"] = self.occupancy.reshape(-1)[self._cell_index(flat)] & hit[:, None].expand(-1, n_s).reshape(-1)
         idx = keep.nonzero().squeeze(-1)
         need_normals = shading != "albedo"
-        sigma_k, albedo_k, normal_k = self._field_with_normals(flat[idx], need_normals)
+        sigma_k, albedo_k = self._raw(flat[idx])
         sigma = torch.zeros(n_rays * n_s, device=o.device, dtype=sigma_k.dtype).index_put((idx,), sigma_k)
         alpha = (1 - torch.exp(-sigma.reshape(n_rays, n_s) * delta))
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1] + 1e-10], dim=1), dim=1)
         weights = (alpha * trans).reshape(-1)
         w_k = weights[idx]
         ray_k = idx // n_s
+        normal_k: Tensor | None = None
         if shading == "albedo":
             colour_k = albedo_k
         else:
+            # Normals cost six more field evaluations per sample (or a double backward), and only samples
+            # that reach the pixel need them: the rest (empty space the occupancy grid kept, matter behind
+            # the surface) are shaded with the ambient term alone, which changes a pixel by less than
+            # normal_min_weight * (1 - ambient) per sample. Which samples need normals is a detached choice.
+            shaded = (w_k.detach() > self.normal_min_weight).nonzero().squeeze(-1)
+            normal_k = torch.zeros_like(albedo_k).index_put((shaded,), self._normals(flat[idx[shaded]]))
             base = albedo_k if shading == "diffuse" else torch.ones_like(albedo_k)
             light = views.light_dir.repeat_interleave(height * width, dim=0)[ray_k]
             lambert = (normal_k * light).sum(-1, keepdim=True).clamp(min=0)

@@ -1,0 +1,94 @@
+"""`python -m backend generate` end to end on the CPU at toy sizes, and checkpoint resume.
+
+These check the plumbing (files, job record, validity of the GLB in Khronos' validator and in Blender's own
+importer, resume), not the quality of the result: that needs a full-length run (docs/METHODS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.priors.procedural.prior import ProceduralPrior
+from backend.train import Trainer
+from shared.settings import validate
+import blender_support  # tests/ helpers (pytest puts tests/ on sys.path)
+import gltf_validator
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ["--quality", "draft", "--steps", "24", "--camera-bank-size", "6", "--mesh-resolution", "40",
+       "--texture-size", "128", "--quiet"]
+
+
+def _generate(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend", "generate", "a red cube", "--out", str(out), *TOY, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module", params=["nerf", "gaussians"])
+def generated(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    proc = _generate(out, "--representation", request.param, "--checkpoint-every", "12")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return request.param, out
+
+
+def test_writes_every_file_and_a_complete_record(generated):
+    representation, out = generated
+    for name in ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.ply", "preview.png", "job.json", "checkpoint.pt"):
+        assert (out / name).stat().st_size > 0, name
+    record = json.loads((out / "job.json").read_text())
+    assert record["status"] == "finished" and record["steps_done"] == 24
+    assert record["settings"]["representation"] == representation
+    assert record["settings"]["steps"] == 24 and record["settings"]["quality"] == "draft"
+    for phase in ("train", "extract", "export", "preview"):
+        assert record["seconds"][phase] > 0, phase
+    assert record["mesh"]["faces"] > 0 and record["mesh"]["level_source"] == "renders"
+    assert 0.0 <= record["figures"]["voxel_iou"] <= 1.0
+    assert len(record["figures"]["mean_colour"]) == 3
+
+
+def test_glb_passes_the_khronos_validator(generated):
+    _, out = generated
+    (report,) = gltf_validator.validate(out / "mesh.glb")
+    assert report["numErrors"] == 0, gltf_validator.format_messages(report)
+
+
+def test_glb_imports_in_blender_with_its_texture(generated):
+    _, out = generated
+    result = blender_support.import_in_blender(out / "mesh.glb")
+    meshes = [o for o in result["objects"] if o["type"] == "MESH"]
+    assert len(meshes) == 1
+    (material,) = meshes[0]["materials"]
+    assert material["base_color_image_texture_direct"], material
+    assert material["image"]["has_pixels"] and material["image"]["size"] == [128, 128]
+
+
+def test_bad_setting_is_refused_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "backend", "generate", "a red cube", "--out", str(tmp_path / "x"),
+                           "--representation", "voxels", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert "voxels" in proc.stderr and "nerf" in proc.stderr and "gaussians" in proc.stderr
+    assert not (tmp_path / "x" / "job.json").exists()
+
+
+def test_resumed_nerf_run_matches_an_uninterrupted_one(tmp_path):
+    settings = validate({"quality": "draft", "steps": 12, "camera_bank_size": 4, "representation": "nerf"})
+    prior = ProceduralPrior(resolution=32)
+    straight = Trainer(prior, "a red cube", settings)
+    straight.run()
+    first = Trainer(prior, "a red cube", settings)
+    first.run(until=6)
+    first.save_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior)
+    assert resumed.step == 6
+    resumed.run()
+    for (name, a), (_, b) in zip(straight.scene.state_dict().items(), resumed.scene.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert not torch.allclose(straight.scene.encoding.table, Trainer(prior, "a red cube", settings).scene.encoding.table)
