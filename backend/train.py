@@ -89,7 +89,12 @@ class Trainer:
         self.prompt = prompt
         self.prompts = prompt_set(prompt, settings)
         prior.check_prompts(self.prompts)
-        self.scene = representation or build_representation(settings["representation"], settings, prior, self.device)
+        if representation is None:
+            # Initial weights follow the run's seed, without disturbing the caller's global RNG.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(settings["seed"])
+                representation = build_representation(settings["representation"], settings, prior, self.device)
+        self.scene = representation
         self.optimiser = torch.optim.AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
         self.generator = torch.Generator().manual_seed(settings["seed"])
         self.step = 0
@@ -140,6 +145,10 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         s = self.settings
         progress = self.step / max(self.total, 1)
+        # Representations draw from torch's global RNG (ray jitter, occupancy probes, densification); seeding it
+        # from the run's generator each step makes a run repeatable and a resumed run identical to an
+        # uninterrupted one, since that generator is checkpointed.
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         self.scene.train()
         self.scene.before_step(self.step, self.total)
         views, angles = self._views()
