@@ -12,8 +12,6 @@ from typing import Any, Sequence
 
 from shared.settings import SCHEMA, SettingsError, validate
 
-# Settings a command exposes under a shorter, command-specific flag.
-IMAGE_ALIASES = {"steps": "image_steps"}
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:

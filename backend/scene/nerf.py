@@ -153,7 +153,6 @@ class NeRFScene(Representation):
         flat = pts.reshape(-1, 3)
         keep: Bool[Tensor, "R*S"] = self.occupancy.reshape(-1)[self._cell_index(flat)] & hit[:, None].expand(-1, n_s).reshape(-1)
         idx = keep.nonzero().squeeze(-1)
-        need_normals = shading != "albedo"
         sigma_k, albedo_k = self._raw(flat[idx])
         sigma = torch.zeros(n_rays * n_s, device=o.device, dtype=sigma_k.dtype).index_put((idx,), sigma_k)
         alpha = (1 - torch.exp(-sigma.reshape(n_rays, n_s) * delta))
