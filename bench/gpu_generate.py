@@ -39,11 +39,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--sd-steps", type=int, default=200)
     parser.add_argument("--prompts", default="a red cube,a blue sphere,a green torus")
+    parser.add_argument("--representations", default="gaussians,nerf")
     args = parser.parse_args()
     device = torch.device("cuda")
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
     procedural = ProceduralPrior(device=device)
-    for representation in ("gaussians", "nerf"):
+    representations = args.representations.split(",")
+    for representation in representations:
         for prompt in args.prompts.split(","):
             settings = validate({"representation": representation, "steps": args.steps})
             run = {"prior": "procedural", "representation": representation, "prompt": prompt,
@@ -53,7 +55,7 @@ def main() -> None:
                                                   "peak_gpu_memory_gb")}), flush=True)
             args.out.write_text(json.dumps(result, indent=1))
     sd = build_random_sd21_base(device=device)
-    for representation in ("gaussians", "nerf"):
+    for representation in representations:
         settings = validate({"representation": representation, "steps": args.sd_steps, "model": "sd21-base-random"})
         run = {"prior": "sd21-base-random-fp16", "representation": representation,
                **one(sd, "a photograph of an astronaut riding a horse", settings, device)}
