@@ -64,9 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 IMAGE_ONLY = ("image_steps", "image_lr", "image_init_std", "image_batch")
 
 
-def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    given = {name: getattr(args, name) for name in SCHEMA if getattr(args, name, None) is not None}
-    return validate(given)
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the settings named on the command line."""
+    return {name: getattr(args, name) for name in SCHEMA if getattr(args, name, None) is not None}
+
+
+def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
+    """Validated settings, the device, the prior and the seconds its loading took."""
+    from backend.priors import load_prior, resolve_device
+
+    settings = validate(_given_settings(args))
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
+    return settings, device, prior, time.perf_counter() - t0
 
 
 def run_image(args: argparse.Namespace) -> int:
@@ -75,15 +86,10 @@ def run_image(args: argparse.Namespace) -> int:
 
     from backend.distill.step import prompt_set
     from backend.image2d import optimise_image
-    from backend.priors import load_prior, resolve_device
-    from backend.scene.cameras import front_view
     from backend.images import save_png
+    from backend.scene.cameras import front_view
 
-    settings = _settings_from_args(args)
-    device = resolve_device(args.device)
-    t0 = time.perf_counter()
-    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
-    load_seconds = time.perf_counter() - t0
+    settings, device, prior, load_seconds = _load(args)
     prior.check_prompts(prompt_set(args.prompt, settings))  # fail before any work on a bad prompt
     bar = None if args.quiet else tqdm(total=settings["image_steps"], desc=f"{settings['method']} '{args.prompt}'",
                                        unit="step", file=sys.stderr)
@@ -146,18 +152,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from backend.generate import run_job
-    from backend.priors import load_prior, resolve_device
     from backend.train import Trainer, TrainEvents
 
-    settings = _settings_from_args(args)
-    device = resolve_device(args.device)
-    t0 = time.perf_counter()
-    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
-    load_seconds = time.perf_counter() - t0
+    settings, device, prior, load_seconds = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume is not None:
-        given = {n: getattr(args, n) for n in SCHEMA if getattr(args, n, None) is not None}
-        trainer = Trainer.from_checkpoint(args.resume, prior, device, args.prompt, given or None)
+        trainer = Trainer.from_checkpoint(args.resume, prior, device, args.prompt, _given_settings(args) or None)
     else:
         trainer = Trainer(prior, args.prompt, settings, device=device)
     bar = None if args.quiet else tqdm(total=trainer.total, initial=trainer.step, unit="step", file=sys.stderr,
