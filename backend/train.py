@@ -123,8 +123,7 @@ class Trainer:
             self._bank = (views.to(self.device), angles)
         idx = torch.randint(0, bank_size, (n,), generator=self.generator).tolist()
         views, angles = self._bank
-        chosen = Views(views.c2w[idx], views.fovy[idx], views.light_dir[idx], views.ambient)
-        return chosen, [angles[i] for i in idx]
+        return views.select(idx), [angles[i] for i in idx]
 
     def _shading(self) -> str:
         if self.prior.fixed_shading is not None:
@@ -161,7 +160,7 @@ class Trainer:
         loss = torch.zeros((), device=x.device)
         info: dict[str, Any] = {}
         for prompts, idx in self._prompt_groups(angles):
-            sub_views = Views(views.c2w[idx], views.fovy[idx], views.light_dir[idx], views.ambient)
+            sub_views = views.select(idx)
             result = distillation_loss(self.prior, x[idx], prompts, s, progress, self.generator,
                                        sub_views if self.prior.camera_aware else None)
             loss = loss + result.loss * len(idx) / len(angles)

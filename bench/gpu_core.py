@@ -44,33 +44,25 @@ def sd_method_timings(prior, method: str, warmup: int, steps: int) -> dict:
     prompts = prompt_set("a photograph of an astronaut riding a horse", settings)
     gen = torch.Generator().manual_seed(0)
     out = {}
-    # 2D experiment: the latent itself is the parameter.
-    latent = torch.nn.Parameter(torch.randn(1, *prior.sample_shape, device="cuda"))
-    opt = torch.optim.Adam([latent], lr=0.03)
+    cases = {
+        # 2D experiment: the latent itself is the parameter.
+        "latent": (torch.randn(1, *prior.sample_shape, device="cuda"), 0.03, lambda p: p),
+        # 3D-shaped: an RGB render at 512 goes through the VAE encoder with gradient.
+        "encode512": (torch.rand(1, 3, 512, 512, device="cuda"), 0.01, prior.encode),
+    }
+    for name, (init, lr, to_sample) in cases.items():
+        param = torch.nn.Parameter(init)
+        opt = torch.optim.Adam([param], lr=lr)
 
-    def latent_step(i: int) -> None:
-        r = distillation_loss(prior, latent, prompts, settings, progress=i / 100, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        r.loss.backward()
-        opt.step()
+        def step(i: int) -> None:
+            r = distillation_loss(prior, to_sample(param), prompts, settings, progress=i / 100, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            r.loss.backward()
+            opt.step()
 
-    torch.cuda.reset_peak_memory_stats()
-    out["latent_ms_per_step"] = _time_steps(latent_step, warmup, steps)
-    out["latent_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    # 3D-shaped: an RGB render at 512 goes through the VAE encoder with gradient.
-    image = torch.nn.Parameter(torch.rand(1, 3, 512, 512, device="cuda"))
-    opt2 = torch.optim.Adam([image], lr=0.01)
-
-    def pixel_step(i: int) -> None:
-        z = prior.encode(image)
-        r = distillation_loss(prior, z, prompts, settings, progress=i / 100, generator=gen)
-        opt2.zero_grad(set_to_none=True)
-        r.loss.backward()
-        opt2.step()
-
-    torch.cuda.reset_peak_memory_stats()
-    out["encode512_ms_per_step"] = _time_steps(pixel_step, warmup, steps)
-    out["encode512_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        torch.cuda.reset_peak_memory_stats()
+        out[f"{name}_ms_per_step"] = _time_steps(step, warmup, steps)
+        out[f"{name}_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out
 
 

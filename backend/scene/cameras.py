@@ -37,8 +37,9 @@ class Views:
     def to(self, device: torch.device | str) -> "Views":
         return Views(self.c2w.to(device), self.fovy.to(device), self.light_dir.to(device), self.ambient)
 
-    def index(self, i: int) -> "Views":
-        return Views(self.c2w[i : i + 1], self.fovy[i : i + 1], self.light_dir[i : i + 1], self.ambient)
+    def select(self, indices: list[int]) -> "Views":
+        """The views at ``indices`` (repeats allowed), with the same ambient term."""
+        return Views(self.c2w[indices], self.fovy[indices], self.light_dir[indices], self.ambient)
 
     def key(self, i: int) -> bytes:
         """A hashable identity of view ``i`` (for render caches)."""

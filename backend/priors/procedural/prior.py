@@ -69,8 +69,7 @@ class ProceduralPrior(DiffusionPrior):
         first_index = {k: i for i, k in reversed(list(enumerate(keys)))}
         missing = [i for k, i in first_index.items() if k not in self._geometry]
         if missing:
-            sub = Views(views.c2w[missing], views.fovy[missing], views.light_dir[missing], views.ambient)
-            fresh = world.render_shapes(sub.to(self.device), self.resolution)
+            fresh = world.render_shapes(views.select(missing).to(self.device), self.resolution)
             for j, i in enumerate(missing):
                 self._geometry[keys[i]] = world.ShapeRender(fresh.coverage[j : j + 1], fresh.shading[j : j + 1])
         for k in keys:
