@@ -4,6 +4,7 @@
     python build.py demo   # the main job end to end on the embedded procedural prior
     python build.py test   # the test suite
     python build.py setup  # only set up both environments
+    python build.py addon  # the Blender extension zip, dist/<id>-<version>.zip
 
 Each command sets itself up from nothing: a virtual environment in .venv with the CPU build of
 torch (torch==2.13.0, from the local disk on these machines) and the project with its test extras.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -132,11 +134,83 @@ def cmd_demo(extra: list[str]) -> int:
     return proc.returncode
 
 
+# --- the Blender add-on (an extension zip) ---------------------------------------------------------------
+ADDON_SRC = ROOT / "blender_addon"
+WHEEL_CACHE = ROOT / ".cache" / "wheels"
+DIST = ROOT / "dist"
+# Not shipped from the add-on folder: build products and the copies build_addon puts in the zip itself.
+_ADDON_SKIP = {"__pycache__", "_vendor", "wheels", ".gitignore"}
+
+
+def _wheel_tags(filename: str) -> tuple[str, str, list[str]]:
+    """(distribution, version, platform tags) of a wheel file name (PEP 427)."""
+    parts = filename[: -len(".whl")].split("-")
+    return parts[0], parts[1], parts[-1].split(".")
+
+
+def fetch_wheels(wheels: list[str], python_version: str = "3.11") -> list[Path]:
+    """Download each wheel named in the manifest into .cache/wheels (kept between builds); returns their paths.
+
+    The manifest's file names say which distribution, version and platform to ask pip for, so the manifest is
+    the one place the pin lives.
+    """
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for entry in wheels:
+        name = Path(entry).name
+        path = WHEEL_CACHE / name
+        if not path.exists():
+            dist, version, platforms = _wheel_tags(name)
+            # pip of this interpreter, else of .venv (a bare Python may come without pip).
+            pip_python = sys.executable if importlib.util.find_spec("pip") else ensure_env()
+            cmd = [pip_python, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+                   f"{dist}=={version}", "--only-binary=:all:", "--no-deps", "--python-version", python_version,
+                   "-d", WHEEL_CACHE]
+            for platform in platforms:
+                cmd += ["--platform", platform]
+            _run(cmd)
+            if not path.exists():
+                raise SystemExit(f"error: pip did not download {name} (the manifest names a wheel PyPI does not have)")
+        paths.append(path)
+    return paths
+
+
+def build_addon() -> Path:
+    """Write dist/<id>-<version>.zip: the add-on, shared/ as _vendor/shared, and the manifest's wheels."""
+    import tomllib
+    import zipfile
+
+    manifest = tomllib.loads((ADDON_SRC / "blender_manifest.toml").read_text(encoding="utf-8"))
+    wheels = fetch_wheels(manifest.get("wheels", []))
+    DIST.mkdir(exist_ok=True)
+    out = DIST / f"{manifest['id']}-{manifest['version']}.zip"
+    tmp = out.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(ADDON_SRC.rglob("*")):
+            rel = path.relative_to(ADDON_SRC)
+            if path.is_file() and not _ADDON_SKIP.intersection(rel.parts) and path.suffix != ".pyc":
+                zf.write(path, rel.as_posix())
+        zf.writestr("_vendor/__init__.py", "# Packages of the product vendored into the add-on by build.py.\n")
+        for path in sorted((ROOT / "shared").rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                zf.write(path, ("_vendor/shared" / path.relative_to(ROOT / "shared")).as_posix())
+        for wheel in wheels:
+            zf.write(wheel, f"wheels/{wheel.name}")
+    tmp.replace(out)
+    print(f"add-on: {out}", flush=True)
+    return out
+
+
+def cmd_addon(extra: list[str]) -> int:
+    build_addon()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("demo", "test", "setup"))
+    parser.add_argument("command", choices=("demo", "test", "setup", "addon"))
     args, extra = parser.parse_known_args()
-    return {"demo": cmd_demo, "test": cmd_test, "setup": cmd_setup}[args.command](extra)
+    return {"demo": cmd_demo, "test": cmd_test, "setup": cmd_setup, "addon": cmd_addon}[args.command](extra)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Add-on preferences: where the backend is, how to start a local one, and the key of a remote one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import StringProperty
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+class TBSD_Preferences(bpy.types.AddonPreferences):
+    # Extensions are imported as bl_ext.<repo>.<id>; __package__ is that name, which Blender uses as the key.
+    bl_idname = __package__
+
+    address: StringProperty(
+        name="Backend address", default=DEFAULT_ADDRESS,
+        description="ZeroMQ address of the backend, e.g. tcp://127.0.0.1:5555 or tcp://gpu-box:5555")
+    python: StringProperty(
+        name="Python", subtype="FILE_PATH", default="",
+        description="Python of the backend's environment (with torch), used to start a local backend")
+    arguments: StringProperty(
+        name="Arguments", default="-m backend serve --device auto",
+        description="Arguments after the Python executable; --bind and --results are added from these preferences")
+    working_dir: StringProperty(
+        name="Backend folder", subtype="DIR_PATH", default="",
+        description="Folder the local backend runs in (the project checkout, so `-m backend` imports)")
+    results_dir: StringProperty(
+        name="Results folder", subtype="DIR_PATH", default="",
+        description="Where the backend writes each job's files (empty: the backend's default)")
+    curve_server_key: StringProperty(
+        name="CURVE server key", default="",
+        description="Z85 public key of a remote backend that uses CurveZMQ encryption (empty: no encryption)")
+
+    def draw(self, _context: Any) -> None:
+        layout = self.layout
+        layout.prop(self, "address")
+        layout.prop(self, "curve_server_key")
+        box = layout.box()
+        box.label(text="Local backend")
+        box.prop(self, "python")
+        box.prop(self, "arguments")
+        box.prop(self, "working_dir")
+        box.prop(self, "results_dir")
+        row = box.row()
+        row.operator("tbsd.backend_start")
+        row.operator("tbsd.backend_stop")
+
+
+def get(context: Any = None) -> TBSD_Preferences:
+    context = context or bpy.context
+    return context.preferences.addons[__package__].preferences
+
+
+def register() -> None:
+    bpy.utils.register_class(TBSD_Preferences)
+
+
+def unregister() -> None:
+    bpy.utils.unregister_class(TBSD_Preferences)

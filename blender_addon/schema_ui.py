@@ -1,0 +1,54 @@
+"""Which schema settings the panel shows, and where: a pure function of the shared schema (no bpy).
+
+The panel draws exactly what `sections` returns, so a setting added to shared/settings.py shows up in the
+N-panel without an edit here; tests/test_addon_schema.py checks every setting is drawn for some method or is in
+`HIDDEN` with a reason.
+"""
+
+from __future__ import annotations
+
+from ._vendor.shared.settings import SCHEMA, Setting, settings_for_method
+
+# Deliberately not in the panel, with the reason. The image_* settings drive the 2D image experiment
+# (`python -m backend image`), which is a research tool, not a 3D job the add-on can start.
+HIDDEN: dict[str, str] = {
+    name: "2D image experiment only; the add-on runs 3D jobs"
+    for name, s in SCHEMA.items() if s.group == "image"
+}
+
+# Drawn at the top, always, in this order (the prompt itself is not a schema setting).
+BASIC: tuple[str, ...] = ("method", "representation", "quality", "seed")
+# The descriptors the method turns into a negative prompt: under the prompt, for the methods that use them.
+PROMPT_GROUP = "prompt"
+
+
+def _visible(method: str) -> list[Setting]:
+    return [s for s in settings_for_method(method) if s.name not in HIDDEN]
+
+
+def prompt_settings(method: str) -> list[str]:
+    """Negative prompt / target-negative descriptors the chosen method uses."""
+    return [s.name for s in _visible(method) if s.group == PROMPT_GROUP]
+
+
+def sections(method: str) -> list[tuple[str, list[str]]]:
+    """(title, setting names) below the basic fields: the non-advanced "Settings", then advanced groups.
+
+    Advanced sections are titled "Advanced: <group>" and sit in the panel's collapsible advanced box.
+    """
+    rest = [s for s in _visible(method) if s.name not in BASIC and s.group != PROMPT_GROUP]
+    out: list[tuple[str, list[str]]] = [("Settings", [s.name for s in rest if not s.advanced])]
+    by_group: dict[str, list[str]] = {}
+    for s in rest:
+        if s.advanced:
+            by_group.setdefault(s.group, []).append(s.name)
+    out.extend((f"Advanced: {group}", names) for group, names in by_group.items())
+    return [(title, names) for title, names in out if names]
+
+
+def drawn_names(method: str) -> set[str]:
+    """Every setting the panel draws for ``method``."""
+    names = set(BASIC) | set(prompt_settings(method))
+    for _, group in sections(method):
+        names.update(group)
+    return names
