@@ -175,6 +175,18 @@ def fetch_wheels(wheels: list[str], python_version: str = "3.11") -> list[Path]:
     return paths
 
 
+def vendored_source(text: str) -> str:
+    """A shared/ module as it goes into the add-on: ``from shared.x import`` becomes ``from .x import``.
+
+    Inside Blender the package is ``<extension>._vendor.shared``, never a top-level ``shared`` (an extension
+    must not put names on sys.path that another add-on could shadow), so absolute imports of it are made relative.
+    """
+    import re
+
+    return re.sub(r"^(\s*)from shared((?:\.\w+)*) import ", lambda m: f"{m[1]}from .{m[2][1:]} import ",
+                  text, flags=re.MULTILINE)
+
+
 def build_addon() -> Path:
     """Write dist/<id>-<version>.zip: the add-on, shared/ as _vendor/shared, and the manifest's wheels."""
     import tomllib
@@ -193,7 +205,8 @@ def build_addon() -> Path:
         zf.writestr("_vendor/__init__.py", "# Packages of the product vendored into the add-on by build.py.\n")
         for path in sorted((ROOT / "shared").rglob("*.py")):
             if "__pycache__" not in path.parts:
-                zf.write(path, ("_vendor/shared" / path.relative_to(ROOT / "shared")).as_posix())
+                zf.writestr(("_vendor/shared" / path.relative_to(ROOT / "shared")).as_posix(),
+                            vendored_source(path.read_text(encoding="utf-8")))
         for wheel in wheels:
             zf.write(wheel, f"wheels/{wheel.name}")
     tmp.replace(out)

@@ -1,31 +1,313 @@
-"""Jobs on the backend: Generate, Refine, Cancel, results; the Session the connection's timer ticks."""
+"""Jobs on the backend: the Session the connection's timer ticks, and what the operators ask of it.
+
+Every message is handled on Blender's main thread inside the timer callback (connection._tick): progress and
+status go into the WindowManager's tbsd_state, previews into the preview image, meshes into the job's object.
+A job's meshes always go into one object, created at the 3D cursor when the job was submitted (or, for Refine,
+the object being refined), so an intermediate mesh replaces the previous one in place.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-JOB_KEY = "tbsd_job"  # custom property on a generated object: the job whose run it shows
+import bpy
+
+from . import connection, local_backend, preferences, preview, scene_mesh
+from ._vendor.shared.client import Client
+from ._vendor.shared.protocol import Message
+from .props import job_settings
+
+JOB_KEY = "tbsd_job"  # custom properties on a generated object: the job whose run it shows, and what made it
+PROMPT_KEY = "tbsd_prompt"
+SETTINGS_KEY = "tbsd_settings"
+RUNNING = ("submitting", "queued", "running", "cancelling")
 
 
-def connect(context: Any) -> Any:
-    raise NotImplementedError("waiting for shared/protocol.py")
+@dataclass
+class JobView:
+    """What the add-on knows of one job it submitted."""
+
+    prompt: str
+    settings: dict[str, Any]
+    object_name: str  # the object its meshes go into (created on the first mesh)
+    cursor: tuple[float, float, float]
+    job_id: str | None = None
+    meshes: int = 0
+    final: bool = False
 
 
-def generate(context: Any) -> None:
-    raise NotImplementedError("waiting for shared/protocol.py")
+@dataclass
+class Session:
+    client: Client
+    requests: dict[str, JobView] = field(default_factory=dict)  # submit/refine request id -> job
+    jobs: dict[str, JobView] = field(default_factory=dict)  # job id -> job
+    fetches: dict[str, str] = field(default_factory=dict)  # fetch request id -> job id
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    welcomed: bool = False
+
+    # --- the timer's work ----------------------------------------------------------------------------------
+    def tick(self, context: Any) -> None:
+        state = connection.state(context)
+        for message in self.client.poll_messages(0):
+            self.handle(context, message)
+        if local_backend.exit_code() is not None:
+            # Our own backend process died: say so now rather than after the heartbeat timeout.
+            self._lost(state, f"the local backend exited with code {local_backend.exit_code()}: "
+                              f"{local_backend.log_tail(300).strip()[-300:]}")
+        elif not self.client.backend_alive() or time.monotonic() - self.client.last_received > connection.LOST_AFTER_S:
+            self._lost(state, f"no heartbeat from {self.client.endpoint} for {connection.LOST_AFTER_S:g} s")
+        elif state.connection != "connected" and self.welcomed:
+            state.connection = "connected"
+
+    def _lost(self, state: Any, why: str) -> None:
+        if state.connection != "lost":
+            state.connection = "lost"
+            state.last_error = f"Backend lost: {why}"
+            if state.job_state in RUNNING:
+                state.job_state = "lost"
+
+    def handle(self, context: Any, m: Message) -> None:
+        handler = getattr(self, f"on_{m.type}", None)
+        if handler is not None:
+            handler(context, m)
+
+    def _job(self, m: Message) -> JobView | None:
+        return self.jobs.get(m.job) if m.job else None
+
+    def _is_current(self, context: Any, m: Message) -> bool:
+        return m.job is not None and m.job == connection.state(context).job_id
+
+    # --- message handlers (main thread) --------------------------------------------------------------------
+    def on_welcome(self, context: Any, m: Message) -> None:
+        state = connection.state(context)
+        caps = m.get("capabilities") or {}
+        self.capabilities = caps
+        self.welcomed = True
+        state.connection = "connected"
+        state.device = str(caps.get("device", ""))
+        state.gpu = str(caps.get("gpu") or caps.get("device_name") or "")
+        state.model = str(caps.get("model", ""))
+        state.backend_version = str(m.get("server", ""))
+        if state.last_error.startswith("Backend lost"):
+            state.last_error = ""
+
+    def on_accepted(self, context: Any, m: Message) -> None:
+        view = self.requests.pop(m.get("id"), None)
+        if view is None:
+            return
+        view.job_id = m.job
+        self.jobs[m.job] = view
+        state = connection.state(context)
+        state.job_id, state.job_state, state.phase = m.job, "queued", f"queue position {m.get('position', 0)}"
+        state.progress, state.step, state.steps, state.eta_s = 0.0, 0, int(view.settings.get("steps", 0)), 0.0
+
+    def on_started(self, context: Any, m: Message) -> None:
+        if self._is_current(context, m):
+            state = connection.state(context)
+            state.job_state, state.phase = "running", "training"
+            state.step, state.steps = int(m.get("step", 0)), int(m.get("total", state.steps))
+
+    def on_progress(self, context: Any, m: Message) -> None:
+        if not self._is_current(context, m):
+            return
+        state = connection.state(context)
+        if state.job_state == "queued":
+            state.job_state = "running"
+        total = int(m.get("total", state.steps) or 1)
+        state.step, state.steps = int(m.get("step", 0)), total
+        state.progress = min(1.0, state.step / max(total, 1))
+        state.eta_s = float(m.get("eta_seconds", 0.0) or 0.0)
+        state.phase = "training" if state.step < total else "extracting the mesh"
+
+    def on_preview(self, context: Any, m: Message) -> None:
+        if self._is_current(context, m) and "image" in m.arrays:
+            preview.show(m.arrays["image"])
+            connection.state(context).previews_received += 1
+
+    def on_mesh(self, context: Any, m: Message) -> None:
+        view = self._job(m)
+        if view is None:
+            return
+        obj = self._place(context, view, m.arrays)
+        view.meshes += 1
+        view.final = bool(m.get("final", False))
+        obj[JOB_KEY] = m.job
+        obj[PROMPT_KEY] = view.prompt
+        obj[SETTINGS_KEY] = json.dumps(view.settings)
+        state = connection.state(context)
+        if self._is_current(context, m):
+            state.meshes_received += 1
+            state.object_name = obj.name
+        if view.final:
+            scene_mesh.select_only(context, obj)
+            _undo_push(f"TBSD: {view.prompt}")
+
+    def _place(self, context: Any, view: JobView, arrays: dict[str, Any]) -> Any:
+        existing = bpy.data.objects.get(view.object_name)
+        obj = scene_mesh.ensure_object(context, view.object_name, existing)
+        if existing is None:
+            obj.location = view.cursor
+        view.object_name = obj.name  # Blender may have added a .001 suffix
+        scene_mesh.update_object(obj, mesh_arrays(arrays), obj.name)
+        return obj
+
+    def on_finished(self, context: Any, m: Message) -> None:
+        if self._is_current(context, m):
+            state = connection.state(context)
+            state.job_state = "done" if m.get("status", "done") in ("done", "finished", "ok") else str(m.get("status"))
+            state.progress, state.eta_s, state.phase = 1.0, 0.0, ""
+            state.step = state.steps
+
+    def on_cancelled(self, context: Any, m: Message) -> None:
+        if self._is_current(context, m):
+            state = connection.state(context)
+            state.job_state = "cancelled"
+            state.eta_s = 0.0
+            state.phase = str(m.get("reason") or "")
+
+    def on_error(self, context: Any, m: Message) -> None:
+        state = connection.state(context)
+        where = f" (job {m.job})" if m.job else ""
+        state.last_error = f"{m.get('message', 'unknown error')}{where}"
+        self.requests.pop(m.get("id"), None)
+        if m.get("fatal") and self._is_current(context, m):
+            state.job_state = "failed"
+        elif m.get("id") and state.job_state == "submitting":
+            state.job_state = "failed"
+
+    def on_results(self, context: Any, m: Message) -> None:
+        state = connection.state(context)
+        state.results.clear()
+        for entry in m.get("results") or []:
+            item = state.results.add()
+            item.job_id = str(entry.get("job", ""))
+            item.prompt = str(entry.get("prompt", ""))
+            item.state = str(entry.get("status", ""))
+
+    def on_result(self, context: Any, m: Message) -> None:
+        self.fetches.pop(m.get("id"), None)
+        record = m.get("record") or {}
+        prompt = str(record.get("prompt") or m.job)
+        view = JobView(prompt, dict(record.get("settings") or {}), scene_mesh.object_name(prompt),
+                       tuple(context.scene.cursor.location), job_id=m.job)
+        obj = scene_mesh.ensure_object(context, view.object_name)
+        scene_mesh.update_object(obj, mesh_arrays(m.arrays), obj.name)
+        obj[JOB_KEY], obj[PROMPT_KEY], obj[SETTINGS_KEY] = m.job, prompt, json.dumps(view.settings)
+        scene_mesh.select_only(context, obj)
+        _undo_push(f"TBSD: import {prompt}")
+
+    def on_shutting_down(self, context: Any, m: Message) -> None:
+        self._lost(connection.state(context), f"the backend is shutting down ({m.get('reason', '')})")
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def refine(context: Any, obj: Any) -> None:
-    raise NotImplementedError("waiting for shared/protocol.py")
+def mesh_arrays(arrays: dict[str, Any]) -> scene_mesh.MeshArrays:
+    if "vertices" not in arrays or "faces" not in arrays:
+        raise ValueError(f"a mesh message needs vertices and faces; it carried {sorted(arrays)}")
+    return scene_mesh.MeshArrays(arrays["vertices"], arrays["faces"], arrays.get("uvs"), arrays.get("colours"),
+                                 arrays.get("texture"))
+
+
+def _undo_push(message: str) -> None:
+    # One undo step per finished object. Background Blender has no undo stack: nothing to push there.
+    if not bpy.app.background:
+        bpy.ops.ed.undo_push(message=message)
+
+
+# --- what the operators call ------------------------------------------------------------------------------------
+def _make_session(context: Any) -> Session:
+    prefs = preferences.get(context)
+    if not prefs.client_token:
+        prefs.client_token = uuid.uuid4().hex[:16]
+    key = prefs.curve_server_key.strip().encode() or None
+    client = Client(prefs.address, prefs.client_token, server_public_key=key)
+    client.send_hello(name=f"blender {bpy.app.version_string}")
+    return Session(client)
+
+
+def connect(context: Any) -> Session:
+    state = connection.state(context)
+    state.connection = "connecting"
+    return connection.connect(lambda: _make_session(context))
+
+
+def _session(context: Any) -> Session:
+    s = connection.session()
+    if s is None or connection.state(context).connection == "lost":
+        s = connect(context)
+    return s
+
+
+def stream_options(props: Any) -> dict[str, int]:
+    """How much the job streams back: progress about 100 times, ``stream_meshes`` intermediate meshes."""
+    steps = max(1, int(props.steps))
+    out = {"progress_every": max(1, steps // 100), "preview_size": 128}
+    if props.stream_meshes > 0:
+        out["mesh_every"] = max(1, steps // (props.stream_meshes + 1))
+        out["mesh_resolution"] = min(int(props.mesh_resolution), 128)
+        out["mesh_texture_size"] = min(int(props.texture_size), 256)
+    return out
+
+
+def _start_view(context: Any, prompt: str, settings: dict[str, Any], object_name: str) -> JobView:
+    state = connection.state(context)
+    state.last_error = ""
+    state.job_state, state.job_id, state.phase = "submitting", "", ""
+    state.progress, state.step, state.eta_s = 0.0, 0, 0.0
+    state.meshes_received = state.previews_received = 0
+    state.object_name = object_name
+    return JobView(prompt, settings, object_name, tuple(context.scene.cursor.location))
+
+
+def generate(context: Any) -> str:
+    props = context.scene.tbsd
+    prompt = props.prompt.strip()
+    if not prompt:
+        raise ValueError("type a prompt first")
+    settings = job_settings(props)
+    session = _session(context)
+    view = _start_view(context, prompt, settings, scene_mesh.object_name(prompt))
+    rid = session.client.send_submit(prompt, settings, stream_options(props))
+    session.requests[rid] = view
+    return rid
+
+
+def refine(context: Any, obj: Any) -> str:
+    """Continue ``obj``'s job with the panel's prompt and settings; the new job's meshes replace ``obj``'s."""
+    job = obj.get(JOB_KEY)
+    if not job:
+        raise ValueError(f"{obj.name} was not made by TBSD Studio (no {JOB_KEY} property)")
+    props = context.scene.tbsd
+    prompt = props.prompt.strip() or str(obj.get(PROMPT_KEY, ""))
+    settings = job_settings(props)
+    session = _session(context)
+    view = _start_view(context, prompt, settings, obj.name)
+    rid = session.client.send_refine(str(job), prompt=prompt, settings=settings, stream=stream_options(props))
+    session.requests[rid] = view
+    return rid
 
 
 def cancel(context: Any) -> None:
-    raise NotImplementedError("waiting for shared/protocol.py")
+    state = connection.state(context)
+    session = connection.session()
+    if session is None or not state.job_id:
+        raise ValueError("no job is running")
+    session.client.send_cancel(state.job_id)
+    if state.job_state in ("queued", "running"):
+        state.job_state = "cancelling"
 
 
 def request_results(context: Any) -> None:
-    raise NotImplementedError("waiting for shared/protocol.py")
+    _session(context).client.send_list()
 
 
 def import_result(context: Any, job_id: str) -> None:
-    raise NotImplementedError("waiting for shared/protocol.py")
+    session = _session(context)
+    rid = session.client.send_fetch(job_id)
+    session.fetches[rid] = job_id

@@ -45,7 +45,7 @@ class TBSD_PT_main(bpy.types.Panel):
 
         row = layout.row(align=True)
         row.scale_y = 1.4
-        running = state.job_state in ("queued", "running", "cancelling")
+        running = state.job_state in ("submitting", "queued", "running", "cancelling")
         row.operator("tbsd.generate", icon="PLAY")
         row.operator("tbsd.refine", icon="MODIFIER")
         sub = row.row(align=True)
@@ -81,6 +81,8 @@ class TBSD_PT_main(bpy.types.Panel):
 
         layout.prop(props, "show_advanced", icon="TRIA_DOWN" if props.show_advanced else "TRIA_RIGHT",
                     emboss=False)
+        if props.show_advanced:
+            layout.prop(props, "stream_meshes")
         for title, names in sections(props.method):
             if title.startswith("Advanced") and not props.show_advanced:
                 continue

@@ -29,6 +29,9 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
     results_dir: StringProperty(
         name="Results folder", subtype="DIR_PATH", default="",
         description="Where the backend writes each job's files (empty: the backend's default)")
+    client_token: StringProperty(
+        name="Client token", default="",
+        description="Names this Blender to the backend so its jobs stay listed across reconnects (made on first use)")
     curve_server_key: StringProperty(
         name="CURVE server key", default="",
         description="Z85 public key of a remote backend that uses CurveZMQ encryption (empty: no encryption)")

@@ -60,6 +60,9 @@ def _settings_class() -> type:
     annotations: dict[str, Any] = {name: schema_property(s) for name, s in SCHEMA.items() if name not in HIDDEN}
     annotations["prompt"] = StringProperty(name="Prompt", description="What to make",
                                            default="a red cube", maxlen=MAX_PROMPT_CHARS)
+    annotations["stream_meshes"] = IntProperty(
+        name="Streamed meshes", default=4, min=0, max=20,
+        description="Intermediate meshes the backend sends while training (0: only the final mesh)")
     annotations["show_advanced"] = BoolProperty(name="Advanced", default=False)
     return type("TBSD_JobSettings", (bpy.types.PropertyGroup,), {"__annotations__": annotations})
 

@@ -6,6 +6,7 @@ extension into a fresh $BLENDER_USER_RESOURCES, exactly as a user would, so what
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +22,9 @@ import blender_support  # tests/ helper (pytest puts tests/ on sys.path)
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "blender"
 MANIFEST = tomllib.loads((REPO / "blender_addon" / "blender_manifest.toml").read_text())
+_spec = importlib.util.spec_from_file_location("tbsd_build", REPO / "build.py")
+BUILD = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BUILD)
 BL_PKG_CLI = "bpy/4.5/scripts/addons_core/bl_pkg/cli/blender_ext.py"
 
 
@@ -69,9 +73,13 @@ def test_zip_holds_addon_shared_and_pyzmq_wheels_for_three_platforms(addon_zip):
         names = set(zf.namelist())
         assert "blender_manifest.toml" in names and "__init__.py" in names
         assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
-        # The product's shared package, byte for byte, as a subpackage of the add-on.
+        # The product's shared package as a subpackage of the add-on: the same text, with its absolute
+        # imports of itself made relative (and nothing else changed).
         for path in (REPO / "shared").glob("*.py"):
-            assert zf.read(f"_vendor/shared/{path.name}") == path.read_bytes(), path.name
+            vendored = zf.read(f"_vendor/shared/{path.name}").decode()
+            assert "from shared" not in vendored and "import shared" not in vendored, path.name
+            assert vendored == BUILD.vendored_source(path.read_text()), path.name
+            assert len(vendored.splitlines()) == len(path.read_text().splitlines())
         wheels = sorted(n for n in names if n.startswith("wheels/"))
     listed = sorted(w.removeprefix("./") for w in MANIFEST["wheels"])
     assert wheels == listed

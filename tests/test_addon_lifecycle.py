@@ -1,0 +1,79 @@
+"""The extension installed from the built zip into Blender 4.5 (bpy wheel): what it registers, that every schema
+setting is in the panel, and that enabling/disabling twice and closing the file leave no timer or socket."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from test_addon_build import addon_zip, run_blender_script  # noqa: F401 - addon_zip is a fixture
+
+REGISTERED = {"enabled": True, "scene_prop": True, "wm_prop": True, "panel": True, "operator": True,
+              "timer": False, "session": False, "load_pre_handlers": 1}
+GONE = {"enabled": False, "scene_prop": False, "wm_prop": False, "panel": False, "operator": False,
+        "timer": False, "session": False, "load_pre_handlers": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def report(addon_zip, tmp_path_factory):  # noqa: F811
+    # Nothing listens at this address: the connection is real, the backend never answers.
+    address = f"tcp://127.0.0.1:{free_port()}"
+    return run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp_path_factory.mktemp("life"))
+
+
+def test_installs_as_extension_with_pyzmq_from_its_wheel_and_vendored_shared(report):
+    assert report["blender"].startswith("4.5")
+    assert report["installed"] == REGISTERED
+    assert report["module"] == "bl_ext.user_default.tbsd_studio"
+    assert report["prefs_id"] == report["module"]  # preferences keyed by __package__
+    assert "/extensions/.local/" in report["zmq_file"].replace("\\", "/")
+    assert report["vendored_shared"].replace("\\", "/").endswith("tbsd_studio/_vendor/shared/settings.py")
+    assert not report["top_level_shared_imported"]
+
+
+def test_every_schema_setting_is_in_the_panel_or_deliberately_hidden(report):
+    schema = report["schema"]
+    assert schema["problems"] == []
+    assert schema["hidden"] == ["image_batch", "image_init_std", "image_lr", "image_steps"]
+    assert len(schema["drawn"]) == schema["n_schema"] - len(schema["hidden"])
+
+
+def test_panel_is_in_its_own_sidebar_tab(report):
+    assert report["panel_region"] == "UI" and report["panel_category"] == "TBSD"
+
+
+def test_quality_preset_sets_the_fields_it_covers(report):
+    assert report["draft"] == {"steps": 600, "texture_size": 256, "mesh_resolution": 64}
+    assert report["standard"] == {"steps": 10000, "texture_size": 1024}
+
+
+def test_silent_backend_shows_lost_within_3_s(report):
+    for cycle in report["cycles"]:
+        conn = cycle["connected"]
+        assert conn["timer_after_connect"] and conn["state_after_connect"] == "connecting"
+        assert conn["state_after_wait"] == "lost" and conn["lost_after_s"] < 3.0
+        assert conn["last_error"].startswith("Backend lost")
+
+
+def test_enable_disable_twice_leaves_nothing_behind(report):
+    assert len(report["cycles"]) == 2
+    for cycle in report["cycles"]:
+        after = cycle["after_disable"]
+        assert {k: after[k] for k in GONE} == GONE
+        assert not after["old_timer"] and not after["old_session"] and after["socket_closed"]
+        assert after["timer_errors"] == []
+        assert cycle["after_enable"] == REGISTERED
+    assert report["final"] == GONE
+
+
+def test_closing_the_file_stops_the_timer_and_closes_the_socket(report):
+    after = report["after_file_load"]
+    assert not after["timer"] and not after["session"] and after["socket_closed"]
+    assert after["enabled"]
