@@ -58,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--resume", type=Path, default=None, help="Continue from a checkpoint.pt of an earlier run.")
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
+
+    serve = sub.add_parser("serve", help="The ZeroMQ job server for the Blender add-on (docs/PROTOCOL.md).")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                       help="ZeroMQ endpoint [tcp://127.0.0.1:5555]; a non-loopback one needs the CURVE flags.")
+    serve.add_argument("--results", type=Path, default=Path("results"),
+                       help="Results folder: one folder per job (job.json, meshes, checkpoint) [results].")
+    serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    serve.add_argument("--model", default="procedural", help="Diffusion prior every job uses [procedural].")
+    serve.add_argument("--curve-secret-key", type=Path, default=None,
+                       help="Server's zmq.auth secret key file (from `python -m backend keys DIR`: DIR/server.key_secret).")
+    serve.add_argument("--curve-client-keys", type=Path, default=None,
+                       help="Folder of authorised client public keys (DIR/authorized_clients).")
+
+    keys = sub.add_parser("keys", help="Make CURVE key pairs for a server reachable from the network.")
+    keys.add_argument("folder", type=Path, help="Where to write server.key(_secret), client.key(_secret).")
     return parser
 
 
@@ -186,6 +201,36 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from backend.server.security import BindRefused, CurveConfig, check_bind
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if (args.curve_secret_key is None) != (args.curve_client_keys is None):
+        print("error: --curve-secret-key and --curve-client-keys go together (server key, authorised clients)",
+              file=sys.stderr)
+        return 2
+    curve = CurveConfig(args.curve_secret_key, args.curve_client_keys) if args.curve_secret_key else None
+    try:
+        check_bind(args.bind, curve)  # refuse before importing torch or touching a GPU
+        from backend.server.app import serve
+
+        return serve(args.bind, args.results, args.device, args.model, curve)
+    except BindRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from backend.server.security import make_keys
+
+    paths = make_keys(args.folder)
+    print(f"server: --curve-secret-key {paths['server_secret']} --curve-client-keys {paths['authorized_clients']}")
+    print(f"client: server public key {paths['server_public']}, client key pair {paths['client_secret']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from backend.priors.base import PriorError
@@ -195,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_image(args)
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "serve":
+            return run_serve(args)
+        if args.command == "keys":
+            return run_keys(args)
     except (SettingsError, PriorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,155 @@
+"""A small non-blocking client of the backend server, for the Blender add-on and the tests.
+
+Blender's UI thread must never block, so nothing here waits: ``send_*`` queue a message (zmq sends in its I/O
+thread), ``poll_messages()`` returns whatever has arrived (``timeout_ms=0`` by default), and heartbeats are
+bookkeeping done inside ``poll_messages``: it pings the server every HEARTBEAT_INTERVAL_S, and
+``backend_alive()`` turns false after BACKEND_TIMEOUT_S without any message from it.
+
+pyzmq is imported here only; shared/protocol.py stays importable without it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import zmq
+
+from shared.protocol import (
+    BACKEND_TIMEOUT_S,
+    HEARTBEAT_INTERVAL_S,
+    MAX_CLIENT_INBOUND_BYTES,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_header,
+)
+
+
+class Client:
+    """One DEALER connection to a server. Not thread-safe: use it from one thread (zmq sockets are not)."""
+
+    def __init__(self, endpoint: str, client_id: str | None = None, *, context: zmq.Context | None = None,
+                 server_public_key: bytes | None = None, client_keys: tuple[bytes, bytes] | None = None,
+                 max_bytes: int = MAX_CLIENT_INBOUND_BYTES) -> None:
+        """``client_id`` is the stable token that owns this client's jobs across reconnects (a random one if
+        None). For a CURVE server pass its public key and this client's (public, secret) pair, e.g. from
+        ``load_curve_keys``."""
+        self.endpoint = endpoint
+        self.client_id = client_id or uuid.uuid4().hex[:16]
+        self.max_bytes = max_bytes
+        self._ctx = context or zmq.Context.instance()
+        self.socket = self._ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)  # closing never waits for unsent messages (Blender quitting)
+        if server_public_key is not None:
+            if client_keys is None:
+                client_keys = zmq.curve_keypair()
+            self.socket.curve_serverkey = server_public_key
+            self.socket.curve_publickey, self.socket.curve_secretkey = client_keys
+        self.socket.connect(endpoint)
+        self._next_id = 0
+        now = time.monotonic()
+        self.last_received = now  # grace: a fresh client counts the backend alive for BACKEND_TIMEOUT_S
+        self.last_sent = 0.0
+        self.closed = False
+
+    # --- sending -------------------------------------------------------------------------------------------
+    def send(self, kind: str, **fields: Any) -> str:
+        """Queue a message; returns its request id (echoed by the reply)."""
+        self._next_id += 1
+        rid = fields.pop("id", None) or f"r{self._next_id}"
+        header = {"type": kind, "id": rid, **{k: v for k, v in fields.items() if v is not None}}
+        self.socket.send_multipart(encode(header), flags=zmq.NOBLOCK)
+        self.last_sent = time.monotonic()
+        return rid
+
+    def send_hello(self, name: str = "client") -> str:
+        return self.send("hello", client=self.client_id, name=name)
+
+    def send_submit(self, prompt: str, settings: Mapping[str, Any] | None = None,
+                    stream: Mapping[str, Any] | None = None) -> str:
+        return self.send("submit", prompt=prompt, settings=dict(settings or {}), stream=dict(stream or {}))
+
+    def send_cancel(self, job: str) -> str:
+        return self.send("cancel", job=job)
+
+    def send_refine(self, job: str, prompt: str | None = None, settings: Mapping[str, Any] | None = None,
+                    stream: Mapping[str, Any] | None = None) -> str:
+        return self.send("refine", job=job, prompt=prompt, settings=dict(settings or {}), stream=dict(stream or {}))
+
+    def send_list(self) -> str:
+        return self.send("list")
+
+    def send_fetch(self, job: str) -> str:
+        return self.send("fetch", job=job)
+
+    def send_ping(self) -> str:
+        return self.send("ping", t=time.time())
+
+    def send_shutdown(self) -> str:
+        return self.send("shutdown")
+
+    # --- receiving -----------------------------------------------------------------------------------------
+    def poll_messages(self, timeout_ms: int = 0, limit: int = 1000) -> list[Message]:
+        """Messages that have arrived (waiting at most ``timeout_ms`` for the first), heartbeats included.
+
+        A message that cannot be decoded comes back as a local ``error`` Message with ``"local": true``.
+        Also sends a ping when one is due, so calling this regularly is all the heartbeat a client needs.
+        """
+        out: list[Message] = []
+        if self.closed:
+            return out
+        self.heartbeat()
+        if timeout_ms and not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return out
+        while len(out) < limit:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self.last_received = time.monotonic()
+            try:
+                out.append(decode(frames, self.max_bytes))
+            except ProtocolError as exc:
+                head = error_header(exc.code, f"undecodable message from the server: {exc.message}")
+                head["local"] = True
+                out.append(Message(head))
+        return out
+
+    def heartbeat(self, now: float | None = None) -> None:
+        """Ping the server when nothing was sent for HEARTBEAT_INTERVAL_S (it then answers pong)."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_sent >= HEARTBEAT_INTERVAL_S:
+            try:
+                self.send_ping()
+            except zmq.Again:  # no connection yet and the queue is full: the timeout will tell
+                pass
+
+    def backend_alive(self, now: float | None = None) -> bool:
+        """False once the server has been silent for BACKEND_TIMEOUT_S (it heartbeats every second)."""
+        now = time.monotonic() if now is None else now
+        return now - self.last_received < BACKEND_TIMEOUT_S
+
+    def close(self) -> None:
+        if not self.closed:
+            self.socket.close(linger=0)
+            self.closed = True
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def load_curve_keys(path: str | Path) -> tuple[bytes, bytes | None]:
+    """(public, secret) from a zmq.auth certificate file (``secret`` is None for a .key public file)."""
+    import zmq.auth
+
+    return zmq.auth.load_certificate(str(path))
+
+
+__all__ = ["Client", "load_curve_keys"]
