@@ -56,8 +56,7 @@ class Session:
             self.handle(context, message)
         if local_backend.exit_code() is not None:
             # Our own backend process died: say so now rather than after the heartbeat timeout.
-            self._lost(state, f"the local backend exited with code {local_backend.exit_code()}: "
-                              f"{local_backend.log_tail(300).strip()[-300:]}")
+            self._lost(state, local_backend.exit_text())
         elif not self.client.backend_alive() or time.monotonic() - self.client.last_received > connection.LOST_AFTER_S:
             self._lost(state, f"no heartbeat from {self.client.endpoint} for {connection.LOST_AFTER_S:g} s")
         elif state.connection != "connected" and self.welcomed:
@@ -89,7 +88,8 @@ class Session:
         self.welcomed = True
         state.connection = "connected"
         state.device = str(caps.get("device", ""))
-        state.gpu = str(caps.get("gpu") or caps.get("device_name") or "")
+        gpu = caps.get("gpu")
+        state.gpu = str(gpu.get("name", "")) if isinstance(gpu, dict) else str(gpu or "")
         state.model = str(caps.get("model", ""))
         state.backend_version = str(m.get("server", ""))
         if state.last_error.startswith("Backend lost"):
@@ -158,7 +158,7 @@ class Session:
     def on_finished(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
             state = connection.state(context)
-            state.job_state = "done" if m.get("status", "done") in ("done", "finished", "ok") else str(m.get("status"))
+            state.job_state = "done" if m.get("status", "finished") == "finished" else str(m.get("status"))
             state.progress, state.eta_s, state.phase = 1.0, 0.0, ""
             state.step = state.steps
 
@@ -247,7 +247,7 @@ def _session(context: Any) -> Session:
 def stream_options(props: Any) -> dict[str, int]:
     """How much the job streams back: progress about 100 times, ``stream_meshes`` intermediate meshes."""
     steps = max(1, int(props.steps))
-    out = {"progress_every": max(1, steps // 100), "preview_size": 128}
+    out = {"progress_every": max(1, steps // 100), "preview_size": int(props.preview_size)}
     if props.stream_meshes > 0:
         out["mesh_every"] = max(1, steps // (props.stream_meshes + 1))
         out["mesh_resolution"] = min(int(props.mesh_resolution), 128)

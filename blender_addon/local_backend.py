@@ -48,6 +48,15 @@ def exit_code() -> int | None:
     return None if _process is None else _process.poll()
 
 
+def exit_text() -> str:
+    """How the process we started ended, in words, with the last line of its log (usually the error)."""
+    code = exit_code()
+    how = f"was killed (signal {-code})" if code is not None and code < 0 else f"exited with code {code}"
+    lines = [line for line in log_tail().splitlines() if line.strip()]
+    last = f'; its log ends: "{lines[-1][-200:]}"' if lines and code else ""
+    return f"the local backend {how}{last} (log: {_log_path})"
+
+
 def log_tail(chars: int = 2000) -> str:
     if _log_path is None or not _log_path.exists():
         return ""

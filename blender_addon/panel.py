@@ -82,7 +82,9 @@ class TBSD_PT_main(bpy.types.Panel):
         layout.prop(props, "show_advanced", icon="TRIA_DOWN" if props.show_advanced else "TRIA_RIGHT",
                     emboss=False)
         if props.show_advanced:
-            layout.prop(props, "stream_meshes")
+            row = layout.row(align=True)
+            row.prop(props, "stream_meshes")
+            row.prop(props, "preview_size")
         for title, names in sections(props.method):
             if title.startswith("Advanced") and not props.show_advanced:
                 continue

@@ -13,7 +13,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from ._vendor.shared.settings import MAX_PROMPT_CHARS, PRESETS, SCHEMA, Setting, defaults
+from ._vendor.shared.settings import MAX_PROMPT_CHARS, PRESETS, SCHEMA, Setting, defaults, validate
 from .schema_ui import HIDDEN
 
 
@@ -63,6 +63,9 @@ def _settings_class() -> type:
     annotations["stream_meshes"] = IntProperty(
         name="Streamed meshes", default=4, min=0, max=20,
         description="Intermediate meshes the backend sends while training (0: only the final mesh)")
+    annotations["preview_size"] = IntProperty(
+        name="Preview size", default=96, min=16, max=512,
+        description="Side in pixels of each view of the live preview (a bigger one costs the backend time)")
     annotations["show_advanced"] = BoolProperty(name="Advanced", default=False)
     return type("TBSD_JobSettings", (bpy.types.PropertyGroup,), {"__annotations__": annotations})
 
@@ -70,14 +73,31 @@ def _settings_class() -> type:
 TBSD_JobSettings = _settings_class()
 
 
+# Always sent, so the job record says what was asked even where it equals the default.
+ALWAYS_SENT = ("quality", "method", "representation", "seed", "steps")
+
+
 def job_settings(props: Any) -> dict[str, Any]:
-    """The schema settings shown in the panel, as the job's settings dict (validated by the backend too)."""
+    """The job's settings: what the panel shows that differs from the chosen quality preset, plus ALWAYS_SENT.
+
+    Only differences are sent so that a setting the artist never touched (e.g. ``model``) is the backend's
+    choice, and a Refine changes exactly what was changed in the panel. Blender stores floats in 32 bits, so
+    a float equal to the preset within float32 precision counts as unchanged; a changed one is sent rounded to
+    7 significant digits (what float32 holds) rather than as 0.019999999552965164.
+    """
+    shown = {name: getattr(props, name) for name in SCHEMA if name not in HIDDEN}
+    preset = validate({"quality": shown["quality"]})
     out: dict[str, Any] = {}
-    for name, setting in SCHEMA.items():
-        if name in HIDDEN:
-            continue
-        value = getattr(props, name)
-        out[name] = setting.kind(value)
+    for name, value in shown.items():
+        kind = SCHEMA[name].kind
+        if kind is float:
+            value = float(f"{value:.7g}")
+            same = abs(value - preset[name]) <= 1e-6 * max(1.0, abs(preset[name]))
+        else:
+            value = kind(value)
+            same = value == preset[name]
+        if name in ALWAYS_SENT or not same:
+            out[name] = value
     return out
 
 

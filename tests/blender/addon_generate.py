@@ -1,0 +1,203 @@
+"""Drive the installed add-on against a real backend process through its operators and its timer callback.
+
+    $TBSD_BLENDER_PYTHON tests/blender/addon_generate.py ZIP BACKEND_PYTHON REPO RESULTS_DIR PORT OUT_DIR SETTINGS_JSON
+
+The backend is started by the add-on's own "Start local backend" operator (preferences: the project's Python,
+`-m backend serve --device cpu`, the repo as working folder, RESULTS_DIR). Then, ticking the add-on's real timer
+callback (connection._tick, what bpy.app.timers calls in a UI session) in a loop:
+Generate until the object is in the scene (recording every streamed mesh), Generate + Cancel, Refine on the
+generated object, list results and Import one, save the .blend; then freeze the backend (SIGSTOP: heartbeats
+stop, "lost" must show within 3 s), thaw it (the panel recovers), kill it (SIGKILL: lost at once), and check no
+timer callback raised. One JSON report on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import addon_harness as h  # noqa: E402
+
+import bpy  # noqa: E402
+
+CURSOR = (0.5, -0.5, 0.25)
+
+
+class Driver:
+    """Ticks the add-on's timer callback the way Blender's event loop would, and watches what it does."""
+
+    def __init__(self) -> None:
+        self.conn = h.submodule("connection")
+        self.state = bpy.context.window_manager.tbsd_state
+        self.max_tick_s = 0.0
+        self.ticks = 0
+
+    def tick(self) -> None:
+        t0 = time.monotonic()
+        interval = self.conn._tick()
+        self.max_tick_s = max(self.max_tick_s, time.monotonic() - t0)
+        self.ticks += 1
+        if interval is None and self.conn.session() is not None:
+            raise AssertionError("the timer callback asked to stop while a session is live")
+        time.sleep(0.05)
+
+    def until(self, what: str, predicate, timeout: float, watch=None) -> float:
+        t0 = time.monotonic()
+        while not predicate():
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; state: {self.snapshot()}")
+            self.tick()
+            if watch is not None:
+                watch()
+        return time.monotonic() - t0
+
+    def snapshot(self) -> dict:
+        s = self.state
+        return {"connection": s.connection, "job_state": s.job_state, "job_id": s.job_id, "step": s.step,
+                "steps": s.steps, "progress": s.progress, "eta_s": s.eta_s, "last_error": s.last_error,
+                "object_name": s.object_name, "meshes_received": s.meshes_received,
+                "previews_received": s.previews_received, "device": s.device, "gpu": s.gpu, "model": s.model,
+                "timer_registered": self.conn.timer_registered(), "timer_errors": list(self.conn.timer_errors)}
+
+
+def describe_object(obj) -> dict:
+    mesh = obj.data
+    mat = mesh.materials[0] if len(mesh.materials) else None
+    out = {"name": obj.name, "vertices": len(mesh.vertices), "faces": len(mesh.polygons),
+           "location": [round(x, 6) for x in obj.location], "job": obj.get("tbsd_job"),
+           "prompt": obj.get("tbsd_prompt"), "mesh_ptr": mesh.as_pointer(), "uv_layers": len(mesh.uv_layers),
+           "material": None, "image": None}
+    if mat is not None and mat.use_nodes:
+        bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        base = bsdf.inputs["Base Color"] if bsdf is not None else None
+        node = base.links[0].from_node if base is not None and base.is_linked else None
+        out["material"] = {"principled": bsdf is not None, "base_color_from": node.type if node else None}
+        if node is not None and node.type == "TEX_IMAGE" and node.image is not None:
+            out["image"] = {"size": list(node.image.size), "packed": node.image.packed_file is not None}
+    return out
+
+
+def main(argv: list[str]) -> dict:
+    zip_path, backend_python, repo, results_dir, port, out_dir, settings_json = argv
+    job_settings = json.loads(settings_json)
+    report: dict = {"blender": bpy.app.version_string}
+    h.install(zip_path)
+    jobs = h.submodule("jobs")
+    local_backend = h.submodule("local_backend")
+    d = Driver()
+    prefs = bpy.context.preferences.addons[h.MODULE].preferences
+    prefs.address = f"tcp://127.0.0.1:{port}"
+    prefs.python = backend_python
+    prefs.arguments = "-m backend serve --device cpu"
+    prefs.working_dir = repo
+    prefs.results_dir = results_dir
+    props = bpy.context.scene.tbsd
+    props.quality = "draft"
+    for name, value in job_settings.items():
+        setattr(props, name, value)
+    props.stream_meshes = 1
+    bpy.context.scene.cursor.location = CURSOR
+
+    # --- start the backend from Blender and connect ----------------------------------------------------------
+    assert bpy.ops.tbsd.backend_start() == {"FINISHED"}
+    pid = local_backend._process.pid
+    report["connect_s"] = d.until("the backend's welcome", lambda: d.state.connection == "connected", 120)
+    report["connected"] = d.snapshot()
+
+    # --- Generate: stream into one object until the final mesh --------------------------------------------
+    props.prompt = "a red cube"
+    assert bpy.ops.tbsd.generate() == {"FINISHED"}
+    seen: list[dict] = []
+    progress: list[tuple[int, int, float]] = []
+
+    def watch() -> None:
+        s = d.state
+        if not progress or progress[-1][:2] != (s.step, s.steps):
+            progress.append((s.step, s.steps, round(s.eta_s, 2)))
+        if s.meshes_received > len(seen) and s.object_name in bpy.data.objects:
+            obj = bpy.data.objects[s.object_name]
+            seen.append({"meshes_received": s.meshes_received, **describe_object(obj)})
+
+    report["generate_s"] = d.until("Generate to finish", lambda: d.state.job_state in ("done", "failed"), 900, watch)
+    report["generate"] = d.snapshot()
+    report["generate_progress"] = progress
+    report["streamed"] = seen
+    obj = bpy.data.objects.get(d.state.object_name)
+    report["generated_object"] = describe_object(obj) if obj else None
+    report["active_object"] = bpy.context.view_layer.objects.active.name if bpy.context.view_layer.objects.active else None
+    preview_image = bpy.data.images.get("TBSD Preview")
+    report["preview_image"] = list(preview_image.size) if preview_image else None
+    first_job = d.state.job_id
+
+    # --- Generate, then Cancel while it runs ---------------------------------------------------------------
+    props.prompt = "a blue sphere"
+    steps_before = props.steps
+    props.steps = 200
+    assert bpy.ops.tbsd.generate() == {"FINISHED"}
+    d.until("the second job to run", lambda: d.state.job_state == "running" and d.state.step >= 1, 300)
+    assert bpy.ops.tbsd.cancel() == {"FINISHED"}
+    report["cancel_state_right_after"] = d.state.job_state
+    report["cancel_s"] = d.until("the cancel", lambda: d.state.job_state in ("cancelled", "failed", "done"), 120)
+    report["cancelled"] = d.snapshot()
+    props.steps = steps_before
+
+    # --- Refine the generated object with a new prompt ------------------------------------------------------
+    obj = bpy.data.objects[report["generated_object"]["name"]]
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    props.prompt = "a green cube"
+    n_objects_before = len(bpy.data.objects)
+    assert bpy.ops.tbsd.refine() == {"FINISHED"}
+    report["refine_s"] = d.until("Refine to finish", lambda: d.state.job_state in ("done", "failed"), 900)
+    report["refine"] = d.snapshot()
+    report["refined_object"] = describe_object(obj)
+    report["objects_added_by_refine"] = len(bpy.data.objects) - n_objects_before
+
+    # --- earlier results: list, Import one ----------------------------------------------------------------------
+    assert bpy.ops.tbsd.refresh_results() == {"FINISHED"}
+    d.until("the results list", lambda: len(d.state.results) >= 3, 60)
+    report["results"] = [{"job": r.job_id, "prompt": r.prompt, "state": r.state} for r in d.state.results]
+    names_before = set(bpy.data.objects.keys())
+    assert bpy.ops.tbsd.import_result(job_id=first_job) == {"FINISHED"}
+    d.until("the imported result", lambda: len(bpy.data.objects) > len(names_before), 120)
+    (new_name,) = set(bpy.data.objects.keys()) - names_before
+    report["imported"] = describe_object(bpy.data.objects[new_name])
+    report["first_job"] = first_job
+
+    path = os.path.join(out_dir, "generated.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path, copy=True)
+    report["blend"] = path
+
+    # --- the backend goes silent, comes back, then dies --------------------------------------------------------
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    d.until("'backend lost' after SIGSTOP", lambda: d.state.connection == "lost", 10)
+    report["lost_after_stop_s"] = time.monotonic() - t0
+    report["lost"] = d.snapshot()
+    os.kill(pid, signal.SIGCONT)
+    report["recovered_s"] = d.until("the connection to recover", lambda: d.state.connection == "connected", 20)
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    d.until("'backend lost' after SIGKILL", lambda: d.state.connection == "lost", 10)
+    report["lost_after_kill_s"] = time.monotonic() - t0
+    report["killed"] = d.snapshot()
+    for _ in range(10):  # the timer keeps running against a dead backend without raising
+        d.tick()
+    report["after_kill_ticks"] = d.snapshot()
+    report["max_tick_s"] = d.max_tick_s
+    report["ticks"] = d.ticks
+    assert bpy.ops.tbsd.backend_stop() == {"FINISHED"}
+    h.disable()
+    report["timer_after_disable"] = bpy.app.timers.is_registered(d.conn._tick)
+    report["timer_errors_final"] = list(d.conn.timer_errors)
+    return report
+
+
+if __name__ == "__main__":
+    h.run(main)

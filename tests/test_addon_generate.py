@@ -1,0 +1,129 @@
+"""The add-on against a real backend process, inside Blender 4.5 (bpy wheel), driven through its operators and
+its timer callback (tests/blender/addon_generate.py): Start local backend, Generate with streaming, Cancel,
+Refine, list + Import, then the backend frozen (heartbeat loss), thawed and killed.
+
+Job settings are tiny (8 NeRF steps at 16 px, 32^3 marching cubes, 64 px texture) so the whole run takes about a
+minute on a loaded 2-core CPU; what is checked does not depend on quality.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import pytest
+
+from test_addon_build import REPO, addon_zip, run_blender_script  # noqa: F401 - addon_zip is a fixture
+
+TINY = {"steps": 8, "representation": "nerf", "nerf_samples_per_ray": 16, "nerf_grid_levels": 4,
+        "nerf_grid_log2_table": 12, "render_res_start": 16, "render_res_end": 16, "procedural_resolution": 16,
+        "mesh_resolution": 32, "texture_size": 64, "preview_every": 4, "camera_bank_size": 4, "preview_size": 32}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run(addon_zip, tmp_path_factory):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("addon_generate")
+    results, out = tmp / "results", tmp / "out"
+    results.mkdir()
+    out.mkdir()
+    # The backend runs with this interpreter: the project's environment (torch, pyzmq), as a user's would.
+    report = run_blender_script("addon_generate.py", addon_zip, sys.executable, REPO, results, free_port(), out,
+                                json.dumps(TINY), tmp_path=tmp, timeout=900)
+    return report, results
+
+
+def glb_counts(results, job: str) -> tuple[int, int]:
+    from backend.server.meshfile import read_glb
+
+    arrays = read_glb(results / job / "mesh.glb")
+    return len(arrays["vertices"]), len(arrays["faces"])
+
+
+def test_backend_started_from_blender_reports_device_and_model(run):
+    report, _ = run
+    c = report["connected"]
+    assert c["connection"] == "connected" and c["device"] == "cpu" and c["model"] == "procedural"
+    assert c["timer_registered"]
+
+
+def test_generate_streams_into_one_object_named_after_the_prompt_at_the_cursor(run):
+    report, results = run
+    g = report["generate"]
+    assert g["job_state"] == "done", g
+    assert g["last_error"] == ""
+    assert g["meshes_received"] == 2 and len(report["streamed"]) == 2  # one intermediate (step 4), the final
+    assert len({s["mesh_ptr"] for s in report["streamed"]}) == 1  # replaced in place, never a second object
+    obj = report["generated_object"]
+    assert obj["name"] == "a red cube" and obj["prompt"] == "a red cube" and obj["job"] == g["job_id"]
+    assert obj["location"] == [0.5, -0.5, 0.25]
+    assert report["active_object"] == "a red cube"
+    assert (obj["vertices"], obj["faces"]) == glb_counts(results, g["job_id"])
+    assert obj["material"] == {"principled": True, "base_color_from": "TEX_IMAGE"}
+    assert obj["image"] == {"size": [64, 64], "packed": True}
+
+
+def test_progress_step_eta_and_preview_reach_the_panel_state(run):
+    report, _ = run
+    steps = [p[0] for p in report["generate_progress"] if p[1] == 8]
+    assert steps == sorted(steps) and steps[-1] == 8 and len(set(steps)) >= 4
+    assert any(eta > 0 for _, _, eta in report["generate_progress"])
+    assert report["generate"]["progress"] == pytest.approx(1.0)
+    assert report["generate"]["previews_received"] >= 1
+    assert report["preview_image"] == [4 * 32, 32]  # the turntable strip: 4 views of 32 px
+
+
+def test_cancel_stops_the_running_job(run):
+    report, _ = run
+    assert report["cancel_state_right_after"] == "cancelling"
+    c = report["cancelled"]
+    assert c["job_state"] == "cancelled" and c["steps"] == 200 and 1 <= c["step"] < 200
+    assert c["last_error"] == ""
+
+
+def test_refine_continues_the_generated_object_in_place(run):
+    report, results = run
+    r, obj = report["refine"], report["refined_object"]
+    assert r["job_state"] == "done" and r["last_error"] == "", r
+    assert r["job_id"] != report["first_job"]
+    assert r["steps"] == 16  # continued from the first job's 8 steps, 8 more
+    assert report["objects_added_by_refine"] == 0
+    assert obj["name"] == "a red cube" and obj["mesh_ptr"] == report["generated_object"]["mesh_ptr"]
+    assert obj["job"] == r["job_id"] and obj["prompt"] == "a green cube"
+    assert (obj["vertices"], obj["faces"]) == glb_counts(results, r["job_id"])
+    assert json.loads((results / r["job_id"] / "job.json").read_text())["parent"] == report["first_job"]
+
+
+def test_results_list_and_import(run):
+    report, results = run
+    states = {r["prompt"]: r["state"] for r in report["results"]}
+    assert states == {"a red cube": "finished", "a blue sphere": "cancelled", "a green cube": "finished"}
+    imported = report["imported"]
+    assert imported["name"] == "a red cube.001" and imported["job"] == report["first_job"]
+    assert (imported["vertices"], imported["faces"]) == glb_counts(results, report["first_job"])
+    assert imported["image"] == {"size": [64, 64], "packed": True}
+
+
+def test_backend_lost_within_3_s_recovers_and_death_is_reported_without_timer_exceptions(run):
+    report, _ = run
+    assert report["lost_after_stop_s"] < 3.0
+    assert report["lost"]["last_error"].startswith("Backend lost: no heartbeat")
+    assert report["recovered_s"] < 5.0
+    assert report["lost_after_kill_s"] < 1.0
+    assert "killed (signal 9)" in report["killed"]["last_error"]
+    assert report["after_kill_ticks"]["connection"] == "lost"
+    assert report["timer_errors_final"] == []
+    assert not report["timer_after_disable"]
+
+
+def test_the_timer_callback_never_blocks_blender(run):
+    report, _ = run
+    # The longest tick includes building a 1.3k-vertex mesh with its texture; a blocking receive would be seconds.
+    assert report["max_tick_s"] < 0.5
+    assert report["ticks"] > 100
