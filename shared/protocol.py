@@ -156,7 +156,8 @@ MESSAGES: dict[str, MessageSpec] = {
     "accepted": MessageSpec("s2c", {"job": _JOB, "position": _INT, "parent": _STR},
                             summary="a job was queued; position 0 means it runs next"),
     "started": MessageSpec("s2c", {"job": _JOB, "step": _INT, "total": _INT}, summary="a job began running"),
-    "progress": MessageSpec("s2c", {"job": _JOB, "step": _INT, "total": _INT, "loss": _NUM, "seconds": _NUM,
+    "progress": MessageSpec("s2c", {"job": _JOB, "step": _INT, "total": _INT,
+                                    "loss": FieldSpec((int, float, type(None))), "seconds": _NUM,
                                     "eta_seconds": _NUM}, summary="training progress"),
     "preview": MessageSpec("s2c", {"job": _JOB, "step": _INT, "views": _INT}, ("image",),
                            summary="turntable strip, uint8 [H, views*H, 3]"),
@@ -332,8 +333,9 @@ def check_value(what: str, value: Any, fs: FieldSpec, rid: Any = None) -> None:
     kinds = fs.kinds
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
-        names = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "dict": "an object",
-                             "list": "a list", "bool": "true or false"}[k.__name__] for k in kinds)
+        words = {"str": "a string", "int": "an integer", "float": "a number", "dict": "an object",
+                 "list": "a list", "bool": "true or false", "NoneType": "null"}
+        names = " or ".join(words[k.__name__] for k in kinds if not (k is int and float in kinds))
         _fail("bad_field", f"{what} must be {names}, got {_short(value)}", rid)
     if isinstance(value, float) and not math.isfinite(value):
         _fail("bad_field", f"{what} must be finite", rid)

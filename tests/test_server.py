@@ -425,15 +425,13 @@ def test_protocol_doc_lists_every_message_and_each_is_handled(tmp_path):
     for kind, (_, arrays) in table.items():
         for name in P.MESSAGES[kind].arrays:
             assert f"`{name}`" in arrays, (kind, name)
-    received: set[str] = set()
+    got: list[P.Message] = []
     with ServerProcess(tmp_path / "results") as s:
         c = Client(s.endpoint, "doc-tester")
 
         def ask(rid: str) -> P.Message:
-            seen: list[P.Message] = []
-            reply = wait_for(c, lambda m: m.get("id") == rid, 10, seen)
-            received.update(m.type for m in seen)
-            received.add(reply.type)
+            reply = wait_for(c, lambda m: m.get("id") == rid, 10, got)
+            got.append(reply)
             # Every client -> server type is handled: never "unknown type".
             assert not (reply.type == "error" and reply["code"] == "unknown_type"), reply.header
             return reply
@@ -442,16 +440,19 @@ def test_protocol_doc_lists_every_message_and_each_is_handled(tmp_path):
         job = ask(c.send_submit("a red cube", TINY, STREAM))
         queued = ask(c.send_submit("a red cube", TINY, QUIET_STREAM))
         ask(c.send_cancel(queued.job))  # still queued: cancelled at once
-        received |= {m.type for m in run_to_end(c, job.job)}
+        got.extend(run_to_end(c, job.job))
         for send in (c.send_list, lambda: c.send_fetch(job.job), c.send_ping, lambda: c.send("refine", job="nope")):
             ask(send())
         t0 = time.monotonic()
         while time.monotonic() - t0 < 1.5:  # heartbeats come every second
-            received |= {m.type for m in c.poll_messages(100)}
+            got.extend(c.poll_messages(100))
         ask(c.send_shutdown())
         assert s.wait(30) == 0
         c.close()
+    received = {m.type for m in got}
     assert set(P.types_for("s2c")) <= received, set(P.types_for("s2c")) - received
+    for m in got:  # and each one has exactly the fields the table (and so the doc) gives it
+        P.check_fields(m, "s2c")
 
 
 def test_heartbeats_arrive_every_second(server):
