@@ -215,9 +215,12 @@ def mesh_arrays(arrays: dict[str, Any]) -> scene_mesh.MeshArrays:
 
 
 def _undo_push(message: str) -> None:
-    # One undo step per finished object. Background Blender has no undo stack: nothing to push there.
-    if not bpy.app.background:
+    # One undo step per finished object (intermediate meshes push none): Ctrl+Z takes the whole result away,
+    # Ctrl+Shift+Z brings it back. A failed push must not lose the mesh, so it only becomes the panel's error.
+    try:
         bpy.ops.ed.undo_push(message=message)
+    except RuntimeError as exc:
+        connection.state().last_error = f"Could not record an undo step: {exc}"
 
 
 # --- what the operators call ------------------------------------------------------------------------------------

@@ -69,6 +69,14 @@ def test_generate_streams_into_one_object_named_after_the_prompt_at_the_cursor(r
     assert obj["image"] == {"size": [64, 64], "packed": True}
 
 
+def test_undo_removes_the_generated_object_and_redo_restores_it(run):
+    report, _ = run
+    assert report["after_undo_present"] is False
+    redone, obj = report["after_redo"], report["generated_object"]
+    assert redone is not None
+    assert (redone["vertices"], redone["name"], redone["image"]) == (obj["vertices"], obj["name"], obj["image"])
+
+
 def test_progress_step_eta_and_preview_reach_the_panel_state(run):
     report, _ = run
     steps = [p[0] for p in report["generate_progress"] if p[1] == 8]
@@ -94,7 +102,7 @@ def test_refine_continues_the_generated_object_in_place(run):
     assert r["job_id"] != report["first_job"]
     assert r["steps"] == 16  # continued from the first job's 8 steps, 8 more
     assert report["objects_added_by_refine"] == 0
-    assert obj["name"] == "a red cube" and obj["mesh_ptr"] == report["generated_object"]["mesh_ptr"]
+    assert obj["name"] == "a red cube" and obj["mesh_ptr"] == report["before_refine_mesh_ptr"]
     assert obj["job"] == r["job_id"] and obj["prompt"] == "a green cube"
     assert (obj["vertices"], obj["faces"]) == glb_counts(results, r["job_id"])
     assert json.loads((results / r["job_id"] / "job.json").read_text())["parent"] == report["first_job"]

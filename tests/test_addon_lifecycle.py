@@ -49,6 +49,10 @@ def test_panel_is_in_its_own_sidebar_tab(report):
     assert report["panel_region"] == "UI" and report["panel_category"] == "TBSD"
 
 
+def test_draw_code_uses_only_real_layout_calls_icons_operators_and_properties(report):
+    assert report["ui_problems"] == []
+
+
 def test_quality_preset_sets_the_fields_it_covers(report):
     assert report["draft"] == {"steps": 600, "texture_size": 256, "mesh_resolution": 64}
     assert report["standard"] == {"steps": 10000, "texture_size": 1024}

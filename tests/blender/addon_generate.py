@@ -110,6 +110,9 @@ def main(argv: list[str]) -> dict:
 
     # --- Generate: stream into one object until the final mesh --------------------------------------------
     props.prompt = "a red cube"
+    # A UI session starts its undo stack when a file is loaded; headless Blender does not, so push that first
+    # step here: undo then has a state without the object to go back to.
+    bpy.ops.ed.undo_push(message="before Generate")
     assert bpy.ops.tbsd.generate() == {"FINISHED"}
     seen: list[dict] = []
     progress: list[tuple[int, int, float]] = []
@@ -133,6 +136,16 @@ def main(argv: list[str]) -> dict:
     report["preview_image"] = list(preview_image.size) if preview_image else None
     first_job = d.state.job_id
 
+    # Undo takes the finished object away in one step; redo brings it back whole.
+    bpy.ops.ed.undo()
+    report["after_undo_present"] = report["generated_object"]["name"] in bpy.data.objects
+    bpy.ops.ed.redo()
+    back = bpy.data.objects.get(report["generated_object"]["name"])
+    report["after_redo"] = describe_object(back) if back else None
+    # Undo rebuilt the scene's data: Python references to it from before are stale; fetch them again.
+    props = bpy.context.scene.tbsd
+    d.state = bpy.context.window_manager.tbsd_state
+
     # --- Generate, then Cancel while it runs ---------------------------------------------------------------
     props.prompt = "a blue sphere"
     steps_before = props.steps
@@ -152,6 +165,7 @@ def main(argv: list[str]) -> dict:
     obj.select_set(True)
     bpy.context.view_layer.objects.active = obj
     props.prompt = "a green cube"
+    report["before_refine_mesh_ptr"] = obj.data.as_pointer()
     n_objects_before = len(bpy.data.objects)
     assert bpy.ops.tbsd.refine() == {"FINISHED"}
     report["refine_s"] = d.until("Refine to finish", lambda: d.state.job_state in ("done", "failed"), 900)

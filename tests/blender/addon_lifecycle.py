@@ -63,6 +63,49 @@ def schema_report(mod) -> dict:
             "drawn": sorted(drawn)}
 
 
+def ui_calls_report(mod) -> list[str]:
+    """The panel's and preferences' draw code against Blender's own RNA (no UI can be drawn headless): every
+    UILayout method called exists and takes the keywords given, icons are real icon names, operator ids are
+    registered and literal property names exist on the property group they are drawn from."""
+    import ast
+
+    layout_funcs = bpy.types.UILayout.bl_rna.functions
+    icons = {i.identifier for i in layout_funcs["label"].parameters["icon"].enum_items}
+    job_props = set(bpy.types.Scene.bl_rna.properties["tbsd"].fixed_type.properties.keys())
+    prefs_props = set(type(bpy.context.preferences.addons[h.MODULE].preferences).bl_rna.properties.keys())
+    problems = []
+    for name in ("panel", "preferences"):
+        path = sys.modules[f"{h.MODULE}.{name}"].__file__
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            method = node.func.attr
+            if method not in layout_funcs.keys():
+                continue
+            params = set(layout_funcs[method].parameters.keys())
+            for kw in node.keywords:
+                if kw.arg is not None and kw.arg not in params:
+                    problems.append(f"{name}.py:{node.lineno}: {method}() has no keyword {kw.arg!r}")
+                if kw.arg == "icon" and isinstance(kw.value, ast.Constant) and kw.value.value not in icons:
+                    problems.append(f"{name}.py:{node.lineno}: unknown icon {kw.value.value!r}")
+                if kw.arg == "icon" and isinstance(kw.value, ast.IfExp):
+                    for branch in (kw.value.body, kw.value.orelse):
+                        if isinstance(branch, ast.Constant) and branch.value not in icons:
+                            problems.append(f"{name}.py:{node.lineno}: unknown icon {branch.value!r}")
+            args = node.args
+            if method == "operator" and args and isinstance(args[0], ast.Constant):
+                group, op = args[0].value.split(".")
+                if op not in dir(getattr(bpy.ops, group)):
+                    problems.append(f"{name}.py:{node.lineno}: no operator {args[0].value}")
+            if method == "prop" and len(args) >= 2 and isinstance(args[1], ast.Constant):
+                owner = ast.unparse(args[0])
+                known = job_props if owner == "props" else prefs_props if owner == "self" else None
+                if known is not None and args[1].value not in known:
+                    problems.append(f"{name}.py:{node.lineno}: {owner} has no property {args[1].value!r}")
+    return problems
+
+
 def registered_state(mod) -> dict:
     conn = mod.connection if mod is not None else None
     return {
@@ -112,6 +155,7 @@ def main(argv: list[str]) -> dict:
     report["top_level_shared_imported"] = "shared" in sys.modules
     report["vendored_shared"] = sys.modules[f"{h.MODULE}._vendor.shared.settings"].__file__
     report["schema"] = schema_report(mod)
+    report["ui_problems"] = ui_calls_report(mod)
     report["panel_category"] = bpy.types.TBSD_PT_main.bl_category
     report["panel_region"] = bpy.types.TBSD_PT_main.bl_region_type
     report["prefs_id"] = type(bpy.context.preferences.addons[h.MODULE].preferences).bl_idname
