@@ -49,6 +49,13 @@ class Client:
                 client_keys = zmq.curve_keypair()
             self.socket.curve_serverkey = server_public_key
             self.socket.curve_publickey, self.socket.curve_secretkey = client_keys
+        # ZMTP heartbeats are answered by the server's libzmq I/O thread, which needs no Python GIL: they keep
+        # telling "alive but busy" (a C extension holding the GIL for a long mesh export starves the server's
+        # Python heartbeats) apart from "gone" (the connection drops; see backend_alive).
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, int(HEARTBEAT_INTERVAL_S * 1000))
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(BACKEND_TIMEOUT_S * 1000))
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.transport_up = False
         self.socket.connect(endpoint)
         self._next_id = 0
         now = time.monotonic()
@@ -102,6 +109,7 @@ class Client:
         out: list[Message] = []
         if self.closed:
             return out
+        self._read_monitor()
         self.heartbeat()
         if timeout_ms and not self.socket.poll(timeout_ms, zmq.POLLIN):
             return out
@@ -128,13 +136,30 @@ class Client:
             except zmq.Again:  # no connection yet and the queue is full: the timeout will tell
                 pass
 
+    def _read_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            self.transport_up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+
     def backend_alive(self, now: float | None = None) -> bool:
-        """False once the server has been silent for BACKEND_TIMEOUT_S (it heartbeats every second)."""
+        """Whether the backend is there: a message within BACKEND_TIMEOUT_S (it heartbeats every second), or,
+        after that, a connection still up with ZMTP heartbeats answered (the server is busy in native code).
+
+        A killed server's connection drops at once, so this turns false BACKEND_TIMEOUT_S after its last
+        message; an unreachable host (no FIN) fails its ZMTP heartbeats BACKEND_TIMEOUT_S after the last one
+        answered, so at most about HEARTBEAT_INTERVAL_S later than that.
+        """
         now = time.monotonic() if now is None else now
-        return now - self.last_received < BACKEND_TIMEOUT_S
+        if not self.closed:
+            self._read_monitor()
+        return now - self.last_received < BACKEND_TIMEOUT_S or (self.transport_up and not self.closed)
 
     def close(self) -> None:
         if not self.closed:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
             self.socket.close(linger=0)
             self.closed = True
 

@@ -455,6 +455,16 @@ def test_protocol_doc_lists_every_message_and_each_is_handled(tmp_path):
         P.check_fields(m, "s2c")
 
 
+def test_a_client_with_no_server_declares_it_dead_after_3s():
+    c = Client(f"tcp://127.0.0.1:{free_port()}", "alone")
+    c.send_hello()
+    t0 = time.monotonic()
+    while c.backend_alive() and time.monotonic() - t0 < 10:
+        assert not c.poll_messages(50)
+    assert 2.9 <= time.monotonic() - t0 <= 3.2
+    c.close()
+
+
 def test_heartbeats_arrive_every_second(server):
     c = client(server, "heart")
     t0 = time.monotonic()
@@ -486,6 +496,7 @@ def test_sigkill_is_noticed_within_3s_and_a_restarted_server_serves_earlier_resu
             c.poll_messages(50)
         noticed = time.monotonic() - killed
         assert not c.backend_alive() and noticed <= 3.1, noticed
+        assert not c.transport_up  # the connection drop was seen too, so "busy" cannot mask "dead"
         c.close()
     finally:
         s.stop()
