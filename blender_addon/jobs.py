@@ -9,6 +9,7 @@ the object being refined), so an intermediate mesh replaces the previous one in 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import bpy
 
 from . import connection, local_backend, preferences, preview, scene_mesh
-from ._vendor.shared.client import Client
+from ._vendor.shared.client import Client, load_curve_keys
 from ._vendor.shared.protocol import Message
 from .props import job_settings
 
@@ -57,10 +58,21 @@ class Session:
         if local_backend.exit_code() is not None:
             # Our own backend process died: say so now rather than after the heartbeat timeout.
             self._lost(state, local_backend.exit_text())
-        elif not self.client.backend_alive() or time.monotonic() - self.client.last_received > connection.LOST_AFTER_S:
+        elif not self._alive():
             self._lost(state, f"no heartbeat from {self.client.endpoint} for {connection.LOST_AFTER_S:g} s")
         elif state.connection != "connected" and self.welcomed:
             state.connection = "connected"
+            if state.last_error.startswith("Backend lost"):
+                state.last_error = ""
+
+    def _alive(self) -> bool:
+        """The shared client's verdict, made stricter where the transport is down: silence for LOST_AFTER_S
+        with no connection (a killed or unreachable backend) is lost, so the panel says so within 3 s. With the
+        connection up (ZMTP heartbeats answered, e.g. a backend busy in native code) the client decides."""
+        if not self.client.backend_alive():
+            return False
+        silent = time.monotonic() - self.client.last_received > connection.LOST_AFTER_S
+        return not (silent and not getattr(self.client, "transport_up", False))
 
     def _lost(self, state: Any, why: str) -> None:
         if state.connection != "lost":
@@ -228,10 +240,30 @@ def _make_session(context: Any) -> Session:
     prefs = preferences.get(context)
     if not prefs.client_token:
         prefs.client_token = uuid.uuid4().hex[:16]
-    key = prefs.curve_server_key.strip().encode() or None
-    client = Client(prefs.address, prefs.client_token, server_public_key=key)
+    server_key, client_keys = curve_keys(prefs.curve_server_key, prefs.curve_client_keys)
+    client = Client(prefs.address, prefs.client_token, server_public_key=server_key, client_keys=client_keys)
     client.send_hello(name=f"blender {bpy.app.version_string}")
     return Session(client)
+
+
+def curve_keys(server: str, client_file: str) -> tuple[bytes | None, tuple[bytes, bytes] | None]:
+    """The server's public key (a key file or a Z85 string) and this client's key pair (a .key_secret file)."""
+    server = server.strip()
+    if not server:
+        return None, None
+    path = bpy.path.abspath(server)
+    if os.path.isfile(path):
+        server_key, _ = load_curve_keys(path)
+    elif len(server) == 40:
+        server_key = server.encode("ascii")
+    else:
+        raise ValueError(f"CURVE server key {server!r} is neither a key file nor a 40-character Z85 key")
+    if not client_file.strip():
+        return server_key, None
+    public, secret = load_curve_keys(bpy.path.abspath(client_file.strip()))
+    if secret is None:
+        raise ValueError(f"{client_file} holds no secret key: pass the client.key_secret file")
+    return server_key, (public, secret)
 
 
 def connect(context: Any) -> Session:

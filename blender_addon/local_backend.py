@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import subprocess
@@ -37,6 +38,9 @@ def start(cmd: list[str], cwd: str | None = None) -> subprocess.Popen:
                                     creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0)
     finally:
         log.close()
+    # Blender quitting does not unregister add-ons: stop the backend we started with the interpreter.
+    atexit.unregister(stop)
+    atexit.register(stop)
     return _process
 
 
@@ -75,3 +79,9 @@ def stop(timeout: float = 3.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+def shutdown() -> None:
+    """Stop our backend and drop the exit hook (the add-on is being disabled; its module may be reloaded)."""
+    stop()
+    atexit.unregister(stop)

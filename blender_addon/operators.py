@@ -148,6 +148,6 @@ def register() -> None:
 
 def unregister() -> None:
     # A backend started from this Blender is ours to stop: a disabled add-on leaves no process behind.
-    local_backend.stop()
+    local_backend.shutdown()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -34,12 +34,17 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
         description="Names this Blender to the backend so its jobs stay listed across reconnects (made on first use)")
     curve_server_key: StringProperty(
         name="CURVE server key", default="",
-        description="Z85 public key of a remote backend that uses CurveZMQ encryption (empty: no encryption)")
+        description="A remote backend's CurveZMQ public key: its server.key file (from `python -m backend keys`) "
+                    "or the 40-character Z85 key itself. Empty: no encryption (a backend on this machine)")
+    curve_client_keys: StringProperty(
+        name="CURVE client keys", subtype="FILE_PATH", default="",
+        description="This Blender's key pair file (client.key_secret) whose public key the backend authorises")
 
     def draw(self, _context: Any) -> None:
         layout = self.layout
         layout.prop(self, "address")
         layout.prop(self, "curve_server_key")
+        layout.prop(self, "curve_client_keys")
         box = layout.box()
         box.label(text="Local backend")
         box.prop(self, "python")
