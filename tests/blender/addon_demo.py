@@ -139,6 +139,16 @@ def stage(obj) -> None:
     scene.render.image_settings.file_format = "PNG"
 
 
+def frame_box(obj) -> list[float]:
+    """Where the object lies in the rendered image: [x0, y0, x1, y1] in pixels, y down (as the PNG's rows)."""
+    from bpy_extras.object_utils import world_to_camera_view
+
+    scene = bpy.context.scene
+    pts = [world_to_camera_view(scene, scene.camera, obj.matrix_world @ v.co) for v in obj.data.vertices]
+    xs, ys = [p.x * RENDER_SIZE for p in pts], [(1.0 - p.y) * RENDER_SIZE for p in pts]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
 def main(argv: list[str]) -> dict:
     zip_path, backend_python, repo = argv[:3]
     prompt = argv[4] if len(argv) > 4 else PROMPT
@@ -158,6 +168,7 @@ def main(argv: list[str]) -> dict:
     bpy.context.scene.render.filepath = png
     bpy.ops.render.render(write_still=True)
     job["render_seconds"] = round(time.monotonic() - t0, 1)
+    job["frame_box"] = frame_box(obj)
     log(f"saved {blend}\nrendered {png}")
     return {"prompt": prompt, "blend": blend, "png": png, **job}
 
