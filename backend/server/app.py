@@ -21,7 +21,7 @@ import zmq
 
 from backend.server.jobs import WAKE_ENDPOINT, Job, Worker
 from backend.server.meshfile import read_glb
-from backend.server.results import ResultStore, summary
+from backend.server.results import ResultStore
 from backend.server.security import CurveConfig, apply_curve, check_bind
 from shared import protocol as P
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, SettingsError, validate
@@ -326,7 +326,8 @@ class Server:
             job.status = "cancelled"
             self.reply(identity, m, {"type": "cancelled", "job": job.id, "step": 0, "reason": "cancel"})
         elif job is self.running:
-            job.stop_reason = job.stop_reason or "cancel"  # the worker answers "cancelled" after this step
+            if job.stop_reason is None:
+                job.stop_reason, job.stop_requested_step = "cancel", job.step  # the worker answers after this step
         else:
             raise P.ProtocolError("bad_state", f"job {job_id} has already ended ({job.status}); nothing to cancel", rid)
 
@@ -369,7 +370,7 @@ class Server:
         if running:
             # The running job stops after its step and checkpoints; its continuation runs next.
             assert live is not None
-            live.stop_reason, live.refined_by = "refined", job.id
+            live.stop_reason, live.refined_by, live.stop_requested_step = "refined", job.id, live.step
             self.pending.appendleft(job)
         else:
             self.pending.append(job)

@@ -43,6 +43,7 @@ class Job:
     stop_reason: str | None = None
     refined_by: str | None = None
     step: int = 0
+    stop_requested_step: int | None = None  # job.step when the main thread asked it to stop
     created: str = field(default_factory=lambda: _now())
 
 
@@ -106,9 +107,10 @@ class Worker(threading.Thread):
     def run_job(self, job: Job) -> None:
         job.status = "running"
         folder = self.store.job_dir(job.id)
-        self.store.write_record(job.id, self.base_record(job, "running"))
         trainer = None
         try:
+            # Written first, so a server killed mid-job leaves a record a restarted server reports as "lost".
+            self.store.write_record(job.id, self.base_record(job, "running"))
             t0 = time.perf_counter()
             prior = self.prior_for(job.settings)
             load_seconds = time.perf_counter() - t0
@@ -199,6 +201,8 @@ class Worker(threading.Thread):
         header: dict[str, Any] = {"type": "cancelled", "step": trainer.step, "reason": reason}
         if job.refined_by:
             header["refined_by"] = job.refined_by
+        if job.stop_requested_step is not None:
+            header["requested_step"] = job.stop_requested_step
         self.emit(job, header)
 
     def _finish(self, job: Job, trainer: Any, prior: Any, folder: Path, load_seconds: float,
