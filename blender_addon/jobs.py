@@ -55,11 +55,17 @@ class Session:
         state = connection.state(context)
         for message in self.client.poll_messages(0):
             self.handle(context, message)
-        if local_backend.exit_code() is not None:
-            # Our own backend process died: say so now rather than after the heartbeat timeout.
+        if local_backend.exit_code() is not None and local_backend.address() == self.client.endpoint:
+            # The backend this Blender started for this address died: say so now, with its exit status, rather
+            # than after the heartbeat timeout; then forget it (a backend started by hand there may follow).
             self._lost(state, local_backend.exit_text())
+            local_backend.forget()
+        elif not self.welcomed and local_backend.running() and local_backend.address() == self.client.endpoint:
+            # Our backend is still starting (importing torch takes seconds): connecting, not lost.
+            state.connection = "connecting"
         elif not self._alive():
-            self._lost(state, f"no heartbeat from {self.client.endpoint} for {connection.LOST_AFTER_S:g} s")
+            silent = time.monotonic() - self.client.last_received
+            self._lost(state, f"no heartbeat from {self.client.endpoint} for {silent:.1f} s")
         elif state.connection != "connected" and self.welcomed:
             state.connection = "connected"
             if state.last_error.startswith("Backend lost"):
@@ -106,6 +112,7 @@ class Session:
         state.backend_version = str(m.get("server", ""))
         if state.last_error.startswith("Backend lost"):
             state.last_error = ""
+        self.client.send_list()  # the panel's list of earlier results, without a click
 
     def on_accepted(self, context: Any, m: Message) -> None:
         view = self.requests.pop(m.get("id"), None)
@@ -127,7 +134,7 @@ class Session:
         if not self._is_current(context, m):
             return
         state = connection.state(context)
-        if state.job_state == "queued":
+        if state.job_state in ("queued", "lost"):  # "lost": the backend was silent for a while, not gone
             state.job_state = "running"
         total = int(m.get("total", state.steps) or 1)
         state.step, state.steps = int(m.get("step", 0)), total
@@ -173,6 +180,7 @@ class Session:
             state.job_state = "done" if m.get("status", "finished") == "finished" else str(m.get("status"))
             state.progress, state.eta_s, state.phase = 1.0, 0.0, ""
             state.step = state.steps
+        self.client.send_list()
 
     def on_cancelled(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
@@ -180,6 +188,7 @@ class Session:
             state.job_state = "cancelled"
             state.eta_s = 0.0
             state.phase = str(m.get("reason") or "")
+        self.client.send_list()
 
     def on_error(self, context: Any, m: Message) -> None:
         state = connection.state(context)

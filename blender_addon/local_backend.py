@@ -12,6 +12,7 @@ from pathlib import Path
 
 _process: subprocess.Popen | None = None
 _log_path: Path | None = None
+_address: str | None = None  # the --bind address of the process we started
 
 
 def command(python: str, arguments: str, address: str, results_dir: str) -> list[str]:
@@ -27,8 +28,9 @@ def command(python: str, arguments: str, address: str, results_dir: str) -> list
 def start(cmd: list[str], cwd: str | None = None) -> subprocess.Popen:
     """Start the backend (stopping one we started before); its output goes to a log file, never a pipe
     (a full pipe would stall the backend, and reading it would need a thread)."""
-    global _process, _log_path
+    global _process, _log_path, _address
     stop()
+    _address = cmd[cmd.index("--bind") + 1] if "--bind" in cmd else None
     _log_path = Path(tempfile.gettempdir()) / f"tbsd_backend_{os.getpid()}.log"
     log = open(_log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -42,6 +44,17 @@ def start(cmd: list[str], cwd: str | None = None) -> subprocess.Popen:
     atexit.unregister(stop)
     atexit.register(stop)
     return _process
+
+
+def address() -> str | None:
+    return _address if _process is not None else None
+
+
+def forget() -> None:
+    """Drop the record of a process that has exited (its log stays readable through exit_text until the next start)."""
+    global _process
+    if _process is not None and _process.poll() is not None:
+        _process = None
 
 
 def running() -> bool:

@@ -129,6 +129,10 @@ def test_backend_lost_recovered_and_killed_reach_the_panel_without_timer_excepti
     assert report["lost_after_kill_s"] < 3.0
     assert report["killed"]["last_error"].startswith("Backend lost")
     assert report["after_kill_ticks"]["connection"] == "lost"
+    # Our own backend killed: reported from its exit status at once, in words.
+    assert report["restarted"]["connection"] == "connected"
+    assert report["lost_after_own_kill_s"] < 1.0
+    assert "the local backend was killed (signal 9)" in report["own_killed"]["last_error"]
     assert report["timer_errors_final"] == []
     assert not report["timer_after_disable"]
 

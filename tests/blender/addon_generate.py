@@ -209,6 +209,15 @@ def main(argv: list[str]) -> dict:
     for _ in range(10):  # the timer keeps running against a dead backend without raising
         d.tick()
     report["after_kill_ticks"] = d.snapshot()
+    # A backend started from the panel dies: its exit status is in the panel at once, no heartbeat wait.
+    assert bpy.ops.tbsd.backend_start() == {"FINISHED"}
+    d.until("the restarted backend's welcome", lambda: d.state.connection == "connected", 120)
+    report["restarted"] = d.snapshot()
+    os.kill(local_backend._process.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    d.until("'backend lost' after SIGKILL of our own backend", lambda: d.state.connection == "lost", 10)
+    report["lost_after_own_kill_s"] = time.monotonic() - t0
+    report["own_killed"] = d.snapshot()
     report["max_tick_s"] = d.max_tick_s
     report["ticks"] = d.ticks
     assert bpy.ops.tbsd.backend_stop() == {"FINISHED"}

@@ -68,6 +68,13 @@ def run(main: Callable[[list[str]], dict]) -> None:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes the JSON error line
         traceback.print_exc(file=sys.stderr)
         out, status = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, 1
+    # os._exit below skips atexit: stop a backend the add-on started, whatever happened, so none is left behind.
+    for name, module in list(sys.modules.items()):
+        if name.endswith(".local_backend") and name.startswith("bl_ext.") and hasattr(module, "stop"):
+            try:
+                module.stop()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                traceback.print_exc(file=sys.stderr)
     _RESULT.write(json.dumps(out, default=str) + "\n")
     _RESULT.flush()
     # bpy's atexit handlers can take seconds and print; the result is out, so leave now.
