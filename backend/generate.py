@@ -59,26 +59,27 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("
             "seconds": {"extract": t1 - t0, "export": t2 - t1}}
 
 
-def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, level: float, resolution: int = 64) -> dict[str, float]:
-    """Voxel IoU with the true shape and the mean surface colour's error, when the prompt names one object."""
-    from backend.export import density_grid
+def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int = 64) -> dict[str, float]:
+    """Voxel IoU of the mesh with the true shape and the mean surface colour's error, when the prompt names one
+    object. The mesh (what the artist gets) is voxelised by ray parity, so holes and inner shells count."""
     from backend.export.field import DEFAULT_BOUND
+    from backend.metrics import mesh_occupancy, voxel_iou
     from backend.priors.procedural import world
 
     meaning = world.parse_prompt(prompt)
     if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
         return {}
-    grid = density_grid(_field(trainer.scene.density), resolution, DEFAULT_BOUND, device=trainer.device)
     axis = torch.linspace(-DEFAULT_BOUND, DEFAULT_BOUND, resolution)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    truth = (world.sdf(meaning.shapes[0], pts) < 0).numpy().reshape(grid.shape)
-    pred = grid > level
-    iou = float((truth & pred).sum() / max((truth | pred).sum(), 1))
+    truth = (world.sdf(meaning.shapes[0], pts) < 0).numpy().reshape((resolution,) * 3)
+    occupied = mesh_occupancy(np.asarray(mesh.vertices), np.asarray(mesh.faces), axis.numpy())
     with torch.no_grad():
         colours = _field(trainer.scene.albedo)(torch.as_tensor(mesh.vertices, device=trainer.device)).cpu().numpy()
     true_colour = np.array(world.COLOURS[meaning.colours[0]])
-    return {"voxel_iou": iou, "mean_colour": colours.mean(0).tolist(),
-            "colour_error": float(np.linalg.norm(colours.mean(0) - true_colour))}
+    mean = colours.mean(0)
+    nearest = min(world.COLOURS, key=lambda name: float(np.linalg.norm(mean - np.array(world.COLOURS[name]))))
+    return {"voxel_iou": voxel_iou(occupied, truth), "mean_colour": mean.tolist(),
+            "colour_error": float(np.linalg.norm(mean - true_colour)), "nearest_colour": nearest}
 
 
 def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out_dir: Path,
@@ -113,6 +114,6 @@ def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out
     if device.type == "cuda":
         record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     if prior.name == "procedural":
-        record["figures"] = procedural_figures(prompt, trainer, result["mesh"], result["extract"]["level"])
+        record["figures"] = procedural_figures(prompt, trainer, result["mesh"])
     (out_dir / "job.json").write_text(json.dumps(record, indent=2, default=str))
     return record

@@ -190,3 +190,34 @@ __all__ = [
     "silhouette_iou",
     "level_from_renders",
 ]
+
+
+def fill_enclosed(grid: np.ndarray, level: float) -> tuple[np.ndarray, int]:
+    """Raise every below-level voxel that the grid's border cannot reach (6-connected) above the level.
+
+    Score distillation only ever sees a surface, so the matter behind it is often thin: Gaussians sit on the
+    surface as a shell and a NeRF may leave its inside empty. Marching cubes would then give a second, inward-
+    facing surface inside the object, which an artist's tools (booleans, 3D printing, volume) read as a
+    hollow. Returns the filled grid and how many voxels were filled.
+    """
+    empty = torch.from_numpy(np.ascontiguousarray(grid <= level))
+    outside = torch.zeros_like(empty)
+    for axis in range(3):
+        for end in (0, -1):
+            index = [slice(None)] * 3
+            index[axis] = end
+            outside[tuple(index)] = empty[tuple(index)]
+    while True:
+        grown = outside.clone()
+        for axis in range(3):
+            n = grown.shape[axis]
+            grown.narrow(axis, 1, n - 1).logical_or_(outside.narrow(axis, 0, n - 1))
+            grown.narrow(axis, 0, n - 1).logical_or_(outside.narrow(axis, 1, n - 1))
+        grown &= empty
+        if torch.equal(grown, outside):
+            break
+        outside = grown
+    cavity = (empty & ~outside).numpy()
+    filled = grid.copy()
+    filled[cavity] = max(float(grid.max()), level * 2.0 if level > 0 else level + 1.0)
+    return filled, int(cavity.sum())

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.export.field import DEFAULT_BOUND, FieldFn, density_grid, level_from_renders
+from backend.export.field import DEFAULT_BOUND, FieldFn, density_grid, fill_enclosed, level_from_renders
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
 from backend.export.texture import bake_texture, rasterise_uv, vertex_colours
 from backend.export.uv import unwrap_uvs
@@ -30,8 +30,8 @@ def extract_mesh(
     target_faces: int | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[Mesh, dict]:
-    """Density grid -> level from the renders (``opacity`` [B, 1, H, W] of ``views``) -> marching cubes ->
-    floater removal -> optional decimation. Returns the mesh and JSON-ready figures.
+    """Density grid -> level from the renders (``opacity`` [B, 1, H, W] of ``views``) -> enclosed cavities
+    filled -> marching cubes -> floater removal -> optional decimation. Returns the mesh and JSON-ready figures.
 
     ``level`` overrides the render-derived choice (then ``views``/``opacity`` are not used).
     """
@@ -50,6 +50,9 @@ def extract_mesh(
         figures["level_source"] = "given"
     figures["level"] = float(level)
     seconds["level"] = time.perf_counter() - t
+    t = time.perf_counter()
+    grid, figures["filled_voxels"] = fill_enclosed(grid, level)
+    seconds["fill"] = time.perf_counter() - t
     t = time.perf_counter()
     mesh = marching_cubes(grid, level, bound)
     seconds["marching_cubes"] = time.perf_counter() - t

@@ -400,23 +400,55 @@ def _scheduler_config(prediction_type: str) -> dict[str, Any]:
     )
 
 
-def build_char_tokenizer() -> "CLIPTokenizer":
-    """A CLIP BPE tokenizer over single characters, written from scratch (no download).
+# Words the product itself puts into prompts (negative descriptors, view suffixes) plus a few common
+# ones, so that the random tokenizer spends one token on each, as CLIP's real vocabulary does.
+_RANDOM_TOKENIZER_WORDS = (
+    "a an the of and with in on photo render view front side back overhead high quality detailed "
+    "red green blue yellow white black orange purple pink brown grey gray cube sphere torus cone cylinder capsule"
+)
 
-    Every lower-case letter, digit and punctuation mark is a token, alone and as a word end ("c</w>");
-    no merges. Random weights make the exact tokenisation irrelevant; what matters is that different
+
+def build_word_tokenizer(extra_words: str = "") -> "CLIPTokenizer":
+    """A CLIP BPE tokenizer written from scratch (no download): known words shrink to one or a few tokens.
+
+    Every lower-case letter, digit and punctuation mark is a token, alone and as a word end ("c</w>"),
+    and merges build each word of a fixed list (the product's negative descriptors, view suffixes, common
+    words) from left to right, so the product's long prompts fit SD's 77-token window as they do with
+    CLIP's real vocabulary. (BPE applies merges by rank across words, so a word can stop a merge or two
+    short of one token when an earlier word's chain fires inside it; longest words go first to keep that rare.) Random weights make the exact ids irrelevant; what matters is that different
     texts map to different ids and that everything is padded to 77 like SD's tokenizer.
     """
+    import re
     import string
 
     from transformers import CLIPTokenizer
 
+    from shared.settings import BSD_NEGATIVE, CSD_NEGATIVE, NFSD_NEGATIVE, TARGET_NEGATIVE_DESCRIPTORS
+
     chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    text = " ".join((_RANDOM_TOKENIZER_WORDS, TARGET_NEGATIVE_DESCRIPTORS, NFSD_NEGATIVE, CSD_NEGATIVE,
+                     BSD_NEGATIVE, extra_words))
+    words = sorted(set(re.findall(r"[a-z]+", text.lower())), key=lambda w: (-len(w), w))
+    merges: list[str] = []
+    known = set(tokens)
+    for word in words:
+        if len(word) < 2:
+            continue
+        # Left-to-right merges: "red" -> ("r", "e") -> "re", ("re", "d</w>") -> "red</w>".
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        left = pieces[0]
+        for right in pieces[1:]:
+            merged = left + right
+            if merged not in known:
+                merges.append(f"{left} {right}")
+                tokens.append(merged)
+                known.add(merged)
+            left = merged
     vocab = {tok: i for i, tok in enumerate(tokens)}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
         # The tokenizer reads both files now and keeps nothing open, so the folder can go.
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
 
@@ -440,7 +472,7 @@ def build_random_pipeline_components(
     from transformers import CLIPTextConfig, CLIPTextModel
 
     device = torch.device(device)
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_word_tokenizer()
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.device(device):
         torch.manual_seed(seed)

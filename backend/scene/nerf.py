@@ -183,7 +183,10 @@ class NeRFScene(Representation):
         }
         if normal_k is not None:
             facing = (normal_k * d[ray_k]).sum(-1).clamp(min=0) ** 2
-            losses["orientation"] = torch.zeros(n_rays, device=o.device).index_add(0, ray_k, w_k * facing).mean()
+            # The weights are detached (as in Ref-NeRF and threestudio): the loss should turn normals, not buy
+            # its way out by making back-facing matter transparent, which leaves a translucent, shrunken shape.
+            losses["orientation"] = torch.zeros(n_rays, device=o.device).index_add(
+                0, ray_k, w_k.detach() * facing).mean()
         def image(x: Tensor, c: int) -> Tensor:
             return x.reshape(b, height, width, c).permute(0, 3, 1, 2)
 
