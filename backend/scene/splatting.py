@@ -13,9 +13,9 @@ Conventions follow gsplat 1.5.3 so both paths give the same images:
 
 Our cameras (cameras.py) are OpenGL-style c2w + vertical fov: ``views_to_opencv`` converts them.
 
-The dense renderer evaluates every Gaussian at every pixel of a view: memory is O(H W N) per view (about
-10 tensors of H*W*N floats with autograd), fine for a few thousand Gaussians at 64x64. Views are rendered
-one after the other to bound memory.
+The dense renderer evaluates, per 16x16 tile, every Gaussian whose box reaches the tile at every pixel of
+it (gsplat's tiling without its CUDA kernels): memory is O(tile pixels x Gaussians there) with autograd.
+Views are rendered one after the other to bound memory.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class Projection:
     conics: Float[Tensor, "B N 3"]  # upper triangle (a, b, c) of the inverse 2D covariance [[a, b], [b, c]]
     depths: Float[Tensor, "B N"]  # camera z
     visible: Bool[Tensor, "B N"]
+    radii: Float[Tensor, "B N 2"]  # half sizes (px) of the box outside which alpha < 1/255 (gsplat's)
 
 
 def project(
@@ -169,7 +170,7 @@ def project(
         mx, my = means2d.detach().unbind(-1)
         inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         visible = valid & inside
-    return Projection(means2d, conics, means_c[..., 2], visible)
+    return Projection(means2d, conics, means_c[..., 2], visible, torch.stack([rx, ry], dim=-1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +229,21 @@ def _composite_view(
     return rgb, acc, depth
 
 
+TILE = 16  # px; gsplat's tile size
+
+
+def _tiles(height: int, width: int, device: torch.device) -> list[tuple[tuple[int, int, int, int], Tensor]]:
+    """Tiles as (x0, y0, x1, y1) with the row-major indices of their pixels."""
+    out = []
+    for y0 in range(0, height, TILE):
+        for x0 in range(0, width, TILE):
+            y1, x1 = min(y0 + TILE, height), min(x0 + TILE, width)
+            ys = torch.arange(y0, y1, device=device)[:, None]
+            xs = torch.arange(x0, x1, device=device)[None, :]
+            out.append(((x0, y0, x1, y1), (ys * width + xs).reshape(-1)))
+    return out
+
+
 def rasterize_dense(
     means: Float[Tensor, "N 3"],
     quats: Float[Tensor, "N 4"],
@@ -255,14 +271,24 @@ def rasterize_dense(
         indexing="ij",
     )
     pixels = torch.stack([xs, ys], dim=-1).reshape(-1, 2)
+    tiles = _tiles(height, width, means.device)
+    order = torch.argsort(torch.cat([pix for _, pix in tiles]))  # tile-major rows back to row-major pixels
     rgbs, alphas, depths = [], [], []
     for b in range(B):
         # Only visible Gaussians, sorted by camera depth (gsplat sorts per tile by depth, the same order).
         idx = torch.nonzero(proj.visible[b], as_tuple=True)[0]
         idx = idx[torch.argsort(proj.depths[b, idx].detach())]
-        rgb, acc, depth = _composite_view(
-            means2d[b, idx], proj.conics[b, idx], opacities[idx], colors[b, idx], proj.depths[b, idx], pixels
-        )
+        centre, radius = means2d[b, idx].detach(), proj.radii[b, idx]
+        lo, hi = centre - radius, centre + radius
+        parts = []
+        for (x0, y0, x1, y1), pix in tiles:
+            # As in gsplat, a Gaussian only reaches the tiles its box overlaps; outside it alpha < 1/255,
+            # which compositing skips anyway, so this changes the cost, not the image.
+            near = (hi[:, 0] > x0) & (lo[:, 0] < x1) & (hi[:, 1] > y0) & (lo[:, 1] < y1)
+            t = idx[near]
+            parts.append(_composite_view(means2d[b, t], proj.conics[b, t], opacities[t], colors[b, t],
+                                         proj.depths[b, t], pixels[pix]))
+        rgb, acc, depth = (torch.cat([p[i] for p in parts])[order] for i in range(3))
         if backgrounds is not None:
             rgb = rgb + backgrounds[b] * (1.0 - acc[:, None])
         rgbs.append(rgb.reshape(height, width, -1))
