@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from backend.export import export_mesh, extract_mesh
+from backend.export.field import DEFAULT_BOUND
 from backend.images import save_png
 from backend.priors.base import DiffusionPrior
 from backend.scene.cameras import eval_views
@@ -47,9 +48,13 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("
     with torch.no_grad():
         opacity = scene.render(views, LEVEL_RESOLUTION, LEVEL_RESOLUTION, "albedo").opacity
     t0 = time.perf_counter()
+    resolution = mesh_resolution or s["mesh_resolution"]
+    with torch.no_grad():
+        grid = scene.density_grid(resolution, DEFAULT_BOUND)
     mesh, extract_figures = extract_mesh(
-        _field(scene.density), views, opacity, resolution=mesh_resolution or s["mesh_resolution"],
+        _field(scene.density), views, opacity, resolution=resolution,
         target_faces=s["decimate_faces"] or None, device=trainer.device,
+        grid=None if grid is None else grid.float().cpu().numpy(),
     )
     t1 = time.perf_counter()
     export_figures = export_mesh(out_dir, mesh, _field(scene.albedo), texture_size=texture_size or s["texture_size"],
@@ -62,7 +67,6 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("
 def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int = 64) -> dict[str, float]:
     """Voxel IoU of the mesh with the true shape and the mean surface colour's error, when the prompt names one
     object. The mesh (what the artist gets) is voxelised by ray parity, so holes and inner shells count."""
-    from backend.export.field import DEFAULT_BOUND
     from backend.metrics import mesh_occupancy, voxel_iou
     from backend.priors.procedural import world
 

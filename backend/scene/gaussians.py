@@ -305,6 +305,33 @@ class GaussianScene(Representation):
             return self.means.new_zeros(0)
         return self._field(points, lambda logw, idx: torch.exp(logw).sum(-1))
 
+    @torch.no_grad()
+    def density_grid(self, resolution: int, bound: float) -> Float[Tensor, "R R R"]:
+        """``density`` on the grid, with each Gaussian added only to the voxels within FIELD_CUTOFF of its largest
+        standard deviation: O(Gaussians x their voxels) instead of O(voxels x nearby Gaussians), which on a CPU
+        turns a minute of mesh extraction into about a second."""
+        r = int(resolution)
+        h = 2.0 * bound / (r - 1)
+        grid = torch.zeros(r**3, device=self.means.device)
+        rot = quat_to_rotmat(self.quats)
+        inv_scale = (-self.log_scales).exp()
+        log_opacity = F.logsigmoid(self.opacity_logits)
+        reach = torch.ceil(FIELD_CUTOFF * self.log_scales.exp().max(dim=-1).values / h).long().clamp(0, r)
+        centre = torch.round((self.means + bound) / h).long()
+        for k in torch.unique(reach).tolist():
+            span = torch.arange(-k, k + 1, device=grid.device)
+            offsets = torch.stack(torch.meshgrid(span, span, span, indexing="ij"), -1).reshape(-1, 3)
+            members = torch.nonzero(reach == k, as_tuple=True)[0]
+            for part in members.split(max(1, FIELD_PAIR_BUDGET // offsets.shape[0])):
+                voxels = centre[part][:, None, :] + offsets[None]  # P S 3
+                inside = ((voxels >= 0) & (voxels < r)).all(-1)
+                d = (voxels * h - bound) - self.means[part][:, None, :]
+                local = torch.einsum("psk,pkj->psj", d, rot[part]) * inv_scale[part][:, None, :]
+                weight = torch.exp(log_opacity[part][:, None] - 0.5 * (local * local).sum(-1))
+                flat = (voxels[..., 0] * r + voxels[..., 1]) * r + voxels[..., 2]
+                grid.index_add_(0, flat[inside], weight[inside])
+        return grid.reshape(r, r, r)
+
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """Density-weighted mean albedo of the Gaussians around each point (a softmax of the log weights, so
         that points far from every Gaussian still get their nearest Gaussians' colour instead of 0/0)."""

@@ -39,6 +39,11 @@ class Representation(nn.Module, ABC):
     def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
         """Volume density at world points (for mesh extraction)."""
 
+    def density_grid(self, resolution: int, bound: float) -> Float[Tensor, "R R R"] | None:
+        """The density on the grid ``linspace(-bound, bound, R)^3`` (index order x, y, z) when the representation
+        has a faster way to fill it than evaluating ``density`` point by point; None otherwise."""
+        return None
+
     @abstractmethod
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
         """Surface colour in [0, 1] at world points (for texture baking)."""
