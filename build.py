@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import importlib.util
 import os
 import shutil
@@ -128,10 +129,25 @@ def cmd_test(extra: list[str]) -> int:
 
 
 def cmd_demo(extra: list[str]) -> int:
+    """The artist's path end to end: the built extension installed in headless Blender (bpy wheel) drives a
+    backend process on the procedural prior through its real operators and timers, streams the object into
+    the scene, saves a .blend and renders a PNG. Optional: a prompt, then a JSON object of settings."""
     py = ensure_env()
+    blender_py = ensure_blender_env()
+    zip_path = build_addon()
     out = ROOT / "demo_out"
-    proc = subprocess.run([str(py), "-m", "backend.demo", "--out", str(out), *extra], cwd=ROOT)
-    return proc.returncode
+    # bpy's own Python must not see the project's environment variables meant for .venv.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([str(blender_py), str(ROOT / "tests" / "blender" / "addon_demo.py"), str(zip_path),
+                           str(py), str(ROOT), str(out), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:])
+        return proc.returncode
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"demo: scene saved to {report['blend']}\n      render of the object: {report['png']}")
+    print(f"      (the 2D comparison of every method: {py} -m backend.demo --out demo_out/methods)")
+    return 0
 
 
 # --- the Blender add-on (an extension zip) ---------------------------------------------------------------

@@ -45,8 +45,7 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("
     scene = trainer.scene
     scene.eval()
     views = eval_views(LEVEL_VIEWS).to(trainer.device)
-    with torch.no_grad():
-        opacity = scene.render(views, LEVEL_RESOLUTION, LEVEL_RESOLUTION, "albedo").opacity
+    opacity = trainer.render_eval(LEVEL_VIEWS, LEVEL_RESOLUTION, "albedo").opacity
     t0 = time.perf_counter()
     resolution = mesh_resolution or s["mesh_resolution"]
     with torch.no_grad():

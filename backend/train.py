@@ -20,7 +20,7 @@ from torch import Tensor
 from backend.distill.step import distillation_loss, prompt_set
 from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import Views, eval_views, sample_orbit_views, view_suffix
-from backend.scene.representation import Representation
+from backend.scene.representation import RenderOutput, Representation
 
 CAMERA_BANK_AUTO = 96
 
@@ -205,10 +205,14 @@ class Trainer:
 
     # --- views of the result --------------------------------------------------------------------------
     @torch.no_grad()
-    def render_eval(self, n: int = 8, resolution: int | None = None, shading: str = "diffuse") -> Any:
+    def render_eval(self, n: int = 8, resolution: int | None = None, shading: str = "diffuse") -> RenderOutput:
+        """``n`` turntable views, rendered one at a time: a NeRF's per-sample working memory grows with the
+        rays of a call, and eight 128 px views at once took over 20 GB on a CPU."""
         self.scene.eval()
         res = resolution or self.settings["render_res_start"]
-        return self.scene.render(eval_views(n).to(self.device), res, res, shading)
+        views = eval_views(n).to(self.device)
+        outs = [self.scene.render(views.select([i]), res, res, shading) for i in range(n)]
+        return RenderOutput(rgb=torch.cat([o.rgb for o in outs]), opacity=torch.cat([o.opacity for o in outs]))
 
     def preview(self, n: int = 4, resolution: int = 128) -> Float[Tensor, "3 H W"]:
         """A strip of ``n`` turntable views."""

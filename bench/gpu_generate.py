@@ -40,12 +40,15 @@ def main() -> None:
     parser.add_argument("--sd-steps", type=int, default=200)
     parser.add_argument("--prompts", default="a red cube,a blue sphere,a green torus")
     parser.add_argument("--representations", default="gaussians,nerf")
+    parser.add_argument("--skip-procedural", action="store_true")
+    parser.add_argument("--sd-settings", type=json.loads, default={},
+                        help='extra settings for the SD runs as JSON, e.g. \'{"render_res_end": 128}\'')
     args = parser.parse_args()
     device = torch.device("cuda")
     result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
     procedural = ProceduralPrior(device=device)
     representations = args.representations.split(",")
-    for representation in representations:
+    for representation in representations if not args.skip_procedural else []:
         for prompt in args.prompts.split(","):
             settings = validate({"representation": representation, "steps": args.steps})
             run = {"prior": "procedural", "representation": representation, "prompt": prompt,
@@ -56,8 +59,9 @@ def main() -> None:
             args.out.write_text(json.dumps(result, indent=1))
     sd = build_random_sd21_base(device=device)
     for representation in representations:
-        settings = validate({"representation": representation, "steps": args.sd_steps, "model": "sd21-base-random"})
-        run = {"prior": "sd21-base-random-fp16", "representation": representation,
+        settings = validate({"representation": representation, "steps": args.sd_steps, "model": "sd21-base-random",
+                             **args.sd_settings})
+        run = {"prior": "sd21-base-random-fp16", "representation": representation, "settings": args.sd_settings,
                **one(sd, "a photograph of an astronaut riding a horse", settings, device)}
         result["runs"].append(run)
         print(json.dumps({k: run[k] for k in ("representation", "steps_per_second", "seconds", "peak_gpu_memory_gb")}),

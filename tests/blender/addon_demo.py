@@ -28,7 +28,7 @@ import mathutils  # noqa: E402
 
 PROMPT = "a red cube"
 # Sized for a 2-core CPU: a few minutes of NeRF training on the draft preset, two meshes streamed on the way.
-SETTINGS = {"quality": "draft", "representation": "nerf", "steps": 200, "preview_every": 50}
+SETTINGS = {"quality": "draft", "representation": "nerf", "steps": 300, "preview_every": 50}
 RENDER_SIZE = 512
 
 
