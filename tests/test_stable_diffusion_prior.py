@@ -234,7 +234,11 @@ def test_offline_unknown_hub_id_is_a_prior_error(
 def test_check_prompts_rejects_prompts_longer_than_the_encoder_reads(prior: StableDiffusionPrior) -> None:
     prior.check_prompts(PROMPTS)
     with pytest.raises(PriorError, match="tokens"):
-        prior.check_prompts(PromptSet(target="a red cube " * 20))  # character tokens: well over 77
+        prior.check_prompts(PromptSet(target="a red cube " * 30))  # 4 tokens per repeat: 120 + 2 > 77
+    # The product's own long prompt (target + every target-negative descriptor) fits, as with CLIP's vocabulary.
+    from shared.settings import TARGET_NEGATIVE_DESCRIPTORS
+
+    prior.check_prompts(PromptSet(target="a red cube", target_negative_descriptors=TARGET_NEGATIVE_DESCRIPTORS))
 
 
 def test_random_components_are_reproducible() -> None:
