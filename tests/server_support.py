@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -100,17 +101,34 @@ class Timeout(AssertionError):
     pass
 
 
+# Messages a client has received but no wait_for has consumed yet: poll_messages returns a batch, and the
+# messages after the match in that batch (say a `cancelled` right behind an `accepted`) belong to later waits.
+_BACKLOG: "weakref.WeakKeyDictionary[Client, list[Message]]" = weakref.WeakKeyDictionary()
+
+
+def drain(c: Client, timeout_ms: int = 0) -> list[Message]:
+    """Everything received and not yet consumed, then whatever arrives within ``timeout_ms``."""
+    backlog = _BACKLOG.setdefault(c, [])
+    out, backlog[:] = list(backlog), []
+    return out + c.poll_messages(timeout_ms)
+
+
 def wait_for(c: Client, predicate: Callable[[Message], bool], timeout: float,
              seen: list[Message] | None = None) -> Message:
     """The first message matching ``predicate``; every message received meanwhile is appended to ``seen``
-    (heartbeats and pongs left out)."""
+    (heartbeats and pongs left out). Messages after the match stay for the next call."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for m in c.poll_messages(50):
+    backlog = _BACKLOG.setdefault(c, [])
+    while True:
+        while backlog:
+            m = backlog.pop(0)
             if m.type not in ("heartbeat", "pong") and seen is not None:
                 seen.append(m)
             if predicate(m):
                 return m
+        if time.monotonic() >= deadline:
+            break
+        backlog.extend(c.poll_messages(50))
     raise Timeout(f"no matching message within {timeout} s; got {[_brief(m) for m in (seen or [])][-20:]}")
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import zmq
 
-from server_support import (LONG, QUIET_STREAM, ROOT, STREAM, TINY, ServerProcess, client, free_port, run_to_end,
-                            submit, wait_for)
+from server_support import (LONG, QUIET_STREAM, ROOT, STREAM, TINY, ServerProcess, client, drain, free_port,
+                            run_to_end, submit, wait_for)
 from shared import protocol as P
 from shared.client import Client, load_curve_keys
 
@@ -144,7 +144,7 @@ def test_cancel_takes_effect_within_one_step(server):
     seen: list[P.Message] = []
     wait_for(c, lambda m: m.type == "progress" and m["step"] >= 3, 60, seen)
     # Drain what has already arrived so "last step seen" is as fresh as the client can know it.
-    seen.extend(c.poll_messages(0))
+    seen.extend(drain(c))
     last = max(m["step"] for m in seen if m.type == "progress")
     c.send_cancel(job)
     after: list[P.Message] = []
@@ -160,7 +160,7 @@ def test_cancel_takes_effect_within_one_step(server):
     assert (server.results / job / "checkpoint.pt").is_file()
     # Nothing more arrives for that job.
     time.sleep(0.5)
-    assert not [m for m in c.poll_messages(0) if m.job == job]
+    assert not [m for m in drain(c) if m.job == job]
     # A queued job is cancelled at once, step 0.
     running = submit(c, settings=LONG).job
     try:
@@ -226,8 +226,8 @@ def test_two_clients_at_once_see_only_their_own_jobs(server):
     assert ma[-1].type == "finished" and mb[-1].type == "finished"
     assert {m.job for m in ma} == {ja} and {m.job for m in mb} == {jb}
     time.sleep(0.3)
-    assert all(m.job in (None, ja) for m in a.poll_messages(0))
-    assert all(m.job in (None, jb) for m in b.poll_messages(0))
+    assert all(m.job in (None, ja) for m in drain(a))
+    assert all(m.job in (None, jb) for m in drain(b))
     rid = b.send_list()
     listed = wait_for(b, lambda m: m.get("id") == rid, 10)
     jobs = {r["job"] for r in listed["results"]}
