@@ -71,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--curve-client-keys", type=Path, default=None,
                        help="Folder of authorised client public keys (DIR/authorized_clients).")
 
+    bench = sub.add_parser("bench", help="GPU benchmark: ms per step by phase, peak memory, TFLOP/s, asset and "
+                                         "first-preview seconds (BENCHMARKS.md). JSON out.")
+    bench.add_argument("--out", type=Path, default=None, help="JSON file to write (also printed line by line).")
+    bench.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
+    bench.add_argument("--priors", default="procedural,sd21-random",
+                       help="Comma list of procedural, sd21-random (random weights of SD 2.1-base) [both].")
+    bench.add_argument("--methods", default="tbsd", help="Comma list of methods [tbsd].")
+    bench.add_argument("--representations", default="gaussians,nerf")
+    bench.add_argument("--acceleration", default="all",
+                       help="Semicolon list of SD acceleration levels to compare: none, all, or comma lists of "
+                            "channels_last, cuda_graphs [all].")
+    bench.add_argument("--hashgrid", default="auto", help="Comma list of NeRF hash-grid backends: auto, torch, triton.")
+    bench.add_argument("--steps", type=int, default=30, help="Timed steps per configuration [30].")
+    bench.add_argument("--warmup", type=int, default=10, help="Untimed steps first [10].")
+    bench.add_argument("--assets", action="store_true", help="Also time a whole default-preset asset per representation.")
+    bench.add_argument("--asset-settings", default="", help="Settings for the asset runs as JSON, e.g. '{\"steps\": 1000}'.")
+    bench.add_argument("--server", action="store_true", help="Also time submit -> first preview through a real server.")
+    bench.add_argument("--server-model", default="procedural", help="--model for that server [procedural].")
+    bench.add_argument("--server-settings", default="", help="Job settings for the server run as JSON.")
+
     keys = sub.add_parser("keys", help="Make CURVE key pairs for a server reachable from the network.")
     keys.add_argument("folder", type=Path, help="Where to write server.key(_secret), client.key(_secret).")
     return parser
@@ -183,7 +203,8 @@ def run_generate(args: argparse.Namespace) -> int:
     def on_progress(p: Any) -> None:
         if bar is not None:
             bar.update(p.step - bar.n)
-            bar.set_postfix(loss=f"{p.loss:.3g}")
+            if p.step % 25 == 0 or p.step == p.total:  # reading the loss waits for the GPU
+                bar.set_postfix(loss=f"{p.loss:.3g}")
         if every > 0 and p.step % every == 0:
             trainer.save_checkpoint(checkpoint)
 
@@ -244,6 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_serve(args)
         if args.command == "keys":
             return run_keys(args)
+        if args.command == "bench":
+            from backend.benchmark import run as run_bench
+
+            run_bench(args)
+            return 0
     except (SettingsError, PriorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -50,7 +50,8 @@ def optimise_image(
         optimiser.zero_grad(set_to_none=True)
         result.loss.backward()
         optimiser.step()
-        record = {"step": step, "loss": float(result.loss.detach()), "t": float(result.t.float().mean()), **result.info}
+        record = {"step": step, "loss": float(result.loss.detach()), "t": float(result.t.float().mean()),
+                  **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in result.info.items()}}
         trace.append(record)
         if on_step is not None:
             on_step(step + 1, steps, record["loss"], record)

@@ -18,21 +18,32 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.distill.step import distillation_loss, prompt_set
+from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import Views, eval_views, sample_orbit_views, view_suffix
 from backend.scene.representation import RenderOutput, Representation
 
 CAMERA_BANK_AUTO = 96
+PHASES = ("render", "encode", "prior_and_method", "backward", "optimiser")
 
 
 @dataclass
 class Progress:
     step: int  # steps done
     total: int
-    loss: float
     seconds: float  # since the run (or its resume) started
     eta_seconds: float
-    figures: dict[str, Any] = field(default_factory=dict)
+    # The step's loss and figures as the step left them (GPU tensors on CUDA): reading `loss` or `figures`
+    # waits for the GPU, so a listener that reads them every few steps keeps the loop free of host syncs.
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        return float(self.record["loss"])
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        return {k: float(v) if isinstance(v, Tensor) else v for k, v in self.record.items() if k != "loss"}
 
 
 @dataclass
@@ -100,8 +111,12 @@ class Trainer:
         self.step = 0
         self.total = settings["steps"]
         self._bank: tuple[Views, list[tuple[float, float]]] | None = None
-        self.timings: dict[str, float] = {"render": 0.0, "encode": 0.0, "prior_and_method": 0.0, "backward": 0.0,
-                                          "optimiser": 0.0}
+        self.clock = PhaseClock(PHASES, self.device)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds spent per phase of the steps run so far (device time on CUDA)."""
+        return self.clock.totals()
 
     # --- cameras ------------------------------------------------------------------------------------
     def _bank_size(self) -> int:
@@ -152,11 +167,11 @@ class Trainer:
         self.scene.before_step(self.step, self.total)
         views, angles = self._views()
         res = render_resolution(progress, s)
-        t0 = time.perf_counter()
+        self.clock.start()
         out = self.scene.render(views, res, res, self._shading())
-        t1 = time.perf_counter()
+        self.clock.mark()
         x = self.prior.encode(out.rgb)
-        t2 = time.perf_counter()
+        self.clock.mark()
         loss = torch.zeros((), device=x.device)
         info: dict[str, Any] = {}
         for prompts, idx in self._prompt_groups(angles):
@@ -165,21 +180,20 @@ class Trainer:
                                        sub_views if self.prior.camera_aware else None)
             loss = loss + result.loss * len(idx) / len(angles)
             info.update(result.info)
-        t3 = time.perf_counter()
+        self.clock.mark()
         if "orientation" in out.losses:
             loss = loss + orientation_weight(progress, s) * out.losses["orientation"]
         if s["lambda_sparsity"] > 0 and "sparsity" in out.losses:
             loss = loss + s["lambda_sparsity"] * out.losses["sparsity"]
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        t4 = time.perf_counter()
+        self.clock.mark()
         self.optimiser.step()
         self.scene.after_step(self.step, self.total, self.optimiser)
-        t5 = time.perf_counter()
-        for key, dt in zip(self.timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            self.timings[key] += dt
+        self.clock.mark()
         self.step += 1
-        return {"loss": float(loss.detach()), "resolution": res, **info}
+        # Tensors, not floats: reading them here would stall the loop on the GPU every step (Progress reads lazily).
+        return {"loss": loss.detach(), "resolution": res, **info}
 
     def run(self, events: TrainEvents | None = None, until: int | None = None) -> bool:
         """Train up to step ``until`` (default: the end). Returns False if stopped early."""
@@ -194,8 +208,7 @@ class Trainer:
             done = self.step - start_step
             if events.on_progress is not None and (self.step % events.progress_every == 0 or self.step == until):
                 eta = elapsed / done * (self.total - self.step)
-                figures = {k: v for k, v in record.items() if k != "loss"}
-                events.on_progress(Progress(self.step, self.total, record["loss"], elapsed, eta, figures))
+                events.on_progress(Progress(self.step, self.total, elapsed, eta, record))
             every = self.settings["preview_every"]
             if events.on_preview is not None and every > 0 and (self.step % every == 0 or self.step == self.total):
                 events.on_preview(self.step, self.preview())

@@ -17,6 +17,7 @@ from backend.distill.methods import METHODS, StepContext
 from backend.distill.timesteps import sample_timesteps, timestep_weight
 from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import Views
+from backend.transfer import host_to_device
 from shared.settings import resolved_negative_prompt, resolved_weighting
 
 
@@ -25,9 +26,10 @@ class StepResult:
     loss: Float[Tensor, ""]
     t: Tensor
     branches: tuple[str, ...]
-    # Method-specific figures (TBSD's mu and factor, Bridge's stage, ...), detached.
+    # Method-specific figures (TBSD's mu and factor, Bridge's stage, ...), detached; tensors stay on the device
+    # (reading them is the caller's choice: it waits for the GPU).
     info: dict[str, Any] = field(default_factory=dict)
-    grad_norm: float = 0.0
+    grad_norm: Tensor | float = 0.0
 
 
 def prompt_set(prompt: str, settings: Mapping[str, Any]) -> PromptSet:
@@ -56,7 +58,7 @@ def distillation_loss(
     b = x.shape[0]
     t = sample_timesteps(b, progress, settings, prior.num_train_timesteps, generator, device=x.device)
     # Drawn from the run's CPU generator so a seed repeats a run on any device.
-    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    noise = host_to_device(torch.randn(x.shape, generator=generator), x.device).to(x.dtype)
     abar = prior.alphas_cumprod[t].to(x.dtype)
     shape = (b,) + (1,) * (x.dim() - 1)
     x_t = abar.sqrt().view(shape) * x.detach() + (1 - abar).sqrt().view(shape) * noise
@@ -70,5 +72,5 @@ def distillation_loss(
         g = w * g
     target = (x - g).detach()
     loss = 0.5 * (x - target).pow(2).sum() / b
-    info = {k: (v.detach().float().mean().item() if isinstance(v, Tensor) else v) for k, v in info.items()}
-    return StepResult(loss=loss, t=t, branches=branches, info=info, grad_norm=float(g.flatten(1).norm(dim=-1).mean()))
+    info = {k: (v.detach().float().mean() if isinstance(v, Tensor) else v) for k, v in info.items()}
+    return StepResult(loss=loss, t=t, branches=branches, info=info, grad_norm=g.flatten(1).norm(dim=-1).mean())

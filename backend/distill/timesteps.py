@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from backend.transfer import host_to_device
+
 
 def t_max_at(progress: float, settings: Mapping[str, Any]) -> float:
     """Upper end of the t range at ``progress`` (fraction of the run) under the chosen anneal."""
@@ -33,7 +35,7 @@ def sample_timesteps(batch: int, progress: float, settings: Mapping[str, Any], n
     hi = max(t_max_at(progress, settings), lo)
     lo_i, hi_i = int(lo * n), int(hi * n)
     t = torch.randint(lo_i, max(hi_i, lo_i) + 1, (batch,), generator=generator, device="cpu")
-    return t.clamp(0, n - 1).to(device)
+    return host_to_device(t.clamp(0, n - 1), device)
 
 
 def timestep_weight(kind: str, abar_t: Float[Tensor, "B"]) -> Float[Tensor, "B"]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from backend.priors.acceleration import Acceleration, GraphedDifferentiable, GraphedInference, prepare_modules, to_layout
 from backend.priors.base import DiffusionPrior, PriorError, PromptSet
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class StableDiffusionPrior(DiffusionPrior):
         name: str,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
+        acceleration: Acceleration | None = None,
     ) -> None:
         self.name = name
         self.device = torch.device(device)
@@ -85,6 +87,11 @@ class StableDiffusionPrior(DiffusionPrior):
             module.to(device=self.device)
             module.eval()
             module.requires_grad_(False)
+        self.acceleration = acceleration if acceleration is not None else Acceleration()
+        prepare_modules((unet, vae), self.acceleration, self.device)
+        graphs = self.device.type == "cuda" and self.acceleration.cuda_graphs
+        self._unet_call = GraphedInference(self._unet_eager) if graphs else self._unet_eager
+        self._encode_call = GraphedDifferentiable(self._encode_eager) if graphs else self._encode_eager
 
         # The schedule the model was trained with; kept in float32 whatever the weights' dtype.
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().to(self.device, torch.float32).clone()
@@ -214,9 +221,15 @@ class StableDiffusionPrior(DiffusionPrior):
         x = images.to(self.device, torch.float32)
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        x = (x * 2.0 - 1.0).to(self.dtype)
-        latents = self.vae.encode(x).latent_dist.mean
+        x = to_layout((x * 2.0 - 1.0).to(self.dtype), self.acceleration)
+        latents = self._encode_call(x)
         return ((latents - self.shift_factor) * self.scaling_factor).float()
+
+    def _encode_eager(self, x: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
+        return self.vae.encode(x).latent_dist.mean
+
+    def _unet_eager(self, sample: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        return self.unet(sample, t, encoder_hidden_states=emb, return_dict=False)[0]
 
     def decode(self, samples: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
         """Scaled latents -> images in [0, 1] at ``image_size``.
@@ -224,7 +237,7 @@ class StableDiffusionPrior(DiffusionPrior):
         Autograd is left to the caller (wrap in ``torch.no_grad()`` for previews).
         """
         z = samples.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
-        images = self.vae.decode(z).sample
+        images = self.vae.decode(to_layout(z, self.acceleration)).sample
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def _denoise(
@@ -247,12 +260,8 @@ class StableDiffusionPrior(DiffusionPrior):
 
         emb = self._text_embeddings(texts)  # [N, L, D]
         with torch.no_grad():
-            out = self.unet(
-                x_t.to(self.dtype).repeat(n, 1, 1, 1),
-                t.repeat(n),
-                encoder_hidden_states=emb.repeat_interleave(b, dim=0),
-                return_dict=False,
-            )[0]
+            sample = to_layout(x_t.to(self.dtype).repeat(n, 1, 1, 1), self.acceleration)
+            out = self._unet_call(sample, t.repeat(n), emb.repeat_interleave(b, dim=0))
         out = out.float().reshape(n, b, *out.shape[1:])
 
         if self.prediction_type == "v_prediction":
@@ -517,8 +526,10 @@ def save_random_pipeline(
 
 
 def build_random_sd21_base(
-    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *, seed: int = 0
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *, seed: int = 0,
+    acceleration: Acceleration | None = None,
 ) -> StableDiffusionPrior:
     """A prior with random weights of SD 2.1-base's full architecture (for benchmarks; no download)."""
     parts = build_random_pipeline_components("sd21-base", seed=seed, device=device)
-    return StableDiffusionPrior(**parts, name="random-sd21-base", device=device, dtype=dtype)
+    return StableDiffusionPrior(**parts, name="random-sd21-base", device=device, dtype=dtype,
+                                acceleration=acceleration)

@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from backend.transfer import host_to_device
+
 
 @dataclass(frozen=True)
 class Views:
@@ -35,7 +37,8 @@ class Views:
         return self.c2w[:, :3, 3]
 
     def to(self, device: torch.device | str) -> "Views":
-        return Views(self.c2w.to(device), self.fovy.to(device), self.light_dir.to(device), self.ambient)
+        return Views(host_to_device(self.c2w, device), host_to_device(self.fovy, device),
+                     host_to_device(self.light_dir, device), self.ambient)
 
     def select(self, indices: list[int]) -> "Views":
         """The views at ``indices`` (repeats allowed), with the same ambient term."""
