@@ -13,7 +13,16 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from ._vendor.shared.settings import MAX_PROMPT_CHARS, PRESETS, SCHEMA, Setting, defaults, validate
+from ._vendor.shared.settings import (
+    MAX_PROMPT_CHARS,
+    PRESETS,
+    REPRESENTATION_PRESETS,
+    SCHEMA,
+    Setting,
+    defaults,
+    preset_values,
+    validate,
+)
 from .schema_ui import HIDDEN
 
 
@@ -21,14 +30,24 @@ def label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+def _set_preset_fields(props: Any, keys: set[str]) -> None:
+    base = defaults()
+    preset = preset_values(props.quality, props.representation)
+    for key in keys:
+        if key in SCHEMA and key not in HIDDEN:
+            setattr(props, key, preset.get(key, base[key]))
+
+
 def _apply_preset(self: Any, _context: Any) -> None:
     # A quality preset sets several fields together; writing them into the panel keeps what the panel
     # shows equal to what the job will run with (the job sends every shown value explicitly).
-    base = defaults()
-    touched = {key for preset in PRESETS.values() for key in preset}
-    for key in touched:
-        if key in SCHEMA and key not in HIDDEN:
-            setattr(self, key, PRESETS[self.quality].get(key, base[key]))
+    touched = {key for preset in (*PRESETS.values(), *REPRESENTATION_PRESETS.values()) for key in preset}
+    _set_preset_fields(self, touched)
+
+
+def _apply_representation(self: Any, _context: Any) -> None:
+    # Only what differs by representation (Gaussians' shorter runs): other fields keep the artist's edits.
+    _set_preset_fields(self, {key for preset in REPRESENTATION_PRESETS.values() for key in preset})
 
 
 def schema_property(setting: Setting) -> Any:
@@ -36,7 +55,7 @@ def schema_property(setting: Setting) -> Any:
     common = {"name": label(setting.name), "description": setting.help}
     if setting.choices is not None:
         items = [(c, label(c), "") for c in setting.choices]
-        update = _apply_preset if setting.name == "quality" else None
+        update = {"quality": _apply_preset, "representation": _apply_representation}.get(setting.name)
         return EnumProperty(items=items, default=setting.default, update=update, **common)
     bounds: dict[str, Any] = {}
     if setting.minimum is not None:
@@ -86,7 +105,7 @@ def job_settings(props: Any) -> dict[str, Any]:
     7 significant digits (what float32 holds) rather than as 0.019999999552965164.
     """
     shown = {name: getattr(props, name) for name in SCHEMA if name not in HIDDEN}
-    preset = validate({"quality": shown["quality"]})
+    preset = validate({"quality": shown["quality"], "representation": shown["representation"]})
     out: dict[str, Any] = {}
     for name, value in shown.items():
         kind = SCHEMA[name].kind

@@ -240,8 +240,9 @@ _ALL: tuple[Setting, ...] = (
        0, 1000000, advanced=True),
     _s("mesh_resolution", int, 192, "Marching-cubes grid resolution.", "output", 32, 512),
     _s("texture_size", int, 1024, "Baked texture side in texels.", "output", 64, 8192),
-    _s("decimate_faces", int, 0, "Target face count after decimation (0: keep every face).", "output",
-       0, 10000000, advanced=True),
+    _s("decimate_faces", int, 50000,
+       "Most faces of the exported mesh, reached by quadric decimation (0: keep every marching-cubes face).",
+       "output", 0, 10000000, advanced=True),
     # --- the 2D experiment ------------------------------------------------------------------------
     _s("image_steps", int, 500, "Steps of the 2D image experiment.", "image", 1, 100000),
     _s("image_lr", float, 0.03, "Adam learning rate of the 2D experiment's image (or latents).", "image",
@@ -264,8 +265,24 @@ PRESETS: dict[str, dict[str, Any]] = {
               # term flattens and shrinks shapes (red cube voxel IoU 0.68 with it, 0.83 without; docs/METHODS.md).
               "lambda_orientation_start": 0.0, "lambda_orientation_end": 0.0},
     "standard": {},
-    "high": {"steps": 20000, "nerf_samples_per_ray": 256, "mesh_resolution": 256, "texture_size": 2048},
+    "high": {"steps": 20000, "nerf_samples_per_ray": 256, "mesh_resolution": 256, "texture_size": 2048,
+             "decimate_faces": 200000},
 }
+
+
+# Per-representation overrides of a preset. Gaussians converge in far fewer steps than a NeRF (DreamGaussian: 500;
+# GaussianDreamer: 1,200), and a step costs about as much (the SD encoder and UNet dominate, BENCHMARKS.md).
+REPRESENTATION_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("gaussians", "standard"): {"steps": 1500},
+    ("gaussians", "high"): {"steps": 3000},
+}
+
+
+def preset_values(quality: str, representation: str) -> dict[str, Any]:
+    """What the quality preset sets for this representation (over the schema defaults)."""
+    if quality not in PRESETS:
+        raise SettingsError(f"setting 'quality' is {quality!r}; allowed: {', '.join(PRESETS)}")
+    return {**PRESETS[quality], **REPRESENTATION_PRESETS.get((representation, quality), {})}
 
 
 def defaults() -> dict[str, Any]:
@@ -281,10 +298,11 @@ def validate(values: Mapping[str, Any] | None = None, *, base: Mapping[str, Any]
     values = dict(values or {})
     out = dict(defaults() if base is None else base)
     preset = values.get("quality", out.get("quality", "standard"))
-    if preset not in PRESETS:
-        raise SettingsError(f"setting 'quality' is {preset!r}; allowed: {', '.join(PRESETS)}")
+    representation = values.get("representation", out.get("representation", "nerf"))
     if base is None:
-        out.update(PRESETS[preset])
+        out.update(preset_values(preset, representation if representation in REPRESENTATIONS else "nerf"))
+    elif preset not in PRESETS:
+        raise SettingsError(f"setting 'quality' is {preset!r}; allowed: {', '.join(PRESETS)}")
     for name, value in values.items():
         setting = SCHEMA.get(name)
         if setting is None:
@@ -321,7 +339,7 @@ def groups() -> Iterable[str]:
 
 
 __all__ = [
-    "METHODS", "REPRESENTATIONS", "SCHEMA", "PRESETS", "Setting", "SettingsError", "defaults", "validate",
+    "METHODS", "REPRESENTATIONS", "SCHEMA", "PRESETS", "REPRESENTATION_PRESETS", "preset_values", "Setting", "SettingsError", "defaults", "validate",
     "resolved_negative_prompt", "resolved_weighting", "settings_for_method", "groups",
     "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",
 ]

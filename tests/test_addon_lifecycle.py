@@ -56,6 +56,9 @@ def test_draw_code_uses_only_real_layout_calls_icons_operators_and_properties(re
 def test_quality_preset_sets_the_fields_it_covers(report):
     assert report["draft"] == {"steps": 600, "texture_size": 256, "mesh_resolution": 64}
     assert report["standard"] == {"steps": 10000, "texture_size": 1024}
+    # Gaussians run shorter (shared.settings.REPRESENTATION_PRESETS); switching keeps other edits.
+    assert report["standard_gaussians"] == {"steps": 1500, "texture_size": 2048}
+    assert report["standard_nerf_again"] == {"steps": 10000, "texture_size": 2048}
 
 
 def test_silent_backend_shows_lost_within_3_s(report):

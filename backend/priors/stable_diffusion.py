@@ -91,7 +91,10 @@ class StableDiffusionPrior(DiffusionPrior):
         prepare_modules((unet, vae), self.acceleration, self.device)
         graphs = self.device.type == "cuda" and self.acceleration.cuda_graphs
         self._unet_call = GraphedInference(self._unet_eager) if graphs else self._unet_eager
-        self._encode_call = GraphedDifferentiable(self._encode_eager) if graphs else self._encode_eager
+        encode = self._encode_eager
+        if self.device.type == "cuda" and self.acceleration.compile_encoder:
+            encode = torch.compile(encode, dynamic=False)
+        self._encode_call = GraphedDifferentiable(encode) if graphs and not self.acceleration.compile_encoder else encode
 
         # The schedule the model was trained with; kept in float32 whatever the weights' dtype.
         self.alphas_cumprod = scheduler.alphas_cumprod.detach().to(self.device, torch.float32).clone()

@@ -395,8 +395,9 @@ class GaussianScene(Representation):
             if grad is None or grad.shape[1] != n:
                 continue
             # gsplat's normalisation: pixels -> NDC (x width/2) and undo the loss's mean over views (x views).
-            scale = torch.tensor([width / 2, height / 2], device=grad.device) * grad.shape[0]
-            norm = (grad * scale).norm(dim=-1) * visible  # B N
+            # (Python scalars, not a small tensor: building one on the host would be a copy that syncs every step.)
+            scaled = torch.stack([grad[..., 0] * (width / 2), grad[..., 1] * (height / 2)], dim=-1) * grad.shape[0]
+            norm = scaled.norm(dim=-1) * visible  # B N
             self._grad_sum += norm.sum(0)
             self._grad_count += visible.sum(0)
         self._pending.clear()

@@ -165,6 +165,12 @@ def main(argv: list[str]) -> dict:
     report["draft"] = {"steps": props.steps, "texture_size": props.texture_size, "mesh_resolution": props.mesh_resolution}
     props.quality = "standard"
     report["standard"] = {"steps": props.steps, "texture_size": props.texture_size}
+    props.texture_size = 2048  # an edit of the artist's, which a change of representation must keep
+    props.representation = "gaussians"
+    report["standard_gaussians"] = {"steps": props.steps, "texture_size": props.texture_size}
+    props.representation = "nerf"
+    report["standard_nerf_again"] = {"steps": props.steps, "texture_size": props.texture_size}
+    props.texture_size = 1024
 
     cycles = []
     for _ in range(2):
