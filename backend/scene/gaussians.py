@@ -113,6 +113,18 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def _morton_order(points: Float[Tensor, "N 3"], bits: int = 10) -> Int[Tensor, "N"]:
+    """A permutation that sorts points along a Z-order curve over their bounding box (2^bits cells per axis)."""
+    lo = points.min(dim=0).values
+    span = (points.max(dim=0).values - lo).clamp(min=1e-12)
+    cells = ((points - lo) / span * (2**bits - 1)).long()
+    code = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+    for bit in range(bits):
+        for axis in range(3):
+            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return torch.argsort(code)
+
+
 def mean_nearest_neighbour_distance(points: Float[Tensor, "N 3"], chunk: int = 2048) -> float:
     """Mean distance from each point to its nearest other point (chunked: O(N) memory per chunk row)."""
     n = points.shape[0]
@@ -284,6 +296,11 @@ class GaussianScene(Representation):
         chunk's bounding box adds less than o exp(-FIELD_CUTOFF^2 / 2) (1e-4 o) to any of its points. Grid
         points come in scanline order, so a chunk is a thin slab and this keeps mesh extraction near O(P)."""
         points = points.to(self.means.device, self.means.dtype)
+        # Chunks are cut from the points in Morton order, so each chunk is a compact cluster with a small bounding
+        # box and few Gaussians in reach, whatever order the caller uses (texels of a UV atlas jump across the
+        # surface); the results go back in the caller's order.
+        order = _morton_order(points)
+        points = points[order]
         with torch.no_grad():
             reach = FIELD_CUTOFF * self.log_scales.exp().max(dim=-1).values
         out = []
@@ -297,7 +314,8 @@ class GaussianScene(Representation):
                 idx = None  # nothing near: every Gaussian (the albedo still wants its nearest ones)
             step = max(1, FIELD_PAIR_BUDGET // max(1, self.num_points if idx is None else idx.numel()))
             out += [reduce(self._log_weights(chunk[s : s + step], idx), idx) for s in range(0, chunk.shape[0], step)]
-        return torch.cat(out)
+        values = torch.cat(out)
+        return torch.empty_like(values).index_copy_(0, order, values)
 
     def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N"]:
         """sum_i o_i exp(-0.5 d^T Sigma_i^-1 d) (Gaussians beyond 4.3 sigma of a chunk of points left out)."""
