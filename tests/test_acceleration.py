@@ -14,7 +14,7 @@ from backend.priors.base import PromptSet
 from backend.priors.stable_diffusion import StableDiffusionPrior, build_random_pipeline_components
 
 PROMPTS = PromptSet(target="a red cube", negative="blurry", target_negative_descriptors="ugly")
-BRANCHES = ("target", "unconditional", "target_negative")
+BRANCHES = ("target", "null", "target_negative")
 
 
 def _prior(acceleration: Acceleration, device: str, dtype: torch.dtype) -> StableDiffusionPrior:
