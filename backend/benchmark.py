@@ -132,7 +132,7 @@ def asset_seconds(prior: DiffusionPrior, representation: str, device: torch.devi
     out = {"prior": prior.name, "representation": representation, "steps": full["steps"],
            "seconds_total": total, "seconds": record["seconds"], "steps_per_second": record["steps_per_second"],
            "mesh": {k: record["mesh"].get(k) for k in ("vertices", "faces", "faces_raw", "resolution")},
-           "export_seconds": record["export"].get("seconds"),
+           "extract_seconds": record.get("extract_seconds"), "export_seconds": record["export"].get("seconds"),
            "peak_gpu_memory_gb": record.get("peak_gpu_memory_gb")}
     if record.get("figures"):
         out["figures"] = record["figures"]

@@ -112,6 +112,7 @@ def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out
                     "train_phases": dict(trainer.timings)},
         "steps_per_second": trainer.step / max(t1 - t0, 1e-9),
         "mesh": {k: v for k, v in result["extract"].items() if k != "seconds"},
+        "extract_seconds": result["extract"].get("seconds", {}),
         "files": {k: str(Path(v).name) for k, v in result["export"].get("files", {}).items()},
         "export": {k: v for k, v in result["export"].items() if k != "files"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},

@@ -39,8 +39,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--acceleration", default="none",
+                        help="Acceleration.parse text; leave out cuda_graphs to see the kernels [none].")
     args = parser.parse_args()
-    prior = build_random_sd21_base(device="cuda", acceleration=Acceleration.none())
+    prior = build_random_sd21_base(device="cuda", acceleration=Acceleration.parse(args.acceleration))
     image = torch.rand(1, 3, 512, 512, device="cuda", requires_grad=True)
 
     def encoder() -> None:
@@ -53,9 +55,10 @@ def main() -> None:
 
     def unet() -> None:
         with torch.no_grad():
-            prior._unet_eager(sample, t, emb)
+            prior._unet_call(sample.contiguous(memory_format=torch.channels_last)
+                             if prior.acceleration.unet_channels_last else sample, t, emb)
 
-    result = {"device": torch.cuda.get_device_name()}
+    result = {"device": torch.cuda.get_device_name(), "acceleration": args.acceleration}
     for name, fn in (("encoder_fwd_bwd_512", encoder), ("unet_batch3", unet)):
         table, rows = top_kernels(fn, args.repeats, args.rows)
         print(f"== {name}\n{table}", flush=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.priors.acceleration import Acceleration
+from backend.priors.acceleration import Acceleration, SplitGroupNorm
 from backend.priors.base import PromptSet
 from backend.priors.stable_diffusion import StableDiffusionPrior, build_random_pipeline_components
 
@@ -25,10 +25,26 @@ def _prior(acceleration: Acceleration, device: str, dtype: torch.dtype) -> Stabl
 def test_acceleration_parse_names_what_is_allowed() -> None:
     assert Acceleration.parse("none") == Acceleration.none()
     assert Acceleration.parse("all") == Acceleration()
-    assert Acceleration.parse("cuda_graphs") == Acceleration(channels_last=False, cuda_graphs=True,
-                                                             cudnn_benchmark=False)
+    assert Acceleration.parse("cuda_graphs") == Acceleration(
+        cuda_graphs=True, unet_channels_last=False, vae_channels_last=False, vae_matmul_attention=False,
+        split_group_norm=False, cudnn_benchmark=False, compile_encoder=False)
     with pytest.raises(ValueError, match="allowed"):
         Acceleration.parse("turbo")
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 32, 50)])
+def test_split_group_norm_is_group_norm(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(8, shape[1], eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = (torch.randn(shape) * 3 + 1).requires_grad_(True)
+    want = norm(x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    got = SplitGroupNorm(norm)(x)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-4, rtol=1e-4)
 
 
 def test_cpu_prior_ignores_acceleration() -> None:
@@ -49,7 +65,7 @@ def _step(prior: StableDiffusionPrior, seed: int) -> tuple[dict, torch.Tensor, t
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and channels-last need a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("level", ["cuda_graphs", "channels_last,cuda_graphs,cudnn_benchmark"])
+@pytest.mark.parametrize("level", ["cuda_graphs", "default", "vae_channels_last,unet_channels_last"])
 def test_accelerated_prior_matches_eager(dtype: torch.dtype, level: str) -> None:
     torch.backends.cudnn.benchmark = False
     eager = _prior(Acceleration.none(), "cuda", dtype)

@@ -1,13 +1,16 @@
-"""Running a frozen Stable Diffusion UNet and VAE encoder fast on CUDA: channels-last and CUDA graphs.
+"""Running a frozen Stable Diffusion UNet and VAE encoder fast on CUDA.
 
-Measured on the lent H100/H200 (BENCHMARKS.md): the UNet at SD's 64x64 latent is bound by kernel launches
-(the time hardly grows from batch 1 to 4), so replaying it as a CUDA graph is the big win; the VAE encoder's
-forward and backward at 512x512 is bound by its convolutions and norms, where channels-last layout is what
-helps. Both wrappers are drop-in callables with the same inputs and outputs as the eager calls, so the prior
-keeps one code path and `Acceleration.none()` is the eager baseline.
+What the eager profile on the H100 showed (bench/profile_sd.py, BENCHMARKS.md) and what answers it: the UNet at
+SD's 64x64 latent is bound by kernel launches (CUDA graphs) and by NCHW<->NHWC transposes around cuDNN
+(channels-last weights); the encoder's forward and backward at 512x512 lost most of its time in two places
+that are not convolutions: GroupNorm statistics computed by too few blocks (`SplitGroupNorm`) and the
+memory-efficient attention backward at head size 512 (plain matmul attention). Every wrapper is a drop-in with
+the eager call's inputs and outputs, so the prior keeps one code path and `Acceleration.none()` is the eager
+baseline the benchmark compares against.
 
-torch.compile was left out on purpose: with max-autotune the UNet had not finished compiling after eight
-minutes, and an artist would pay that on every backend start.
+torch.compile is not the default: with max-autotune the UNet had not finished compiling after eight minutes, and
+the encoder compiled in default mode ran no faster than eager (measured); an artist would pay the compile on
+every backend start.
 """
 
 from __future__ import annotations
@@ -21,34 +24,78 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class Acceleration:
-    """Which speed-ups a prior uses on CUDA (all ignored on the CPU)."""
+    """Which speed-ups a prior uses on CUDA (all ignored on the CPU). BENCHMARKS.md has what each gained."""
 
-    # Measured on the H100 (BENCHMARKS.md): channels-last made the TBSD Gaussian step slower (57 vs 53 ms with
-    # graphs), so it is off by default and kept for the comparison.
-    channels_last: bool = False
+    # Replays the UNet, and the encoder's forward and backward, from CUDA graphs (the UNet is launch-bound).
     cuda_graphs: bool = True
-    # cuDNN times its convolution algorithms on the first call of each shape and keeps the fastest; a training
-    # run calls the encoder with one shape thousands of times. Process-wide by nature (a cuDNN flag).
+    # The UNet's convolutions in channels-last layout: cuDNN otherwise transposes every activation to NHWC and
+    # back (3.2 of the UNet's 14.4 ms at batch 3 in the eager profile).
+    unet_channels_last: bool = True
+    # The same for the VAE: measured slower (PyTorch's GroupNorm copies channels-last input back), so off.
+    vae_channels_last: bool = False
+    # The encoder's single-head attention (4,096 tokens, head size 512) as plain matmuls: SDPA picks its
+    # memory-efficient kernel there, whose backward took 6.1 ms of the encoder's 24 ms.
+    vae_matmul_attention: bool = True
+    # The encoder's GroupNorms with statistics from a split reduction (`SplitGroupNorm`): PyTorch's kernel runs
+    # one block per group, 32 blocks on a 132-SM GPU, 8.5 ms of the encoder's 24 ms forward and backward.
+    split_group_norm: bool = True
+    # cuDNN times its convolution algorithms on the first call of each shape and keeps the fastest.
+    # Process-wide by nature (a cuDNN flag). Measured neutral; kept on since shapes never change in a run.
     cudnn_benchmark: bool = True
-    # torch.compile of the encoder (fuses its GroupNorm + SiLU); costs a compile at the first step.
+    # torch.compile of the encoder instead of its graphs: measured no faster, and costs a compile per start.
     compile_encoder: bool = False
 
     @classmethod
     def none(cls) -> "Acceleration":
-        return cls(channels_last=False, cuda_graphs=False, cudnn_benchmark=False, compile_encoder=False)
+        return cls(**{name: False for name in cls.__dataclass_fields__})
 
     @classmethod
     def parse(cls, text: str) -> "Acceleration":
-        """'none', 'default', or a comma list of field names (the benchmark's --acceleration)."""
-        if text == "none":
-            return cls.none()
+        """'none', 'default', or a comma list of the fields to turn on (the benchmark's --acceleration)."""
         if text in ("default", "all"):
             return cls()
+        if text == "none":
+            return cls.none()
         names = {n.strip() for n in text.split(",") if n.strip()}
-        known = {"channels_last", "cuda_graphs", "cudnn_benchmark", "compile_encoder"}
+        known = set(cls.__dataclass_fields__)
         if not names <= known:
-            raise ValueError(f"unknown acceleration {sorted(names - known)}; allowed: none, all, or any of {sorted(known)}")
+            raise ValueError(f"unknown acceleration {sorted(names - known)}; allowed: none, default, or any of "
+                             f"{sorted(known)}")
         return cls(**{k: k in names for k in known})
+
+
+class SplitGroupNorm(nn.Module):
+    """GroupNorm whose statistics come from torch.var_mean over each group's elements.
+
+    Same result as nn.GroupNorm (float32 statistics); on CUDA the reduction is split across many blocks, where
+    PyTorch's GroupNorm kernel gives each (sample, group) one block. Takes over a GroupNorm's parameters.
+    """
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        super().__init__()
+        self.num_groups = norm.num_groups
+        self.eps = norm.eps
+        self.weight = norm.weight
+        self.bias = norm.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, self.num_groups, -1)
+        var, mean = torch.var_mean(grouped.float(), dim=-1, correction=0, keepdim=True)
+        scale = torch.rsqrt(var + self.eps)
+        y = ((grouped - mean.to(x.dtype)) * scale.to(x.dtype)).reshape(x.shape)
+        if self.weight is not None:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def _replace_group_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, SplitGroupNorm(child))
+        else:
+            _replace_group_norms(child)
 
 
 class GraphedInference:
@@ -117,22 +164,29 @@ class GraphedDifferentiable:
         return self._graphed[key](x)
 
 
-def prepare_modules(modules: tuple[nn.Module, ...], acceleration: Acceleration, device: torch.device) -> None:
-    """Lay out frozen modules' weights for the chosen acceleration (channels-last convolutions)."""
+def prepare_modules(unet: nn.Module, vae: nn.Module, acceleration: Acceleration, device: torch.device) -> None:
+    """Lay out and patch a frozen UNet and VAE for the chosen acceleration (nothing on the CPU)."""
     if device.type != "cuda":
         return
     if acceleration.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    if acceleration.channels_last:
-        for module in modules:
-            module.to(memory_format=torch.channels_last)
+    if acceleration.unet_channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if acceleration.vae_channels_last:
+        vae.to(memory_format=torch.channels_last)
+    if acceleration.vae_matmul_attention:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        vae.set_attn_processor(AttnProcessor())
+    if acceleration.split_group_norm:
+        _replace_group_norms(vae.encoder)
 
 
-def to_layout(x: Tensor, acceleration: Acceleration) -> Tensor:
+def to_layout(x: Tensor, channels_last: bool) -> Tensor:
     """Activations in the layout the weights were prepared for."""
-    if x.is_cuda and acceleration.channels_last and x.dim() == 4:
+    if x.is_cuda and channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-__all__ = ["Acceleration", "GraphedInference", "GraphedDifferentiable", "prepare_modules", "to_layout"]
+__all__ = ["Acceleration", "GraphedInference", "GraphedDifferentiable", "SplitGroupNorm", "prepare_modules", "to_layout"]

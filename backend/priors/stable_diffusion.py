@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from backend.priors.acceleration import Acceleration, GraphedDifferentiable, GraphedInference, prepare_modules, to_layout
+from backend.priors.acceleration import (
+    Acceleration,
+    GraphedDifferentiable,
+    GraphedInference,
+    prepare_modules,
+    to_layout,
+)
 from backend.priors.base import DiffusionPrior, PriorError, PromptSet
 
 if TYPE_CHECKING:
@@ -88,7 +94,7 @@ class StableDiffusionPrior(DiffusionPrior):
             module.eval()
             module.requires_grad_(False)
         self.acceleration = acceleration if acceleration is not None else Acceleration()
-        prepare_modules((unet, vae), self.acceleration, self.device)
+        prepare_modules(unet, vae, self.acceleration, self.device)
         graphs = self.device.type == "cuda" and self.acceleration.cuda_graphs
         self._unet_call = GraphedInference(self._unet_eager) if graphs else self._unet_eager
         encode = self._encode_eager
@@ -224,7 +230,7 @@ class StableDiffusionPrior(DiffusionPrior):
         x = images.to(self.device, torch.float32)
         if x.shape[-2:] != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        x = to_layout((x * 2.0 - 1.0).to(self.dtype), self.acceleration)
+        x = to_layout((x * 2.0 - 1.0).to(self.dtype), self.acceleration.vae_channels_last)
         latents = self._encode_call(x)
         return ((latents - self.shift_factor) * self.scaling_factor).float()
 
@@ -240,7 +246,7 @@ class StableDiffusionPrior(DiffusionPrior):
         Autograd is left to the caller (wrap in ``torch.no_grad()`` for previews).
         """
         z = samples.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
-        images = self.vae.decode(to_layout(z, self.acceleration)).sample
+        images = self.vae.decode(to_layout(z, self.acceleration.vae_channels_last)).sample
         return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def _denoise(
@@ -263,7 +269,7 @@ class StableDiffusionPrior(DiffusionPrior):
 
         emb = self._text_embeddings(texts)  # [N, L, D]
         with torch.no_grad():
-            sample = to_layout(x_t.to(self.dtype).repeat(n, 1, 1, 1), self.acceleration)
+            sample = to_layout(x_t.to(self.dtype).repeat(n, 1, 1, 1), self.acceleration.unet_channels_last)
             out = self._unet_call(sample, t.repeat(n), emb.repeat_interleave(b, dim=0))
         out = out.float().reshape(n, b, *out.shape[1:])
 
