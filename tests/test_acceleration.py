@@ -35,7 +35,7 @@ def test_acceleration_parse_names_what_is_allowed() -> None:
 @pytest.mark.parametrize("shape", [(2, 64, 9, 7), (1, 32, 50)])
 def test_split_group_norm_is_group_norm(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
-    norm = torch.nn.GroupNorm(8, shape[1], eps=1e-6)
+    norm = torch.nn.GroupNorm(8, shape[1], eps=1e-6).requires_grad_(False)
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
     x = (torch.randn(shape) * 3 + 1).requires_grad_(True)
@@ -80,4 +80,5 @@ def test_accelerated_prior_matches_eager(dtype: torch.dtype, level: str) -> None
             torch.testing.assert_close(got_preds[b], want_preds[b], atol=tol, rtol=tol)
         torch.testing.assert_close(got_x, want_x, atol=tol, rtol=tol)
         torch.testing.assert_close(got_grad, want_grad, atol=tol, rtol=tol)
-    assert len(fast._unet_call._graphs) == 1  # one batch shape: captured once, replayed since
+    if fast.acceleration.cuda_graphs:
+        assert len(fast._unet_call._graphs) == 1  # one batch shape: captured once, replayed since

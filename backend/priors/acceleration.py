@@ -64,11 +64,41 @@ class Acceleration:
         return cls(**{k: k in names for k in known})
 
 
-class SplitGroupNorm(nn.Module):
-    """GroupNorm whose statistics come from torch.var_mean over each group's elements.
+class _SplitGroupNormFunction(torch.autograd.Function):
+    """Forward statistics from torch.var_mean (a reduction split over many blocks); backward by PyTorch's own
+    GroupNorm backward kernel, which is fast (an autograd graph of the elementwise forward was not: measured)."""
 
-    Same result as nn.GroupNorm (float32 statistics); on CUDA the reduction is split across many blocks, where
-    PyTorch's GroupNorm kernel gives each (sample, group) one block. Takes over a GroupNorm's parameters.
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float) -> Tensor:  # type: ignore[override]
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, groups, -1)
+        var, mean = torch.var_mean(grouped.float(), dim=-1, correction=0)
+        rstd = torch.rsqrt(var + eps)
+        mean, rstd = mean.to(x.dtype), rstd.to(x.dtype)  # the dtype PyTorch's kernels keep them in
+        y = ((grouped - mean[..., None]) * rstd[..., None]).reshape(x.shape)
+        if weight is not None:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * weight.view(shape) + bias.view(shape)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, mean, rstd, weight = ctx.saved_tensors
+        n, c = x.shape[:2]
+        grad_x, _, _ = torch.ops.aten.native_group_norm_backward(
+            grad.contiguous(), x.contiguous(), mean, rstd, weight, n, c, x.numel() // (n * c), ctx.groups,
+            [True, False, False])  # frozen weights: only the input's gradient
+        return grad_x, None, None, None, None
+
+
+class SplitGroupNorm(nn.Module):
+    """GroupNorm for frozen weights whose forward statistics come from torch.var_mean.
+
+    Same result as nn.GroupNorm; on CUDA the statistics' reduction is split across many blocks, where PyTorch's
+    GroupNorm kernel gives each (sample, group) a single block. Takes over a GroupNorm's parameters, which get
+    no gradient (the prior's weights are frozen).
     """
 
     def __init__(self, norm: nn.GroupNorm) -> None:
@@ -79,15 +109,7 @@ class SplitGroupNorm(nn.Module):
         self.bias = norm.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        n, c = x.shape[:2]
-        grouped = x.reshape(n, self.num_groups, -1)
-        var, mean = torch.var_mean(grouped.float(), dim=-1, correction=0, keepdim=True)
-        scale = torch.rsqrt(var + self.eps)
-        y = ((grouped - mean.to(x.dtype)) * scale.to(x.dtype)).reshape(x.shape)
-        if self.weight is not None:
-            shape = (1, c) + (1,) * (x.dim() - 2)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return _SplitGroupNormFunction.apply(x, self.weight, self.bias, self.num_groups, self.eps)
 
 
 def _replace_group_norms(module: nn.Module) -> None:
