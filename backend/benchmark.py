@@ -204,7 +204,7 @@ def run(args: Any) -> dict[str, Any]:
         for level in args.acceleration.split(";"):
             acceleration = Acceleration.parse(level)
             prior = build_prior(prior_name, device, acceleration)
-            for hash_backend in args.hashgrid.split(","):
+            for hash_backend in args.hashgrid.split(",") if args.steps > 0 else []:
                 for representation in representations:
                     if hash_backend != args.hashgrid.split(",")[0] and representation != "nerf":
                         continue
@@ -212,7 +212,8 @@ def run(args: Any) -> dict[str, Any]:
                         key = (prior_name, representation, method)
                         try:
                             row = profile_steps(prior, representation, method, device, steps=args.steps,
-                                                warmup=args.warmup, flops=flops.get(key), hashgrid=hash_backend)
+                                                warmup=args.warmup, flops=flops.get(key), hashgrid=hash_backend,
+                                                resolution=args.resolution)
                         except torch.OutOfMemoryError as exc:
                             row = {"prior": prior.name, "representation": representation, "method": method,
                                    "error": f"out of memory: {str(exc).splitlines()[0]}"}

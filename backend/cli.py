@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Semicolon list of SD acceleration levels to compare: none, all, or comma lists of "
                             "channels_last, cuda_graphs [all].")
     bench.add_argument("--hashgrid", default="auto", help="Comma list of NeRF hash-grid backends: auto, torch, triton.")
-    bench.add_argument("--steps", type=int, default=30, help="Timed steps per configuration [30].")
+    bench.add_argument("--steps", type=int, default=30, help="Timed steps per configuration (0: none) [30].")
+    bench.add_argument("--resolution", type=int, default=None,
+                       help="Render resolution of the timed steps [the paper's: NeRF 256, Gaussians 512].")
     bench.add_argument("--warmup", type=int, default=10, help="Untimed steps first [10].")
     bench.add_argument("--assets", action="store_true", help="Also time a whole default-preset asset per representation.")
     bench.add_argument("--asset-settings", default="", help="Settings for the asset runs as JSON, e.g. '{\"steps\": 1000}'.")
