@@ -17,6 +17,7 @@ from ._vendor.shared.settings import (
     MAX_PROMPT_CHARS,
     PRESETS,
     REPRESENTATION_PRESETS,
+    REPRESENTATIONS,
     SCHEMA,
     Setting,
     defaults,
@@ -46,8 +47,13 @@ def _apply_preset(self: Any, _context: Any) -> None:
 
 
 def _apply_representation(self: Any, _context: Any) -> None:
-    # Only what differs by representation (Gaussians' shorter runs): other fields keep the artist's edits.
-    _set_preset_fields(self, {key for preset in REPRESENTATION_PRESETS.values() for key in preset})
+    # Only what differs by representation (Gaussians' shorter runs), and only where the panel still shows some
+    # representation's preset value: a value the artist typed (or a script set) is kept.
+    keys = {key for preset in REPRESENTATION_PRESETS.values() for key in preset}
+    untouched = {key for key in keys
+                 if any(getattr(self, key) == preset_values(self.quality, r).get(key, defaults()[key])
+                        for r in REPRESENTATIONS)}
+    _set_preset_fields(self, untouched)
 
 
 def schema_property(setting: Setting) -> Any:

@@ -59,6 +59,7 @@ def test_quality_preset_sets_the_fields_it_covers(report):
     # Gaussians run shorter (shared.settings.REPRESENTATION_PRESETS); switching keeps other edits.
     assert report["standard_gaussians"] == {"steps": 1500, "texture_size": 2048}
     assert report["standard_nerf_again"] == {"steps": 10000, "texture_size": 2048}
+    assert report["typed_steps_after_switch"] == 777
 
 
 def test_silent_backend_shows_lost_within_3_s(report):

@@ -48,7 +48,7 @@ def extract_mesh(
                      "field_min": float(grid.min()), "field_max": float(grid.max())}
     t = time.perf_counter()
     if level is None:
-        level, iou = level_from_renders(grid, bound, views, opacity)
+        level, iou = level_from_renders(grid, bound, views, opacity, device=device)
         figures["silhouette_iou"] = iou
         figures["level_source"] = "renders"
     else:

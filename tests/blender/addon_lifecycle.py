@@ -170,6 +170,11 @@ def main(argv: list[str]) -> dict:
     report["standard_gaussians"] = {"steps": props.steps, "texture_size": props.texture_size}
     props.representation = "nerf"
     report["standard_nerf_again"] = {"steps": props.steps, "texture_size": props.texture_size}
+    props.steps = 777  # typed by the artist: a change of representation keeps it
+    props.representation = "gaussians"
+    report["typed_steps_after_switch"] = props.steps
+    props.representation = "nerf"
+    props.steps = 10000
     props.texture_size = 1024
 
     cycles = []
