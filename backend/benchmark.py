@@ -88,8 +88,7 @@ def profile_steps(prior: DiffusionPrior, representation: str, method: str, devic
     if flops is None and not getattr(getattr(prior, "acceleration", None), "cuda_graphs", False):
         flops = count_flops(trainer.train_step)  # graph replays are invisible to the counter: count eager only
     _sync(device)
-    trainer.clock.totals()
-    before = dict(trainer.timings)
+    before = trainer.timings
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -187,6 +186,22 @@ def server_first_preview(model: str, device: str, settings: Mapping[str, Any], t
     return out
 
 
+_PRINTED = ("prior", "representation", "method", "acceleration", "hashgrid", "ms_per_step", "phases_ms",
+            "peak_gpu_memory_gb", "achieved_tflops", "error")
+
+
+def _step_row(prior: DiffusionPrior, representation: str, method: str, device: torch.device, args: Any,
+              flops: float | None, hashgrid: str | None) -> dict[str, Any]:
+    """profile_steps, with running out of GPU memory recorded as the row's result rather than ending the bench."""
+    try:
+        return profile_steps(prior, representation, method, device, steps=args.steps, warmup=args.warmup,
+                             flops=flops, hashgrid=hashgrid, resolution=args.resolution)
+    except torch.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        return {"prior": prior.name, "representation": representation, "method": method,
+                "error": f"out of memory: {str(exc).splitlines()[0]}"}
+
+
 def run(args: Any) -> dict[str, Any]:
     device = torch.device(args.device)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -194,56 +209,37 @@ def run(args: Any) -> dict[str, Any]:
                               "assets": [], "server": []}
     methods = args.methods.split(",")
     representations = args.representations.split(",")
+    levels = args.acceleration.split(";")
+    asset_settings = json.loads(args.asset_settings) if args.asset_settings else {}
 
-    def save() -> None:
+    def record(kind: str, row: dict[str, Any], printed: tuple[str, ...] | None = None) -> None:
+        result[kind].append(row)
+        print(json.dumps({k: row.get(k) for k in printed} if printed else row), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
 
-    flops: dict[tuple, float] = {}
+    flops: dict[tuple, float] = {}  # counted on the eager level, reused by the accelerated ones
     for prior_name in args.priors.split(","):
-        for level in args.acceleration.split(";"):
-            acceleration = Acceleration.parse(level)
-            prior = build_prior(prior_name, device, acceleration)
-            for hash_backend in args.hashgrid.split(",") if args.steps > 0 else []:
-                for representation in representations:
-                    if hash_backend != args.hashgrid.split(",")[0] and representation != "nerf":
-                        continue
+        for level in levels:
+            prior = build_prior(prior_name, device, Acceleration.parse(level))
+            for representation in representations if args.steps > 0 else []:
+                # The hash grid's backends only differ for a NeRF.
+                for hashgrid in args.hashgrid.split(",") if representation == "nerf" else [None]:
                     for method in methods:
                         key = (prior_name, representation, method)
-                        try:
-                            row = profile_steps(prior, representation, method, device, steps=args.steps,
-                                                warmup=args.warmup, flops=flops.get(key), hashgrid=hash_backend,
-                                                resolution=args.resolution)
-                        except torch.OutOfMemoryError as exc:
-                            row = {"prior": prior.name, "representation": representation, "method": method,
-                                   "error": f"out of memory: {str(exc).splitlines()[0]}"}
-                            torch.cuda.empty_cache()
+                        row = _step_row(prior, representation, method, device, args, flops.get(key), hashgrid)
                         if row.get("flops_per_step"):
                             flops[key] = row["flops_per_step"]
-                        row["acceleration"] = level
-                        row["hashgrid"] = hash_backend if representation == "nerf" else None
-                        result["steps"].append(row)
-                        print(json.dumps({k: row.get(k) for k in ("prior", "representation", "method", "acceleration",
-                                                                   "hashgrid", "ms_per_step", "phases_ms",
-                                                                   "peak_gpu_memory_gb", "achieved_tflops", "error")}),
-                              flush=True)
-                        save()
-            if args.assets and level == args.acceleration.split(";")[-1]:
+                        record("steps", {**row, "acceleration": level, "hashgrid": hashgrid}, _PRINTED)
+            if args.assets and level == levels[-1]:
                 for representation in representations:
-                    extra = json.loads(args.asset_settings) if args.asset_settings else {}
-                    row = asset_seconds(prior, representation, device, extra)
-                    row["acceleration"] = level
-                    result["assets"].append(row)
-                    print(json.dumps(row), flush=True)
-                    save()
+                    record("assets", {**asset_seconds(prior, representation, device, asset_settings),
+                                      "acceleration": level})
             del prior
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if args.server:
-        row = server_first_preview(args.server_model, args.device, json.loads(args.server_settings or "{}"))
-        result["server"].append(row)
-        print(json.dumps(row), flush=True)
-        save()
+        record("server", server_first_preview(args.server_model, args.device, json.loads(args.server_settings or "{}")))
     return result
 
 
