@@ -5,9 +5,12 @@
     python build.py test   # the test suite
     python build.py setup  # only set up both environments
     python build.py addon  # the Blender extension zip, dist/<id>-<version>.zip
+    python build.py lock   # re-resolve the newest versions pyproject.toml allows; rewrites locks/*.txt
 
 Each command sets itself up from nothing: a virtual environment in .venv with the CPU build of
-torch (torch==2.13.0, from the local disk on these machines) and the project with its test extras.
+torch (torch==2.13.0, from the local disk on these machines) and the project with its test extras, at the
+exact versions in locks/backend.txt (pyproject.toml keeps the ranges users install with; the lock is what
+the tests last passed with, so a new release upstream cannot turn a green CI red without a change here).
 `test` and `setup` also make .venv-blender, a separate environment holding Blender's Python API (the bpy
 wheel, Blender 4.5 LTS), which the tests use to import our GLB files with Blender's own glTF importer; it is
 kept apart from .venv because bpy pins numpy<2 and weighs ~370 MB download / ~820 MB installed.
@@ -21,9 +24,11 @@ import hashlib
 import json
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -56,21 +61,70 @@ def _run(cmd: list[str], **kwargs) -> None:
     subprocess.run([str(c) for c in cmd], check=True, **kwargs)
 
 
-def ensure_env() -> Path:
-    """Create .venv and install the project into it; skipped when pyproject.toml has not changed."""
-    stamp = VENV / ".installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == wanted and _python().exists():
-        return _python()
-    if not _python().exists():
-        print(f"creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    py = _python()
+LOCKS = ROOT / "locks"
+BACKEND_LOCK = LOCKS / "backend.txt"
+
+
+def _blender_lock(bpy_pin: str) -> Path:
+    return LOCKS / f"blender-{bpy_pin.replace('==', '-')}.txt"
+
+
+def _fingerprint(*paths: Path, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
+    for path in paths:
+        digest.update(path.read_bytes() if path.exists() else b"<missing>")
+    return digest.hexdigest()
+
+
+def _constraints(lock: Path) -> list[str]:
+    """pip arguments that hold an install to the lock (none while the lock is being made)."""
+    return ["-c", str(lock)] if lock.exists() else []
+
+
+def ensure_env(lock: Path | None = BACKEND_LOCK, venv_dir: Path = VENV) -> Path:
+    """Create ``venv_dir`` and install the project into it at the locked versions; skipped when neither
+    pyproject.toml nor the lock has changed. ``lock=None`` installs the newest versions the ranges allow."""
+    stamp = venv_dir / ".installed"
+    py = _venv_python(venv_dir)
+    wanted = _fingerprint(ROOT / "pyproject.toml", *([lock] if lock else []), extra=TORCH)
+    if stamp.exists() and stamp.read_text() == wanted and py.exists():
+        return py
+    if not py.exists():
+        print(f"creating {venv_dir}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(venv_dir)
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    _run(pip + [TORCH])
-    _run(pip + ["-e", f"{ROOT}[test]"])
+    constraints = _constraints(lock) if lock else []
+    _run(pip + [TORCH] + constraints)
+    _run(pip + ["-e", f"{ROOT}[test]"] + constraints)
     stamp.write_text(wanted)
     return py
+
+
+def _freeze(py: Path, header: str) -> str:
+    """``pip freeze`` of an environment without the project itself and pip's own tools."""
+    out = subprocess.run([str(py), "-m", "pip", "freeze", "--disable-pip-version-check", "--exclude-editable"],
+                         check=True, capture_output=True, text=True).stdout
+    lines = sorted((ln for ln in out.splitlines() if ln and not ln.startswith(("-e ", "tbsd-studio"))),
+                   key=str.lower)
+    return header + "\n".join(lines) + "\n"
+
+
+def cmd_lock(extra: list[str]) -> int:
+    """Resolve afresh in throw-away environments and write the locks the set-up installs from."""
+    import tempfile
+
+    LOCKS.mkdir(exist_ok=True)
+    made = time.strftime("%Y-%m-%d")
+    with tempfile.TemporaryDirectory(prefix="tbsd-lock-") as tmp:
+        py = ensure_env(lock=None, venv_dir=Path(tmp) / "backend")
+        BACKEND_LOCK.write_text(_freeze(py, f"# Made by `python build.py lock` on {made} with Python "
+                                            f"{platform.python_version()}: the backend's and tests' exact versions.\n"))
+        print(f"wrote {BACKEND_LOCK}", flush=True)
+        bpy_py = ensure_blender_env(lock=None, venv_dir=Path(tmp) / "blender")
+        lock = _blender_lock(BPY)
+        lock.write_text(_freeze(bpy_py, f"# Made by `python build.py lock` on {made}: {BPY} and what it needs.\n"))
+        print(f"wrote {lock}", flush=True)
+    return 0
 
 
 def _python_for_bpy() -> list[str]:
@@ -87,27 +141,29 @@ def _python_for_bpy() -> list[str]:
     return [found]
 
 
-def ensure_blender_env() -> Path:
-    """Create .venv-blender with Blender's Python module (bpy) in it; skipped when the pin has not changed.
+def ensure_blender_env(lock: Path | None = _blender_lock(BPY), venv_dir: Path = BLENDER_VENV) -> Path:
+    """Create ``venv_dir`` with Blender's Python module (bpy) in it at the locked versions; skipped when the pin
+    and the lock have not changed.
 
     Returns that environment's interpreter. Separate from .venv: bpy pins numpy<2, and it is large.
     """
-    stamp = BLENDER_VENV / ".installed"
-    py = blender_python()
-    if stamp.exists() and stamp.read_text() == BPY and py.exists():
+    stamp = venv_dir / ".installed"
+    py = _venv_python(venv_dir)
+    wanted = _fingerprint(*([lock] if lock else []), extra=BPY)
+    if stamp.exists() and stamp.read_text() == wanted and py.exists():
         return py
     if not py.exists():
-        print(f"creating {BLENDER_VENV}", flush=True)
+        print(f"creating {venv_dir}", flush=True)
         base = _python_for_bpy()
         if base == [sys.executable]:
-            venv.EnvBuilder(with_pip=True).create(BLENDER_VENV)
+            venv.EnvBuilder(with_pip=True).create(venv_dir)
         else:
-            _run(base + ["-m", "venv", BLENDER_VENV])
-    print(f"installing {BPY} into {BLENDER_VENV} (about 370 MB to download, 820 MB installed)", flush=True)
-    _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", BPY])
+            _run(base + ["-m", "venv", venv_dir])
+    print(f"installing {BPY} into {venv_dir} (about 370 MB to download, 820 MB installed)", flush=True)
+    _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", BPY] + (_constraints(lock) if lock else []))
     # bpy imports only on the Python it was built for, with its own libraries; check once, here.
     _run([py, "-c", "import bpy; print('bpy', bpy.app.version_string)"])
-    stamp.write_text(BPY)
+    stamp.write_text(wanted)
     return py
 
 
@@ -237,9 +293,10 @@ def cmd_addon(extra: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("demo", "test", "setup", "addon"))
+    parser.add_argument("command", choices=("demo", "test", "setup", "addon", "lock"))
     args, extra = parser.parse_known_args()
-    return {"demo": cmd_demo, "test": cmd_test, "setup": cmd_setup, "addon": cmd_addon}[args.command](extra)
+    return {"demo": cmd_demo, "test": cmd_test, "setup": cmd_setup, "addon": cmd_addon,
+            "lock": cmd_lock}[args.command](extra)
 
 
 if __name__ == "__main__":
