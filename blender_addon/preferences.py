@@ -29,6 +29,10 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
     results_dir: StringProperty(
         name="Results folder", subtype="DIR_PATH", default="",
         description="Where the backend writes each job's files (empty: the backend's default)")
+    models_dir: StringProperty(
+        name="Models folder", subtype="DIR_PATH", default="",
+        description="Folder of Stable Diffusion diffusers folders the local backend offers in the panel's Model "
+                    "list, beside its Hugging Face cache (empty: the cache only)")
     client_token: StringProperty(
         name="Client token", default="",
         description="Names this Blender to the backend so its jobs stay listed across reconnects (made on first use)")
@@ -51,6 +55,7 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
         box.prop(self, "arguments")
         box.prop(self, "working_dir")
         box.prop(self, "results_dir")
+        box.prop(self, "models_dir")
         row = box.row()
         row.operator("tbsd.backend_start")
         row.operator("tbsd.backend_stop")

@@ -33,9 +33,14 @@ def run(addon_zip, tmp_path_factory):  # noqa: F811
     results, out = tmp / "results", tmp / "out"
     results.mkdir()
     out.mkdir()
+    from backend.priors.stable_diffusion import save_random_pipeline
+
+    # The preferences' models folder: one tiny random Stable Diffusion folder for the drop-down to offer.
+    sd_folder = save_random_pipeline(tmp / "models" / "tiny-sd", "tiny", seed=0)
     # The backend runs with this interpreter: the project's environment (torch, pyzmq), as a user's would.
     report = run_blender_script("addon_generate.py", addon_zip, sys.executable, REPO, results, free_port(), out,
-                                json.dumps(TINY), tmp_path=tmp, timeout=900)
+                                json.dumps(TINY), tmp / "models", tmp_path=tmp, timeout=900)
+    report["sd_folder"] = str(sd_folder.resolve())
     return report, results
 
 
@@ -51,6 +56,18 @@ def test_backend_started_from_blender_reports_device_and_model(run):
     c = report["connected"]
     assert c["connection"] == "connected" and c["device"] == "cpu" and c["model"] == "procedural"
     assert c["timer_registered"]
+
+
+def test_the_model_drop_down_offers_the_backends_models_and_a_missing_one_is_refused_in_words(run):
+    report, results = run
+    assert report["model_items"] == ["procedural", report["sd_folder"]]  # procedural, then the models folder's
+    assert report["model_after_choice"] == report["sent_model"] == report["sd_folder"]
+    assert report["choice_after_typing"] == "procedural"
+    assert report["sent_model_procedural"] is None  # the preset's value: the backend's default decides
+    missing = report["missing_model"]
+    assert "not-downloaded" in missing["last_error"] and "--local-dir" in missing["last_error"]
+    assert missing["job_state"] == "failed"
+    assert len(report["results"]) == 3  # the jobs that ran below; the refused one never queued
 
 
 def test_generate_streams_into_one_object_named_after_the_prompt_at_the_cursor(run):
