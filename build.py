@@ -3,7 +3,8 @@
 
     python build.py demo   # the main job end to end on the embedded procedural prior
     python build.py test   # the test suite
-    python build.py setup  # only set up both environments
+    python build.py setup  # only set up the environments
+    python build.py setup --gpu [--model M] [--dry-run]  # the backend's CUDA environment (.venv-gpu) for the add-on
     python build.py addon  # the Blender extension zip, dist/<id>-<version>.zip
     python build.py lock   # re-resolve the newest versions pyproject.toml allows; rewrites locks/*.txt
 
@@ -245,8 +246,96 @@ def ensure_blender_envs() -> dict[str, Path]:
 
 
 def cmd_setup(extra: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="build.py setup")
+    parser.add_argument("--gpu", action="store_true",
+                        help="make .venv-gpu, the backend's CUDA environment for the Blender add-on (Linux, Windows)")
+    parser.add_argument("--model", default="procedural",
+                        help="the model the backend serves by default; the check says whether it is here")
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu: print the plan, change nothing")
+    args = parser.parse_args(extra)
+    if args.gpu:
+        return setup_gpu(args.model, args.dry_run)
     ensure_env()
     ensure_blender_envs()
+    return 0
+
+
+# --- `setup --gpu`: the backend on an artist's NVIDIA GPU ------------------------------------------------------
+GPU_VENV = ROOT / ".venv-gpu"
+# PyPI's torch for Linux x86_64 is the CUDA build (the CUDA libraries come as nvidia-* wheels); for Windows PyPI
+# has only the CPU build, so there the CUDA build comes from PyTorch's own index (CUDA 13.0, driver 580+).
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu130"
+# gsplat compiles its CUDA kernels on first use (minutes); doing it here keeps that out of the first job.
+GSPLAT_COMPILE = "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat kernels did not build'"
+
+
+def detect_gpus() -> list[str]:
+    """NVIDIA GPUs as nvidia-smi (the driver's own tool, on Linux and Windows) lists them; [] when there is none."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+
+
+def gpu_plan(system: str, model: str, venv_dir: Path = GPU_VENV) -> list[tuple[str, list[str]]]:
+    """(what, command) for each step of `setup --gpu` on ``system`` ("Linux" or "Windows"); commands run in order.
+
+    The environment gets the locked versions of everything but torch (the lock holds the CPU build).
+    """
+    py = str(venv_dir / ("Scripts/python.exe" if system == "Windows" else "bin/python"))
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
+    torch = pip + [TORCH] + (["--index-url", TORCH_CUDA_INDEX] if system == "Windows" else [])
+    return [
+        ("create the environment", [sys.executable, "-m", "venv", str(venv_dir)]),
+        ("install the CUDA build of torch", torch),
+        ("install the project with its CUDA extras (gsplat)",
+         pip + ["-e", f"{ROOT}[cuda]", "-c", str(venv_dir / "constraints.txt")]),
+        ("compile gsplat's CUDA kernels once (several minutes; needs the CUDA toolkit's nvcc and a C++ compiler)",
+         [py, "-c", GSPLAT_COMPILE]),
+        ("check the GPU, its memory and the model", [py, "-m", "backend.gpu_check", model]),
+    ]
+
+
+def setup_gpu(model: str, dry_run: bool) -> int:
+    system = platform.system()
+    if system not in ("Linux", "Windows"):
+        print(f"error: `setup --gpu` makes a CUDA environment, which {system} does not have; run the backend on a "
+              "Linux or Windows machine with an NVIDIA GPU and point the add-on's Backend address at it",
+              file=sys.stderr)
+        return 1
+    plan = gpu_plan(system, model)
+    if dry_run:
+        for i, (what, cmd) in enumerate(plan, 1):
+            print(f"{i}. {what}:\n   {subprocess.list2cmdline(cmd)}")
+        print(f"{len(plan) + 1}. record {_venv_python(GPU_VENV)} for the add-on's Start local backend")
+        return 0
+    gpus = detect_gpus()
+    if not gpus:
+        print("error: no NVIDIA GPU found (`nvidia-smi` is missing or lists none), so `setup --gpu` stops here: it "
+              "makes a CUDA environment. Install the NVIDIA driver (it brings nvidia-smi) if this machine has an "
+              "NVIDIA card; otherwise `python build.py setup` makes the CPU environment, or run the backend on a "
+              "GPU machine and point the add-on's Backend address at it.", file=sys.stderr)
+        return 1
+    print("GPU: " + "; ".join(gpus), flush=True)
+    venv_dir = GPU_VENV
+    venv_dir.mkdir(exist_ok=True)
+    # The lock's versions for everything but torch and its CUDA libraries (the lock holds torch's CPU build).
+    (venv_dir / "constraints.txt").write_text("".join(
+        line + "\n" for line in BACKEND_LOCK.read_text().splitlines() if not line.startswith(("torch==", "nvidia-"))))
+    for i, (what, cmd) in enumerate(plan, 1):
+        if i == 1 and _venv_python(venv_dir).exists():
+            continue
+        print(f"[{i}/{len(plan)}] {what}", flush=True)
+        _run(cmd, cwd=ROOT)
+    sys.path.insert(0, str(ROOT))
+    from shared import backend_config
+
+    arguments = "-m backend serve --device cuda" + (f" --model {model}" if model != "procedural" else "")
+    path = backend_config.write(str(_venv_python(venv_dir)), str(ROOT), arguments)
+    print(f"recorded in {path}: the add-on's Start local backend uses {_venv_python(venv_dir)} when its "
+          "preferences leave Python empty", flush=True)
     return 0
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import bpy
 from bpy.props import StringProperty
 
+from ._vendor.shared import backend_config
+
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 
@@ -51,6 +53,9 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
         layout.prop(self, "curve_client_keys")
         box = layout.box()
         box.label(text="Local backend")
+        recorded = backend_config.read() if not self.python else None
+        if recorded is not None:
+            box.label(text=f"Python empty: Start uses {recorded['python']} (from build.py setup --gpu)", icon="INFO")
         box.prop(self, "python")
         box.prop(self, "arguments")
         box.prop(self, "working_dir")
@@ -59,6 +64,17 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
         row = box.row()
         row.operator("tbsd.backend_start")
         row.operator("tbsd.backend_stop")
+
+
+def backend_environment(prefs: Any) -> tuple[str, str, str]:
+    """(python, arguments, working folder) of the local backend: the preferences' own when they name a Python,
+    else what `python build.py setup --gpu` recorded (shared/backend_config.py), else the empty Python that
+    local_backend.command refuses in words."""
+    if not prefs.python:
+        recorded = backend_config.read()
+        if recorded is not None:
+            return recorded["python"], recorded["arguments"], recorded["working_dir"]
+    return prefs.python, prefs.arguments, bpy.path.abspath(prefs.working_dir)
 
 
 def get(context: Any = None) -> TBSD_Preferences:

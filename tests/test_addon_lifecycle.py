@@ -3,6 +3,7 @@ setting is in the panel, and that enabling/disabling twice and closing the file 
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -11,6 +12,8 @@ from test_addon_build import addon_zip, run_blender_script  # noqa: F401 - addon
 
 REGISTERED = {"enabled": True, "scene_prop": True, "wm_prop": True, "panel": True, "operator": True,
               "timer": False, "session": False, "load_pre_handlers": 1}
+RECORDED = {"python": "/opt/tbsd/.venv-gpu/bin/python", "working_dir": "/opt/tbsd",
+            "arguments": "-m backend serve --device cuda"}
 GONE = {"enabled": False, "scene_prop": False, "wm_prop": False, "panel": False, "operator": False,
         "timer": False, "session": False, "load_pre_handlers": 0}
 
@@ -25,7 +28,17 @@ def free_port() -> int:
 def report(addon_zip, tmp_path_factory):  # noqa: F811
     # Nothing listens at this address: the connection is real, the backend never answers.
     address = f"tcp://127.0.0.1:{free_port()}"
-    return run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp_path_factory.mktemp("life"))
+    tmp = tmp_path_factory.mktemp("life")
+    # What `python build.py setup --gpu` records (shared/backend_config.py), at a private location.
+    config = tmp / "backend.json"
+    config.write_text(json.dumps(RECORDED))
+    return run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp,
+                              env={"TBSD_STUDIO_CONFIG": str(config)})
+
+
+def test_start_uses_the_backend_setup_gpu_recorded_unless_the_preferences_name_a_python(report):
+    assert report["backend_env_recorded"] == [RECORDED["python"], RECORDED["arguments"], RECORDED["working_dir"]]
+    assert report["backend_env_own"] == ["/opt/own/python", "-m backend serve --device auto", "/opt/own"]
 
 
 def test_installs_as_extension_with_pyzmq_from_its_wheel_and_vendored_shared(report):
