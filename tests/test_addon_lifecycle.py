@@ -1,4 +1,4 @@
-"""The extension installed from the built zip into Blender 4.5 (bpy wheel): what it registers, that every schema
+"""The extension installed from the built zip into each supported Blender (build.BLENDERS, bpy wheels): what it registers, that every schema
 setting is in the panel, and that enabling/disabling twice and closing the file leave no timer or socket."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from test_addon_build import addon_zip, run_blender_script  # noqa: F401 - addon_zip is a fixture
+from test_addon_build import BUILD, addon_zip, blender_python_of, run_blender_script  # noqa: F401 - addon_zip is a fixture
 
 REGISTERED = {"enabled": True, "scene_prop": True, "wm_prop": True, "panel": True, "operator": True,
               "timer": False, "session": False, "load_pre_handlers": 1}
@@ -24,16 +24,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def report(addon_zip, tmp_path_factory):  # noqa: F811
+@pytest.fixture(scope="module", params=list(BUILD.BLENDERS))
+def report(request, addon_zip, tmp_path_factory):  # noqa: F811
     # Nothing listens at this address: the connection is real, the backend never answers.
     address = f"tcp://127.0.0.1:{free_port()}"
     tmp = tmp_path_factory.mktemp("life")
     # What `python build.py setup --gpu` records (shared/backend_config.py), at a private location.
     config = tmp / "backend.json"
     config.write_text(json.dumps(RECORDED))
-    return run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp,
-                              env={"TBSD_STUDIO_CONFIG": str(config)})
+    out = run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp,
+                             env={"TBSD_STUDIO_CONFIG": str(config)}, python=blender_python_of(request.param))
+    out["key"] = request.param
+    return out
 
 
 def test_start_uses_the_backend_setup_gpu_recorded_unless_the_preferences_name_a_python(report):
@@ -42,7 +44,7 @@ def test_start_uses_the_backend_setup_gpu_recorded_unless_the_preferences_name_a
 
 
 def test_installs_as_extension_with_pyzmq_from_its_wheel_and_vendored_shared(report):
-    assert report["blender"].startswith("4.5")
+    assert report["blender"].startswith(report["key"] + ".")
     assert report["installed"] == REGISTERED
     assert report["module"] == "bl_ext.user_default.tbsd_studio"
     assert report["prefs_id"] == report["module"]  # preferences keyed by __package__
