@@ -52,8 +52,8 @@ class Blender(NamedTuple):
 
 # The Blenders the extension is tested on, its whole supported range: 4.2 LTS (the manifest's minimum), 4.5 LTS,
 # 5.0 (the last on Python 3.11) and the newest 5.x (Python 3.13; found with `pip index versions bpy` run by a
-# Python 3.13). The first is the default: the demo and the full add-on suite run on it, the others run the
-# smoke tests (tests/test_addon_versions.py), which keeps CI's time in budget.
+# Python 3.13). The first is the default: the demo and the full add-on suite run on it; every one runs the smoke
+# and lifecycle tests, the newest the generate tests too (tests/test_addon_*.py), which keeps CI's time in budget.
 BLENDERS: dict[str, Blender] = {
     "4.5": Blender("bpy==4.5.15", (3, 11), ROOT / ".venv-blender", "TBSD_BLENDER_PYTHON"),
     "4.2": Blender("bpy==4.2.23", (3, 11), ROOT / ".venv-blender-4.2", "TBSD_BLENDER_PYTHON_4_2"),
