@@ -132,3 +132,16 @@ def test_blenders_own_validator_accepts_the_zip(addon_zip, key):
                           capture_output=True, text=True, env=blender_support._clean_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success" in proc.stdout
+
+
+def test_find_python_uses_pyenv_installs_and_names_what_to_install_when_there_is_none(tmp_path, monkeypatch):
+    # A pyenv tree whose 3.13 is a real interpreter (the one build.py found for bpy 5.3), with nothing on PATH.
+    real = BUILD.find_python(BUILD.BLENDERS["5.3"].python)[0]
+    (tmp_path / "versions" / "3.13.1" / "bin").mkdir(parents=True)
+    (tmp_path / "versions" / "3.13.1" / "bin" / "python3.13").symlink_to(real)
+    (tmp_path / "versions" / "3.13.0rc1" / "bin").mkdir(parents=True)  # no interpreter in it: skipped
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert BUILD.find_python((3, 13)) == [str(tmp_path / "versions" / "3.13.1" / "bin" / "python3.13")]
+    with pytest.raises(SystemExit, match=r"Python 3\.99 not found .* Install CPython 3\.99 \(`pyenv install 3\.99`"):
+        BUILD.find_python((3, 99))
