@@ -21,6 +21,7 @@ import zmq
 
 from backend.server.jobs import WAKE_ENDPOINT, Job, Worker
 from backend.server.meshfile import read_glb
+from backend.server.models import PROCEDURAL, ModelMissing, check_model, local_models
 from backend.server.results import ResultStore
 from backend.server.security import CurveConfig, apply_curve, check_bind
 from shared import protocol as P
@@ -35,10 +36,11 @@ SHUTDOWN_WAIT_S = 300.0
 
 class Server:
     def __init__(self, bind: str, results: Path, device: Any, model: str = "procedural",
-                 curve: CurveConfig | None = None) -> None:
+                 curve: CurveConfig | None = None, models_dir: Path | None = None) -> None:
         check_bind(bind, curve)
         self.bind = bind
-        self.model = model
+        self.model = model  # for jobs that name no model
+        self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
         lost = self.store.mark_lost()
@@ -55,7 +57,7 @@ class Server:
         self.wake = self.ctx.socket(zmq.PAIR)
         self.wake.setsockopt(zmq.LINGER, 0)
         self.wake.bind(WAKE_ENDPOINT)
-        self.worker = Worker(self.ctx, self.store, model, device)
+        self.worker = Worker(self.ctx, self.store, device)
         self.pending: collections.deque[Job] = collections.deque()
         self.running: Job | None = None
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
@@ -233,7 +235,7 @@ class Server:
             gpu = {"name": torch.cuda.get_device_name(self.device), "total_bytes": total, "free_bytes": free}
         return {
             "protocol": P.VERSION, "methods": list(METHODS), "representations": list(REPRESENTATIONS),
-            "model": self.model, "device": str(self.device), "gpu": gpu,
+            "model": self.model, "models": local_models(self.models_dir), "device": str(self.device), "gpu": gpu,
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT},
             "stream_defaults": dict(P.STREAM_DEFAULTS), "dtypes": list(P.DTYPES),
@@ -241,9 +243,7 @@ class Server:
         }
 
     def _prompt_checker(self) -> Callable[[str, dict[str, Any]], None]:
-        """Checks a prompt against the prior before queueing it, so an unreadable one fails at once."""
-        if self.model != "procedural":
-            return lambda prompt, settings: None  # Stable Diffusion reads any text
+        """Checks a prompt against the job's prior before queueing it, so an unreadable one fails at once."""
         from backend.distill.step import prompt_set
         from backend.priors.base import PriorError
         from backend.priors.procedural.prior import ProceduralPrior
@@ -251,6 +251,8 @@ class Server:
         prior = ProceduralPrior(resolution=16, device="cpu")
 
         def check(prompt: str, settings: dict[str, Any]) -> None:
+            if settings["model"] != PROCEDURAL:
+                return  # Stable Diffusion reads any text
             try:
                 prior.check_prompts(prompt_set(prompt, settings))
             except PriorError as exc:
@@ -263,11 +265,12 @@ class Server:
             settings = validate(given or {}, base=base)
         except SettingsError as exc:
             raise P.ProtocolError("settings", str(exc), rid) from None
-        if settings["model"] != self.model:
-            if "model" in (given or {}):
-                raise P.ProtocolError("settings", f"setting 'model' is {settings['model']!r} but this server serves "
-                                                  f"{self.model!r}; start another server for that model", rid)
-            settings["model"] = self.model
+        if "model" not in (given or {}) and base is None:
+            settings["model"] = self.model  # the schema's default is procedural; the server's may differ
+        try:
+            check_model(settings["model"], self.models_dir)
+        except ModelMissing as exc:
+            raise P.ProtocolError("model", str(exc), rid) from None
         return settings
 
     def _check_queue(self, owner: str, rid: Any) -> None:
@@ -411,12 +414,14 @@ class Server:
 
 
 def serve(bind: str, results: Path, device: str = "auto", model: str = "procedural",
-          curve: CurveConfig | None = None) -> int:
+          curve: CurveConfig | None = None, models_dir: Path | None = None) -> int:
     """Entry point of ``python -m backend serve``."""
     from backend.priors import resolve_device
 
     check_bind(bind, curve)  # before touching the GPU, so a refused bind costs nothing
-    server = Server(bind, results, resolve_device(device), model, curve)
+    if models_dir is not None and not models_dir.is_dir():
+        raise SystemExit(f"error: --models-dir {models_dir} is not a folder")
+    server = Server(bind, results, resolve_device(device), model, curve, models_dir)
     return server.serve_forever()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import zmq
 
 from backend.server.meshfile import read_glb
+from backend.server.models import PriorCache
 from backend.server.results import ResultStore
 
 WAKE_ENDPOINT = "inproc://tbsd-server-wake"
@@ -44,6 +45,7 @@ class Job:
     refined_by: str | None = None
     step: int = 0
     stop_requested_step: int | None = None  # job.step when the main thread asked it to stop
+    prior_loaded: bool | None = None  # whether this job loaded its prior (False: kept from the previous job)
     created: str = field(default_factory=lambda: _now())
 
 
@@ -54,15 +56,17 @@ def _now() -> str:
 class Worker(threading.Thread):
     """Runs jobs handed to ``inbox`` (None stops it); reports through ``outbox`` and the wake socket."""
 
-    def __init__(self, ctx: zmq.Context, store: ResultStore, model: str, device: Any) -> None:
+    def __init__(self, ctx: zmq.Context, store: ResultStore, device: Any) -> None:
+        from backend.priors import load_prior
+
         super().__init__(name="tbsd-job-worker", daemon=True)
         self.ctx = ctx
         self.store = store
-        self.model = model
         self.device = device
         self.inbox: queue.Queue[Job | None] = queue.Queue()
         self.outbox: queue.Queue[tuple[Job, dict[str, Any], dict[str, np.ndarray]]] = queue.Queue()
-        self._priors: dict[tuple[str, int], Any] = {}
+        # Each job names its model (settings["model"]); the last one stays loaded for the next job.
+        self.priors = PriorCache(load_prior, device)
         self._wake: zmq.Socket | None = None
 
     # --- plumbing ----------------------------------------------------------------------------------------
@@ -86,23 +90,13 @@ class Worker(threading.Thread):
         finally:
             self._wake.close(linger=0)
 
-    def prior_for(self, settings: dict[str, Any]) -> Any:
-        from backend.priors import load_prior
-
-        resolution = settings["procedural_resolution"] if self.model == "procedural" else 0
-        key = (self.model, resolution)
-        if key not in self._priors:
-            if self.model != "procedural":
-                self._priors.clear()  # one big model at a time
-            self._priors[key] = load_prior(self.model, self.device, resolution or 64)
-        return self._priors[key]
-
     # --- one job ---------------------------------------------------------------------------------------------
     def base_record(self, job: Job, status: str) -> dict[str, Any]:
         return {"job": job.id, "owner": job.owner, "status": status, "prompt": job.prompt, "parent": job.parent,
                 "created": job.created, "settings": job.settings, "stream": job.stream,
                 "representation": job.settings.get("representation"), "method": job.settings.get("method"),
-                "device": str(self.device), "server_pid": os.getpid()}
+                "device": str(self.device), "server_pid": os.getpid(), "model": job.settings.get("model"),
+                "prior_loaded": job.prior_loaded}
 
     def run_job(self, job: Job) -> None:
         job.status = "running"
@@ -112,7 +106,7 @@ class Worker(threading.Thread):
             # Written first, so a server killed mid-job leaves a record a restarted server reports as "lost".
             self.store.write_record(job.id, self.base_record(job, "running"))
             t0 = time.perf_counter()
-            prior = self.prior_for(job.settings)
+            prior, job.prior_loaded = self.priors.get(job.settings["model"], job.settings["procedural_resolution"])
             load_seconds = time.perf_counter() - t0
             trainer = self._trainer(job, prior)
             self.emit(job, {"type": "started", "step": trainer.step, "total": trainer.total})
