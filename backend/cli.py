@@ -113,8 +113,15 @@ def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
     """Validated settings, the device, the prior and the seconds its loading took."""
     from backend.priors import load_prior, resolve_device
 
-    settings = validate(_given_settings(args))
+    given = _given_settings(args)
     device = resolve_device(args.device)
+    if args.command == "generate" and "quality" not in given and device.type == "cpu" and args.resume is None:
+        # The standard preset is sized for a GPU (a NeRF's 10,000 steps at 64-256 px take hours on a CPU); an
+        # artist without one gets the preset made for a CPU and is told how to ask for the other.
+        given["quality"] = "draft"
+        print("no GPU: using --quality draft (sized for a CPU, minutes per asset); pass --quality standard to "
+              "override", file=sys.stderr)
+    settings = validate(given)
     t0 = time.perf_counter()
     prior = load_prior(settings["model"], device, settings["procedural_resolution"])
     return settings, device, prior, time.perf_counter() - t0

@@ -82,8 +82,15 @@ def build_representation(kind: str, settings: Mapping[str, Any], prior: Diffusio
     return scene.to(device)
 
 
-def render_resolution(progress: float, settings: Mapping[str, Any]) -> int:
-    return settings["render_res_end"] if progress >= settings["render_res_switch_at"] else settings["render_res_start"]
+def render_resolution(progress: float, settings: Mapping[str, Any], prior_resolution: int | None = None) -> int:
+    """The render side at ``progress``: the schedule's value, never above what the prior consumes.
+
+    A render larger than the prior's input is only downsampled by ``prior.encode`` again: the procedural prior
+    works at ``procedural_resolution`` (64), so a 256 px render there costs 16 times the rays for the same
+    gradient. Stable Diffusion consumes 512 px, above every default, so its schedule is unchanged.
+    """
+    res = settings["render_res_end"] if progress >= settings["render_res_switch_at"] else settings["render_res_start"]
+    return res if prior_resolution is None else min(res, prior_resolution)
 
 
 def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
@@ -167,7 +174,7 @@ class Trainer:
         self.scene.train()
         self.scene.before_step(self.step, self.total)
         views, angles = self._views()
-        res = render_resolution(progress, s)
+        res = render_resolution(progress, s, self.prior.image_size)
         self.clock.start()
         out = self.scene.render(views, res, res, self._shading())
         self.clock.mark()

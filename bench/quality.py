@@ -175,6 +175,14 @@ def contact_sheet(rows: list[dict[str, Any]], run_dirs: dict[int, Path], path: P
     tmp.replace(path)
 
 
+def write_sheets(rows: list[dict[str, Any]], dirs: dict[int, Path], variants: dict[str, Any], out: Path) -> None:
+    """One contact sheet per variant (``rows[i]`` ran in ``dirs[i]``)."""
+    for n, v in enumerate(variants):
+        picked = [i for i, row in enumerate(rows) if row["variant"] == v]
+        name = "contact_sheet.png" if len(variants) == 1 else f"contact_sheet_{n}_{v}.png"
+        contact_sheet([rows[i] for i in picked], {j: dirs[i] for j, i in enumerate(picked)}, out / name)
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
@@ -226,15 +234,13 @@ def main(argv: list[str] | None = None) -> int:
                                                       "components", "wall_seconds", "error")}
                 print(json.dumps(brief), flush=True)
                 result["runs"] = rows
+                result["summary"] = summarise(rows)
                 _write(args.out / "quality.json", json.dumps(result, indent=1))
+                # Written as runs finish, so a study cut short still leaves what it measured.
+                _write(args.out / "quality.md", markdown(result))
+                write_sheets(rows, dirs, variants, args.out)
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
-        result["summary"] = summarise(rows)
         _write(args.out / "quality.json", json.dumps(result, indent=1))
-        _write(args.out / "quality.md", markdown(result))
-        for n, v in enumerate(variants):
-            picked = [i for i, row in enumerate(rows) if row["variant"] == v]
-            name = "contact_sheet.png" if len(variants) == 1 else f"contact_sheet_{n}_{v}.png"
-            contact_sheet([rows[i] for i in picked], {j: dirs[i] for j, i in enumerate(picked)}, args.out / name)
     for s in result["summary"]:
         print(json.dumps(s))
     return 0

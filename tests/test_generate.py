@@ -122,3 +122,24 @@ def test_generate_runs_on_a_stable_diffusion_pipeline(tmp_path, representation):
     assert record["settings"]["model"] == str(model)
     assert (out / "mesh.glb").stat().st_size > 0
     assert "figures" not in record  # no ground truth outside the procedural world
+
+
+def test_a_cpu_run_without_a_preset_takes_draft_and_says_so(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "backend", "generate", "a red cube", "--out", str(tmp_path),
+                           "--device", "cpu", "--representation", "gaussians", "--steps", "3", "--camera-bank-size",
+                           "2", "--mesh-resolution", "32", "--texture-size", "64", "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no GPU: using --quality draft" in proc.stderr
+    settings = json.loads((tmp_path / "job.json").read_text())["settings"]
+    assert settings["quality"] == "draft" and settings["render_res_end"] == 32  # the preset's values, not standard's
+
+
+def test_renders_are_never_larger_than_the_prior_consumes():
+    from backend.train import render_resolution
+
+    settings = validate({})  # standard: 64 px, then 256 px from half the run
+    assert render_resolution(0.9, settings) == 256
+    assert render_resolution(0.9, settings, prior_resolution=64) == 64  # the procedural prior works at 64 px
+    assert render_resolution(0.1, settings, prior_resolution=64) == 64
+    assert render_resolution(0.9, settings, prior_resolution=512) == 256  # Stable Diffusion takes 512 px
