@@ -247,8 +247,14 @@ class Server:
                 if self.running is job:
                     self.running = None
                 continue
-            if event.header["type"] in ("progress", "_beat"):
+            kind = event.header["type"]
+            if kind in ("progress", "_beat"):
                 job.step = event.header["step"]
+            ended = {"finished": "finished", "cancelled": "cancelled", "error": "failed"}.get(kind)
+            if ended is not None and (kind != "error" or event.header.get("fatal")):
+                # The record is on disk before its terminal event is sent: list agrees from this moment on.
+                job.status = "interrupted" if event.header.get("reason") == "shutdown" else ended
+                self.store.refresh(job.id)
             if event.frames:
                 self.send_frames(job.identity, event.frames)
 
