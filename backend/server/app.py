@@ -134,8 +134,11 @@ class Server:
                 return False
             # A tracker is done once libzmq has handed the message to the kernel (or dropped it): until then
             # the bytes are held here for a client that is not reading.
-            tracker = self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False, track=True)
-            session.unread.append((tracker, size))
+            # One tracker per frame: a multipart send only tracks its last frame, which may be a small one.
+            parts = [identity, *frames]
+            trackers = [self.router.send(part, zmq.NOBLOCK | (zmq.SNDMORE if i < len(parts) - 1 else 0),
+                                         copy=False, track=True) for i, part in enumerate(parts)]
+            session.unread.append((zmq.MessageTracker(*trackers), size))
             return True
         except zmq.ZMQError as exc:
             log.warning("could not send to a client: %s", exc)
