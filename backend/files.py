@@ -3,10 +3,10 @@
 A reader (or a server restarted after a crash) therefore sees either the old file or the complete new one,
 never a torn one, and a record that names a file is only published after the file itself is on disk.
 
-Test hook: ``TBSD_TEST_KILL_AT_PUBLISH=N`` makes the N-th ``publish`` of this process SIGKILL the server
-(its parent, when ``TBSD_TEST_KILL_TARGET=parent``) and itself just before the rename, so a test can stop the
-server at every write of a job's end. Only environment variables set by the test reach it; nothing on the
-wire does.
+Test hook: a job worker started with ``TBSD_TEST_KILL_AT_PUBLISH=N`` (or ``N+``) arms ``arm_kill_hook``: its
+N-th ``publish`` SIGKILLs the server (its parent) and itself just before the rename (``N+``: just after it), so a test can stop the server
+at every write of a job's end. Only a worker arms it, and only from an environment variable a test sets;
+nothing on the wire reaches it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 _publish_count = 0
+_kill_at: tuple[int, bool] | None = None  # (n-th publish, after the rename?)
+
+
+def arm_kill_hook(spec: str) -> None:
+    global _kill_at
+    _kill_at = (int(spec.rstrip("+")), spec.endswith("+"))
 
 
 def fsync_dir(folder: Path) -> None:
@@ -38,24 +44,23 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _test_kill_hook() -> None:
+def _test_kill_hook(after: bool) -> None:
     global _publish_count
-    at = os.environ.get("TBSD_TEST_KILL_AT_PUBLISH")
-    if not at:
+    if _kill_at is None:
         return
-    _publish_count += 1
-    if _publish_count == int(at):
-        if os.environ.get("TBSD_TEST_KILL_TARGET") == "parent":
-            os.kill(os.getppid(), signal.SIGKILL)
+    _publish_count += 0 if after else 1
+    if (_publish_count, after) == _kill_at:
+        os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def publish(tmp: Path, final: Path) -> Path:
     """fsync ``tmp`` and rename it to ``final`` (atomic on one file system), then fsync the folder."""
     _fsync_file(tmp)
-    _test_kill_hook()
+    _test_kill_hook(after=False)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+    _test_kill_hook(after=True)
     return final
 
 

@@ -290,8 +290,15 @@ class Server:
             self.executor.cancel(self.running.id, "shutdown", None, self.running.step)
         while self.pending:
             job = self.pending.popleft()
-            job.status = "cancelled"
+            self._cancel_queued(job, "shutdown")
             self.send(job.identity, {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"})
+
+    def _cancel_queued(self, job: Job, reason: str) -> None:
+        job.status = "cancelled"
+        try:
+            self.store.write_record(job.id, job.spec.record("cancelled", stop_reason=reason, steps_done=0))
+        except OSError as exc:  # the restarted server will call it lost
+            log.warning("could not record job %s as cancelled: %s", job.id, exc)
 
     def _close(self) -> None:
         # Whatever the grace left running is killed now; its record says so.
@@ -400,6 +407,11 @@ class Server:
         return list(self.pending).index(job) if job in self.pending else 0
 
     def _queue(self, identity: bytes, spec: JobSpec, first: bool = False) -> Job:
+        # On disk before "accepted": a server killed from here on leaves a record (then "lost"), never nothing.
+        try:
+            self.store.write_record(spec.id, spec.record("queued", ended=None))
+        except OSError as exc:
+            raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was queued")
         job = Job(spec, identity, identity)
         self.jobs[job.id] = job
         if first:
@@ -449,7 +461,7 @@ class Server:
             raise self._unknown(job_id, rid)
         if job in self.pending:
             self.pending.remove(job)
-            job.status = "cancelled"
+            self._cancel_queued(job, "cancel")
             self.reply(identity, m, {"type": "cancelled", "job": job.id, "step": 0, "reason": "cancel"})
         elif job is self.running:
             self._stop_running(job, "cancel")

@@ -17,7 +17,7 @@ from typing import Any
 from backend.files import remove_leftovers, write_json
 from shared.protocol import ID_PATTERN
 
-LIVE_STATUSES = ("running",)
+LIVE_STATUSES = ("queued", "running")  # on disk at a restart: the server that had them died
 SUMMARY_KEYS = ("job", "status", "prompt", "parent", "created", "ended", "steps_done", "total", "error",
                 "representation", "method")
 # What a job that did not finish may keep: its record and its (atomically written) checkpoint.
@@ -82,7 +82,8 @@ class ResultStore:
                 continue
             if record.get("status") in LIVE_STATUSES:
                 record["status"] = "lost"
-                record["error"] = "the server stopped while this job ran (killed or crashed); no final mesh"
+                record["error"] = (f"the server stopped while this job was {record['status']} (killed or crashed); "
+                                   "no final mesh")
                 self.fail_unfinished(folder.name, record)
                 lost.append(folder.name)
             else:

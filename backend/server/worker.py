@@ -304,6 +304,10 @@ class WorkerProcess:
 def main(argv: list[str]) -> int:
     endpoint, identity, results, model, device = argv
     _die_with_parent()
+    if os.environ.get("TBSD_TEST_KILL_AT_PUBLISH"):  # test hook (backend/files.py); never set in production
+        from backend.files import arm_kill_hook
+
+        arm_kill_hook(os.environ["TBSD_TEST_KILL_AT_PUBLISH"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal goes to the server, which decides
     try:
         os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care
