@@ -105,6 +105,13 @@ def client(server: ServerProcess, name: str | None = None, hello: bool = True) -
     return c
 
 
+def owner_of(server: ServerProcess, name: str) -> str:
+    """The owner job.json records for the client the tests call ``name``: a hash of its token, never the token."""
+    from backend.server.security import Identities
+
+    return Identities.owner(_TOKENS[(str(server.results), name)])
+
+
 class Timeout(AssertionError):
     pass
 

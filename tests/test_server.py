@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from server_support import (LONG, QUIET_STREAM, ROOT, STREAM, TINY, ServerProcess, client, drain, free_port,
-                            run_to_end, submit, wait_for)
+                            owner_of, run_to_end, submit, wait_for)
 from shared import protocol as P
 from shared.client import Client, load_curve_keys
 
@@ -115,7 +115,7 @@ def test_job_streams_progress_previews_and_meshes_then_finishes(server, finished
     folder = server.results / job
     assert {"job.json", "mesh.glb", "mesh.ply", "checkpoint.pt", "preview.png"} <= set(done["files"])
     record = json.loads((folder / "job.json").read_text())
-    assert record["status"] == "finished" and record["steps_done"] == 8 and record["owner"] == "streamer"
+    assert record["status"] == "finished" and record["steps_done"] == 8 and record["owner"] == owner_of(server, "streamer")
     assert done["record"]["steps_done"] == 8 and record["mesh"]["faces"] > 0
     # Wire vertices are Blender's +Z up: the same box as the PLY, which the exporter writes in +Z up.
     ply = _ply_vertices(folder / "mesh.ply")
