@@ -123,3 +123,118 @@ def mesh_occupancy(vertices: np.ndarray, faces: np.ndarray, points_axis: np.ndar
 def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of an exported mesh (what the artist gets) against the procedural world's true object
+# ---------------------------------------------------------------------------------------------
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` points uniform over the surface's area: (points [n, 3], face index [n], barycentrics [n, 3])."""
+    tri = vertices[faces].astype(np.float64)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    face = rng.choice(len(faces), size=n, p=area / area.sum())
+    r1, r2 = np.sqrt(rng.random(n)), rng.random(n)
+    bary = np.stack([1 - r1, r1 * (1 - r2), r1 * r2], axis=1)
+    return np.einsum("nk,nkj->nj", bary, tri[face]), face, bary
+
+
+def true_surface_points(shape: str, n: int, rng: np.random.Generator, shell: float = 0.01) -> np.ndarray:
+    """About ``n`` points on the zero set of ``shape``'s SDF, near-uniform over its area: points drawn uniformly
+    in the box, kept within a thin shell around the surface, then projected onto it along the SDF gradient."""
+    from backend.priors.procedural import world
+
+    kept: list[np.ndarray] = []
+    while sum(len(k) for k in kept) < n:
+        p = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(400_000, 3)), dtype=torch.float64)
+        kept.append(p[world.sdf(shape, p).abs() < shell].numpy())
+    p = torch.as_tensor(np.concatenate(kept)[:n])
+    for _ in range(4):  # Newton steps onto the surface: exact SDFs have unit gradients
+        q = p.clone().requires_grad_(True)
+        d = world.sdf(shape, q)
+        (grad,) = torch.autograd.grad(d.sum(), q)
+        # sqrt(0) in an SDF (a cone's apex) has no gradient: such points stay where they are, within the shell.
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        p = (q - d[:, None] * torch.nn.functional.normalize(grad, dim=-1)).detach()
+    return p.numpy()
+
+
+def _nearest_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Distance from each point of ``a`` to its nearest point of ``b``."""
+    tb = torch.as_tensor(b, dtype=torch.float32)
+    out = [torch.cdist(torch.as_tensor(a[i:i + chunk], dtype=torch.float32), tb).min(dim=1).values
+           for i in range(0, len(a), chunk)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
+    """Connected pieces of the surface. Vertices are merged by position first: UV seams split a vertex into
+    copies with the same position, which are one point of the surface."""
+    from backend.export.mesh import connected_components
+
+    if len(faces) == 0:
+        return 0
+    _, merged = np.unique(np.round(vertices, 6), axis=0, return_inverse=True)
+    merged = merged.reshape(-1)
+    labels = connected_components(merged[faces], int(merged.max()) + 1)
+    return int(len(np.unique(labels[merged[faces[:, 0]]])))
+
+
+def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, seed: int = 0,
+                 resolution: int = 64) -> dict[str, object]:
+    """Figures of a textured mesh (``backend.server.meshfile.read_glb``'s arrays, world +Z up) against the one
+    object ``prompt`` names in the procedural world:
+
+    - ``voxel_iou``: with the true solid on a ``resolution``^3 grid (the mesh voxelised by ray parity);
+    - ``chamfer``: mean of the two one-sided mean distances (world units; the object spans about 0.7) between
+      area-uniform samples of the mesh and of the true surface;
+    - ``colour_error_mean`` / ``colour_error_median``: distance of the surface's mean / per-channel median
+      albedo (texture at area-uniform samples) to the named colour, RGB in [0, 1];
+    - ``wrong_colour_share``: share of the surface whose albedo is nearer another catalogue colour;
+    - ``nearest_colour``: the catalogue colour nearest the mean albedo; ``components``: pieces of the surface.
+    """
+    from backend.priors.procedural import world
+
+    meaning = world.parse_prompt(prompt)
+    if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
+        raise ValueError(f"mesh figures need a prompt naming one shape and one colour, got {prompt!r}")
+    shape, named = meaning.shapes[0], meaning.colours[0]
+    vertices, faces = glb["vertices"].astype(np.float64), glb["faces"]
+    if len(faces) == 0:
+        return {"voxel_iou": 0.0, "chamfer": float("inf"), "colour_error_mean": float("inf"),
+                "colour_error_median": float("inf"), "wrong_colour_share": 1.0, "nearest_colour": None,
+                "components": 0, "faces": 0}
+    rng = np.random.default_rng(seed)
+    axis = np.linspace(-0.55, 0.55, resolution)
+    grid = torch.as_tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
+    truth = (world.sdf(shape, grid) < 0).numpy().reshape((resolution,) * 3)
+    iou = voxel_iou(mesh_occupancy(vertices, faces, axis), truth)
+
+    points, face, bary = sample_surface(vertices, faces, samples, rng)
+    to_truth = np.abs(world.sdf(shape, torch.as_tensor(points)).numpy())
+    to_mesh = _nearest_distance(true_surface_points(shape, samples, rng), points)
+    chamfer = 0.5 * (float(to_truth.mean()) + float(to_mesh.mean()))
+
+    uv = np.einsum("nk,nkj->nj", bary, glb["uvs"][faces[face]].astype(np.float64))
+    texture = glb["texture"]
+    h, w = texture.shape[:2]
+    cols = np.clip((uv[:, 0] * w).astype(np.int64), 0, w - 1)
+    rows = np.clip(((1.0 - uv[:, 1]) * h).astype(np.int64), 0, h - 1)
+    albedo = texture[rows, cols, :3].astype(np.float64) / 255.0
+    catalogue = np.array([world.COLOURS[c] for c in world.COLOURS])
+    names = list(world.COLOURS)
+    nearest = np.argmin(np.linalg.norm(albedo[:, None] - catalogue[None], axis=-1), axis=1)
+    true_colour = np.array(world.COLOURS[named])
+    mean, median = albedo.mean(0), np.median(albedo, axis=0)
+    return {
+        "voxel_iou": iou,
+        "chamfer": chamfer,
+        "colour_error_mean": float(np.linalg.norm(mean - true_colour)),
+        "colour_error_median": float(np.linalg.norm(median - true_colour)),
+        "wrong_colour_share": float((nearest != names.index(named)).mean()),
+        "nearest_colour": names[int(np.argmin(np.linalg.norm(catalogue - mean, axis=1)))],
+        "mean_albedo": mean.round(4).tolist(),
+        "components": count_components(vertices, faces),
+        "faces": int(len(faces)),
+    }
