@@ -3,7 +3,8 @@
 
     python build.py demo   # the main job end to end on the embedded procedural prior
     python build.py test   # the test suite
-    python build.py setup  # only set up both environments
+    python build.py setup  # only set up the environments
+    python build.py setup --gpu [--model M] [--dry-run]  # the backend's CUDA environment (.venv-gpu) for the add-on
     python build.py addon  # the Blender extension zip, dist/<id>-<version>.zip
     python build.py lock   # re-resolve the newest versions pyproject.toml allows; rewrites locks/*.txt
 
@@ -12,8 +13,10 @@ torch (torch==2.13.0, from the local disk on these machines) and the project wit
 exact versions in locks/backend.txt (pyproject.toml keeps the ranges users install with; the lock is what
 the tests last passed with, so a new release upstream cannot turn a green CI red without a change here).
 `test` and `setup` also make .venv-blender, a separate environment holding Blender's Python API (the bpy
-wheel, Blender 4.5 LTS), which the tests use to import our GLB files with Blender's own glTF importer; it is
-kept apart from .venv because bpy pins numpy<2 and weighs ~370 MB download / ~820 MB installed.
+wheel, Blender 4.5 LTS), which the tests use to import our GLB files with Blender's own glTF importer and to run
+the add-on; it is kept apart from .venv because bpy pins numpy<2 and weighs ~370 MB download / ~820 MB
+installed. They also make .venv-blender-4.2, -5.0 (Python 3.11) and -5.3 (Python 3.13, found on PATH or in
+pyenv) for the add-on's smoke tests on the rest of its supported range (BLENDERS below).
 Only the standard library is used here, so a bare Python 3.11 can run it.
 """
 
@@ -31,16 +34,37 @@ import sys
 import time
 import venv
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
-BLENDER_VENV = ROOT / ".venv-blender"
-# Blender 4.5 LTS as a Python module; its wheels are built for CPython 3.11 only.
-BPY = "bpy==4.5.15"
-BPY_PYTHON = (3, 11)
-# The tests find the Blender environment's interpreter through this variable (see tests/blender_support.py).
-BLENDER_PYTHON_ENV_VAR = "TBSD_BLENDER_PYTHON"
+
+
+class Blender(NamedTuple):
+    """One Blender release as a Python module (the bpy wheel) the tests run the add-on on."""
+
+    pin: str  # "bpy==4.5.15"
+    python: tuple[int, int]  # bpy wheels exist for exactly one CPython: the one that Blender release embeds
+    venv: Path
+    env_var: str  # how build.py tells the tests where that environment's interpreter is
+
+
+# The Blenders the extension is tested on, its whole supported range: 4.2 LTS (the manifest's minimum), 4.5 LTS,
+# 5.0 (the last on Python 3.11) and the newest 5.x (Python 3.13; found with `pip index versions bpy` run by a
+# Python 3.13). The first is the default: the demo and the full add-on suite run on it; every one runs the smoke
+# and lifecycle tests, the newest the generate tests too (tests/test_addon_*.py), which keeps CI's time in budget.
+BLENDERS: dict[str, Blender] = {
+    "4.5": Blender("bpy==4.5.15", (3, 11), ROOT / ".venv-blender", "TBSD_BLENDER_PYTHON"),
+    "4.2": Blender("bpy==4.2.23", (3, 11), ROOT / ".venv-blender-4.2", "TBSD_BLENDER_PYTHON_4_2"),
+    "5.0": Blender("bpy==5.0.1", (3, 11), ROOT / ".venv-blender-5.0", "TBSD_BLENDER_PYTHON_5_0"),
+    "5.3": Blender("bpy==5.3.0", (3, 13), ROOT / ".venv-blender-5.3", "TBSD_BLENDER_PYTHON_5_3"),
+}
+DEFAULT_BLENDER = BLENDERS["4.5"]
+BLENDER_VENV = DEFAULT_BLENDER.venv
+BPY = DEFAULT_BLENDER.pin
+# The tests find the default Blender environment's interpreter through this variable (tests/blender_support.py).
+BLENDER_PYTHON_ENV_VAR = DEFAULT_BLENDER.env_var
 
 
 def _venv_python(venv_dir: Path) -> Path:
@@ -120,63 +144,204 @@ def cmd_lock(extra: list[str]) -> int:
         BACKEND_LOCK.write_text(_freeze(py, f"# Made by `python build.py lock` on {made} with Python "
                                             f"{platform.python_version()}: the backend's and tests' exact versions.\n"))
         print(f"wrote {BACKEND_LOCK}", flush=True)
-        bpy_py = ensure_blender_env(lock=None, venv_dir=Path(tmp) / "blender")
-        lock = _blender_lock(BPY)
-        lock.write_text(_freeze(bpy_py, f"# Made by `python build.py lock` on {made}: {BPY} and what it needs.\n"))
-        print(f"wrote {lock}", flush=True)
+        for key, blender in BLENDERS.items():
+            write_blender_lock(blender, Path(tmp) / f"blender-{key}", made)
+            shutil.rmtree(Path(tmp) / f"blender-{key}")  # ~800 MB each: one at a time on disk
     return 0
 
 
-def _python_for_bpy() -> list[str]:
-    """A command that runs a CPython of the version the bpy wheels are built for."""
-    if sys.version_info[:2] == BPY_PYTHON:
+def write_blender_lock(blender: Blender, venv_dir: Path, made: str) -> Path:
+    """Install ``blender.pin`` unconstrained into ``venv_dir`` and write its lock from what pip chose."""
+    py = ensure_blender_env(blender, lock=None, venv_dir=venv_dir)
+    lock = _blender_lock(blender.pin)
+    lock.write_text(_freeze(py, f"# Made by `python build.py lock` on {made} with Python "
+                                f"{'.'.join(map(str, blender.python))}: {blender.pin} and what it needs.\n"))
+    print(f"wrote {lock}", flush=True)
+    return lock
+
+
+def _pyenv_pythons(version: tuple[int, int]) -> list[Path]:
+    """pyenv's installs of ``version``, newest patch release first. pyenv's shim on PATH runs only the versions
+    `pyenv global` names, yet every installed one is usable by its full path."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    dotted = "{}.{}".format(*version)
+    if os.name == "nt":  # pyenv-win
+        found = (root / "pyenv-win" / "versions").glob(f"{dotted}.*/python.exe")
+    else:
+        found = (root / "versions").glob(f"{dotted}.*/bin/python{dotted}")
+
+    def patch(path: Path) -> int:
+        tail = path.parent.name if os.name == "nt" else path.parent.parent.name
+        last = tail.split(".")[-1]
+        return int(last) if last.isdigit() else -1  # a pre-release sorts last
+
+    return sorted((p for p in found if p.is_file()), key=patch, reverse=True)
+
+
+def find_python(version: tuple[int, int]) -> list[str]:
+    """A command that runs CPython ``version``: this interpreter, ``pythonX.Y`` on PATH, the Windows launcher
+    (``py -X.Y``) or a pyenv install. Each candidate is run once to check, since a pyenv shim or a stale link can
+    be on PATH and fail."""
+    if sys.version_info[:2] == version:
         return [sys.executable]
-    name = "python{}.{}".format(*BPY_PYTHON)
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(
-            f"error: {BPY} needs Python {name[6:]} (it ships wheels for that version only); "
-            f"run build.py with {name}, or put {name} on PATH"
-        )
-    return [found]
+    dotted = "{}.{}".format(*version)
+    candidates: list[list[str]] = []
+    if shutil.which(f"python{dotted}"):
+        candidates.append([shutil.which(f"python{dotted}")])
+    if os.name == "nt" and shutil.which("py"):
+        candidates.append([shutil.which("py"), f"-{dotted}"])
+    candidates += [[str(p)] for p in _pyenv_pythons(version)]
+    for cmd in candidates:
+        try:
+            out = subprocess.run(cmd + ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=60).stdout.strip()
+        except OSError:
+            continue
+        if out == dotted:
+            return cmd
+    raise SystemExit(
+        f"error: Python {dotted} not found (looked for python{dotted} on PATH"
+        + (", `py -{dotted}`" if os.name == "nt" else "")
+        + f" and pyenv's versions/{dotted}.*). Install CPython {dotted} (`pyenv install {dotted}`, python.org, "
+        f"or your package manager, e.g. `apt install python{dotted} python{dotted}-venv`) and run build.py again"
+    )
 
 
-def ensure_blender_env(lock: Path | None = _blender_lock(BPY), venv_dir: Path = BLENDER_VENV) -> Path:
-    """Create ``venv_dir`` with Blender's Python module (bpy) in it at the locked versions; skipped when the pin
-    and the lock have not changed.
+def ensure_blender_env(blender: Blender = DEFAULT_BLENDER, lock: Path | None | bool = True,
+                       venv_dir: Path | None = None) -> Path:
+    """Create ``blender``'s environment with Blender's Python module (bpy) in it at the locked versions
+    (``lock=True``: locks/blender-bpy-<version>.txt; None: unconstrained, for `lock`); skipped when the pin and
+    the lock have not changed.
 
     Returns that environment's interpreter. Separate from .venv: bpy pins numpy<2, and it is large.
     """
+    lock_path = _blender_lock(blender.pin) if lock is True else lock or None
+    venv_dir = venv_dir or blender.venv
     stamp = venv_dir / ".installed"
     py = _venv_python(venv_dir)
-    wanted = _fingerprint(*([lock] if lock else []), extra=BPY)
+    wanted = _fingerprint(*([lock_path] if lock_path else []), extra=blender.pin)
     if stamp.exists() and stamp.read_text() == wanted and py.exists():
         return py
+    if lock_path is not None and not lock_path.exists():
+        raise SystemExit(f"error: {lock_path.relative_to(ROOT)} is missing; `python build.py lock` writes it")
     if not py.exists():
         print(f"creating {venv_dir}", flush=True)
-        base = _python_for_bpy()
+        base = find_python(blender.python)
         if base == [sys.executable]:
             venv.EnvBuilder(with_pip=True).create(venv_dir)
         else:
             _run(base + ["-m", "venv", venv_dir])
-    print(f"installing {BPY} into {venv_dir} (about 370 MB to download, 820 MB installed)", flush=True)
-    _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", BPY] + (_constraints(lock) if lock else []))
+    print(f"installing {blender.pin} into {venv_dir} (about 400 MB to download, 850 MB installed)", flush=True)
+    _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", blender.pin]
+         + (_constraints(lock_path) if lock_path else []))
     # bpy imports only on the Python it was built for, with its own libraries; check once, here.
     _run([py, "-c", "import bpy; print('bpy', bpy.app.version_string)"])
     stamp.write_text(wanted)
     return py
 
 
+def ensure_blender_envs() -> dict[str, Path]:
+    """Every tested Blender's environment; the variables that tell the tests where each interpreter is."""
+    return {blender.env_var: str(ensure_blender_env(blender)) for blender in BLENDERS.values()}
+
+
 def cmd_setup(extra: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="build.py setup")
+    parser.add_argument("--gpu", action="store_true",
+                        help="make .venv-gpu, the backend's CUDA environment for the Blender add-on (Linux, Windows)")
+    parser.add_argument("--model", default="procedural",
+                        help="the model the backend serves by default; the check says whether it is here")
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu: print the plan, change nothing")
+    args = parser.parse_args(extra)
+    if args.gpu:
+        return setup_gpu(args.model, args.dry_run)
     ensure_env()
-    ensure_blender_env()
+    ensure_blender_envs()
+    return 0
+
+
+# --- `setup --gpu`: the backend on an artist's NVIDIA GPU ------------------------------------------------------
+GPU_VENV = ROOT / ".venv-gpu"
+# PyPI's torch for Linux x86_64 is the CUDA build (the CUDA libraries come as nvidia-* wheels); for Windows PyPI
+# has only the CPU build, so there the CUDA build comes from PyTorch's own index (CUDA 13.0, driver 580+).
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu130"
+# gsplat compiles its CUDA kernels on first use (minutes); doing it here keeps that out of the first job.
+GSPLAT_COMPILE = "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat kernels did not build'"
+
+
+def detect_gpus() -> list[str]:
+    """NVIDIA GPUs as nvidia-smi (the driver's own tool, on Linux and Windows) lists them; [] when there is none."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+
+
+def gpu_plan(system: str, model: str, venv_dir: Path = GPU_VENV) -> list[tuple[str, list[str]]]:
+    """(what, command) for each step of `setup --gpu` on ``system`` ("Linux" or "Windows"); commands run in order.
+
+    The environment gets the locked versions of everything but torch (the lock holds the CPU build).
+    """
+    py = str(venv_dir / ("Scripts/python.exe" if system == "Windows" else "bin/python"))
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check"]
+    torch = pip + [TORCH] + (["--index-url", TORCH_CUDA_INDEX] if system == "Windows" else [])
+    return [
+        ("create the environment", [sys.executable, "-m", "venv", str(venv_dir)]),
+        ("install the CUDA build of torch", torch),
+        ("install the project with its CUDA extras (gsplat)",
+         pip + ["-e", f"{ROOT}[cuda]", "-c", str(venv_dir / "constraints.txt")]),
+        ("compile gsplat's CUDA kernels once (several minutes; needs the CUDA toolkit's nvcc and a C++ compiler)",
+         [py, "-c", GSPLAT_COMPILE]),
+        ("check the GPU, its memory and the model", [py, "-m", "backend.gpu_check", model]),
+    ]
+
+
+def setup_gpu(model: str, dry_run: bool) -> int:
+    system = platform.system()
+    if system not in ("Linux", "Windows"):
+        print(f"error: `setup --gpu` makes a CUDA environment, which {system} does not have; run the backend on a "
+              "Linux or Windows machine with an NVIDIA GPU and point the add-on's Backend address at it",
+              file=sys.stderr)
+        return 1
+    plan = gpu_plan(system, model)
+    if dry_run:
+        for i, (what, cmd) in enumerate(plan, 1):
+            print(f"{i}. {what}:\n   {subprocess.list2cmdline(cmd)}")
+        print(f"{len(plan) + 1}. record {_venv_python(GPU_VENV)} for the add-on's Start local backend")
+        return 0
+    gpus = detect_gpus()
+    if not gpus:
+        print("error: no NVIDIA GPU found (`nvidia-smi` is missing or lists none), so `setup --gpu` stops here: it "
+              "makes a CUDA environment. Install the NVIDIA driver (it brings nvidia-smi) if this machine has an "
+              "NVIDIA card; otherwise `python build.py setup` makes the CPU environment, or run the backend on a "
+              "GPU machine and point the add-on's Backend address at it.", file=sys.stderr)
+        return 1
+    print("GPU: " + "; ".join(gpus), flush=True)
+    venv_dir = GPU_VENV
+    venv_dir.mkdir(exist_ok=True)
+    # The lock's versions for everything but torch and its CUDA libraries (the lock holds torch's CPU build).
+    (venv_dir / "constraints.txt").write_text("".join(
+        line + "\n" for line in BACKEND_LOCK.read_text().splitlines() if not line.startswith(("torch==", "nvidia-"))))
+    for i, (what, cmd) in enumerate(plan, 1):
+        if i == 1 and _venv_python(venv_dir).exists():
+            continue
+        print(f"[{i}/{len(plan)}] {what}", flush=True)
+        _run(cmd, cwd=ROOT)
+    sys.path.insert(0, str(ROOT))
+    from shared import backend_config
+
+    arguments = "-m backend serve --device cuda" + (f" --model {model}" if model != "procedural" else "")
+    path = backend_config.write(str(_venv_python(venv_dir)), str(ROOT), arguments)
+    print(f"recorded in {path}: the add-on's Start local backend uses {_venv_python(venv_dir)} when its "
+          "preferences leave Python empty", flush=True)
     return 0
 
 
 def cmd_test(extra: list[str]) -> int:
     py = ensure_env()
-    blender_py = ensure_blender_env()
-    env = dict(os.environ, **{BLENDER_PYTHON_ENV_VAR: str(blender_py)})
+    env = dict(os.environ, **ensure_blender_envs())
     proc = subprocess.run([str(py), "-m", "pytest", *extra], cwd=ROOT, env=env)
     if proc.returncode == 5:
         print("error: pytest collected no tests", file=sys.stderr)
@@ -214,17 +379,27 @@ DIST = ROOT / "dist"
 _ADDON_SKIP = {"__pycache__", "_vendor", "wheels", ".gitignore"}
 
 
-def _wheel_tags(filename: str) -> tuple[str, str, list[str]]:
-    """(distribution, version, platform tags) of a wheel file name (PEP 427)."""
+def _wheel_tags(filename: str) -> tuple[str, str, str, list[str]]:
+    """(distribution, version, Python version, platform tags) of a wheel file name (PEP 427).
+
+    The Python version comes from the wheel's own CPython tag ("cp313" -> "3.13"): the add-on carries wheels for
+    several Blender Pythons, and pip must be asked for each with the version it was built for.
+    """
     parts = filename[: -len(".whl")].split("-")
-    return parts[0], parts[1], parts[-1].split(".")
+    if len(parts) not in (5, 6):
+        raise SystemExit(f"error: {filename!r} is not a wheel file name (name-version-python-abi-platform.whl)")
+    python_tag = parts[-3]
+    if not (python_tag.startswith("cp3") and python_tag[3:].isdigit()):
+        raise SystemExit(f"error: wheel {filename!r} has Python tag {python_tag!r}; the add-on needs CPython-specific "
+                         "wheels such as cp311 or cp313 (Blender reads its supported Pythons from these tags)")
+    return parts[0], parts[1], f"3.{python_tag[3:]}", parts[-1].split(".")
 
 
-def fetch_wheels(wheels: list[str], python_version: str = "3.11") -> list[Path]:
+def fetch_wheels(wheels: list[str]) -> list[Path]:
     """Download each wheel named in the manifest into .cache/wheels (kept between builds); returns their paths.
 
-    The manifest's file names say which distribution, version and platform to ask pip for, so the manifest is
-    the one place the pin lives.
+    The manifest's file names say which distribution, version, Python and platform to ask pip for, so the manifest
+    is the one place the pin lives.
     """
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -232,14 +407,14 @@ def fetch_wheels(wheels: list[str], python_version: str = "3.11") -> list[Path]:
         name = Path(entry).name
         path = WHEEL_CACHE / name
         if not path.exists():
-            dist, version, platforms = _wheel_tags(name)
+            dist, version, python_version, platforms = _wheel_tags(name)
             # pip of this interpreter, else of .venv (a bare Python may come without pip).
             pip_python = sys.executable if importlib.util.find_spec("pip") else ensure_env()
             cmd = [pip_python, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                   f"{dist}=={version}", "--only-binary=:all:", "--no-deps", "--python-version", python_version,
-                   "-d", WHEEL_CACHE]
-            for platform in platforms:
-                cmd += ["--platform", platform]
+                   f"{dist}=={version}", "--only-binary=:all:", "--no-deps", "--implementation", "cp",
+                   "--python-version", python_version, "-d", WHEEL_CACHE]
+            for platform_tag in platforms:
+                cmd += ["--platform", platform_tag]
             _run(cmd)
             if not path.exists():
                 raise SystemExit(f"error: pip did not download {name} (the manifest names a wheel PyPI does not have)")

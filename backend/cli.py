@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--results", type=Path, default=Path("results"),
                        help="Results folder: one folder per job (job.json, meshes, checkpoint) [results].")
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    serve.add_argument("--model", default="procedural", help="Diffusion prior every job uses [procedural].")
+    serve.add_argument("--model", default="procedural",
+                       help="Diffusion prior of jobs that name none (a job's 'model' setting picks another) [procedural].")
+    serve.add_argument("--models-dir", type=Path, default=None,
+                       help="Folder of diffusers model folders offered to clients beside the Hugging Face cache.")
     serve.add_argument("--curve-secret-key", type=Path, default=None,
                        help="Server's zmq.auth secret key file (from `python -m backend keys DIR`: DIR/server.key_secret).")
     serve.add_argument("--curve-client-keys", type=Path, default=None,
@@ -249,8 +252,8 @@ def run_serve(args: argparse.Namespace) -> int:
         check_bind(args.bind, curve)  # refuse before importing torch or touching a GPU
         from backend.server.app import serve
 
-        return serve(args.bind, args.results, args.device, args.model, curve, args.job_silence_timeout,
-                     args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024))
+        return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir,
+                     args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024))
     except (BindRefused, ResultsRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -51,14 +51,18 @@ BARS = {"iou_median": 0.9, "iou_min": 0.8, "colour_median": 0.1, "wrong_share_ma
 
 
 def run_one(prompt: str, method: str, representation: str, preset: str, device: str, settings: dict[str, Any],
-            out: Path, threads: int) -> dict[str, Any]:
+            out: Path, threads: int, variant: str = "defaults") -> dict[str, Any]:
     """One CLI run and its figures (or its error)."""
+    settings = dict(settings)
+    method = settings.pop("method", method)  # a variant may name its own method or representation
+    representation = settings.pop("representation", representation)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "backend", "generate", prompt, "--out", str(out), "--method", method,
            "--representation", representation, "--quality", preset, "--device", device, "--quiet"]
     for name, value in settings.items():
         cmd += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
-    row: dict[str, Any] = {"prompt": prompt, "method": method, "representation": representation, "preset": preset}
+    row: dict[str, Any] = {"variant": variant, "prompt": prompt, "method": method, "representation": representation,
+                           "preset": preset, "settings": settings}
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     row["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -74,20 +78,24 @@ def run_one(prompt: str, method: str, representation: str, preset: str, device: 
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, representation): medians, worst cases and how many prompts meet each bar."""
+    """Per (variant, method, representation): medians, worst cases and how many prompts meet each bar."""
     out = []
-    keys = sorted({(r["method"], r["representation"]) for r in rows}, key=lambda k: (k[1], METHODS.index(k[0])))
-    for method, rep in keys:
-        group = [r for r in rows if r["method"] == method and r["representation"] == rep]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    keys = sorted({(r["variant"], r["method"], r["representation"]) for r in rows},
+                  key=lambda k: (variants.index(k[0]), k[2], METHODS.index(k[1])))
+    for variant, method, rep in keys:
+        group = [r for r in rows if (r["variant"], r["method"], r["representation"]) == (variant, method, rep)]
         ok = [r for r in group if "error" not in r]
         if not ok:
-            out.append({"method": method, "representation": rep, "runs": len(group), "failed": len(group)})
+            out.append({"variant": variant, "method": method, "representation": rep, "runs": len(group),
+                        "failed": len(group)})
             continue
         iou = [r["voxel_iou"] for r in ok]
         colour = [r["colour_error_mean"] for r in ok]
         wrong = [r["wrong_colour_share"] for r in ok]
         named = sum(r["nearest_colour"] == world.parse_prompt(r["prompt"]).colours[0] for r in ok)
-        s = {"method": method, "representation": rep, "runs": len(group), "failed": len(group) - len(ok),
+        s = {"variant": variant, "method": method, "representation": rep, "runs": len(group),
+             "failed": len(group) - len(ok),
              "iou_median": statistics.median(iou), "iou_min": min(iou),
              "chamfer_median": statistics.median(r["chamfer"] for r in ok),
              "colour_median": statistics.median(colour), "colour_max": max(colour),
@@ -112,18 +120,18 @@ def _fmt(value: Any) -> str:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Quality suite: {result['preset']} preset on {result['device']}", "",
              f"Command: `{result['command']}`", "", "## Per method and representation", ""]
-    cols = ["method", "representation", "runs", "failed", "iou_median", "iou_min", "chamfer_median", "colour_median",
+    cols = ["variant", "method", "representation", "runs", "failed", "iou_median", "iou_min", "chamfer_median", "colour_median",
             "colour_max", "wrong_share_median", "wrong_share_max", "named_colour", "components_max",
             "train_seconds_median", "meets_bars"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(s.get(c, "")) for c in cols) + " |" for s in result["summary"]]
     lines += ["", "## Runs", ""]
-    cols = ["prompt", "method", "representation", "voxel_iou", "chamfer", "colour_error_mean", "colour_error_median",
+    cols = ["variant", "prompt", "method", "representation", "voxel_iou", "chamfer", "colour_error_mean", "colour_error_median",
             "wrong_colour_share", "nearest_colour", "mean_albedo", "components", "wall_seconds"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["runs"]:
         if "error" in r:
-            lines.append(f"| {r['prompt']} | {r['method']} | {r['representation']} | failed: "
+            lines.append(f"| {r['variant']} | {r['prompt']} | {r['method']} | {r['representation']} | failed: "
                          f"{r['error'].strip().splitlines()[-1][:120] if r['error'].strip() else '?'} |")
         else:
             lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
@@ -147,7 +155,7 @@ def contact_sheet(rows: list[dict[str, Any]], run_dirs: dict[int, Path], path: P
         n = strip.width // size
         truth, _ = world.ground_truth(row["prompt"], eval_views(n), size)
         truth_strip = (torch.cat(list(truth.clamp(0, 1)), dim=-1).permute(1, 2, 0).numpy() * 255).round()
-        label = (f"{row['prompt']} | {row['method']} {row['representation']} | IoU {row['voxel_iou']:.2f} "
+        label = (f"{row['prompt']} | {row['variant']} {row['method']} {row['representation']} | IoU {row['voxel_iou']:.2f} "
                  f"colour {row['colour_error_mean']:.2f} ({row['nearest_colour']}) wrong {row['wrong_colour_share']:.0%}")
         tile = Image.new("RGB", (strip.width, 2 * size + 14), (255, 255, 255))
         ImageDraw.Draw(tile).text((2, 1), label, fill=(0, 0, 0))
@@ -183,13 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default=";".join(SUITE), help="Semicolon list [the suite].")
     parser.add_argument("--settings", default="{}", help="JSON object of settings over the preset (a study, not the "
                                                          "defaults: recorded in the output).")
+    parser.add_argument("--variants", default=None,
+                        help='JSON object {"name": {settings}, ...}: run the whole grid once per variant, all sharing '
+                             'the worker pool (a study of several changes in one go); --settings applies to each.')
     parser.add_argument("--workers", type=int, default=2, help="Runs at once.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run.")
     parser.add_argument("--keep", type=Path, default=None, help="Keep every run's folder here (default: a temp dir).")
     args = parser.parse_args(argv)
     settings = json.loads(args.settings)
+    variants = json.loads(args.variants) if args.variants else {"defaults": {}}
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
-    runs = [(p, m, r) for r in args.representations.split(",") for m in args.methods.split(",") for p in prompts]
+    runs = [(v, p, m, r) for v in variants for r in args.representations.split(",") for m in args.methods.split(",")
+            for p in prompts]
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"command": "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
                               "preset": args.preset, "device": args.device, "settings": settings, "runs": []}
@@ -199,15 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         result["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="tbsd-quality-") as tmp:
         base = args.keep or Path(tmp)
-        dirs = {i: base / f"{i:03d}_{r}_{m}_{p.replace(' ', '_')}" for i, (p, m, r) in enumerate(runs)}
+        dirs = {i: base / f"{i:03d}_{v}_{r}_{m}_{p.replace(' ', '_')}" for i, (v, p, m, r) in enumerate(runs)}
         started = time.perf_counter()
         with ThreadPoolExecutor(args.workers) as pool:
-            futures = [pool.submit(run_one, p, m, r, args.preset, args.device, settings, dirs[i], args.threads)
-                       for i, (p, m, r) in enumerate(runs)]
+            futures = [pool.submit(run_one, p, m, r, args.preset, args.device, {**settings, **variants[v]}, dirs[i],
+                                   args.threads, v)
+                       for i, (v, p, m, r) in enumerate(runs)]
             rows: list[dict[str, Any]] = []
             for future in futures:
                 rows.append(future.result())
-                brief = {k: rows[-1].get(k) for k in ("prompt", "method", "representation", "voxel_iou",
+                brief = {k: rows[-1].get(k) for k in ("variant", "prompt", "method", "representation", "voxel_iou",
                                                       "colour_error_mean", "nearest_colour", "wrong_colour_share",
                                                       "components", "wall_seconds", "error")}
                 print(json.dumps(brief), flush=True)
@@ -217,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         result["summary"] = summarise(rows)
         _write(args.out / "quality.json", json.dumps(result, indent=1))
         _write(args.out / "quality.md", markdown(result))
-        contact_sheet(rows, dirs, args.out / "contact_sheet.png")
+        for n, v in enumerate(variants):
+            picked = [i for i, row in enumerate(rows) if row["variant"] == v]
+            name = "contact_sheet.png" if len(variants) == 1 else f"contact_sheet_{n}_{v}.png"
+            contact_sheet([rows[i] for i in picked], {j: dirs[i] for j, i in enumerate(picked)}, args.out / name)
     for s in result["summary"]:
         print(json.dumps(s))
     return 0

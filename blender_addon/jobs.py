@@ -110,6 +110,11 @@ class Session:
         gpu = caps.get("gpu")
         state.gpu = str(gpu.get("name", "")) if isinstance(gpu, dict) else str(gpu or "")
         state.model = str(caps.get("model", ""))
+        state.models.clear()
+        for model in caps.get("models") or ():
+            if isinstance(model, dict) and model.get("name"):
+                item = state.models.add()
+                item.name, item.label, item.kind = str(model["name"]), str(model.get("label", "")), str(model.get("kind", ""))
         state.backend_version = str(m.get("server", ""))
         if state.last_error.startswith("Backend lost"):
             state.last_error = ""

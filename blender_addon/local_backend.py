@@ -15,13 +15,15 @@ _log_path: Path | None = None
 _address: str | None = None  # the --bind address of the process we started
 
 
-def command(python: str, arguments: str, address: str, results_dir: str) -> list[str]:
-    """The backend's command line: the preferences' Python and arguments plus --bind and --results."""
+def command(python: str, arguments: str, address: str, results_dir: str, models_dir: str = "") -> list[str]:
+    """The backend's command line: the preferences' Python and arguments plus --bind, --results, --models-dir."""
     if not python:
         raise ValueError("set the backend's Python in the add-on preferences to start a local backend")
     cmd = [python, *shlex.split(arguments, posix=os.name != "nt"), "--bind", address]
     if results_dir:
         cmd += ["--results", results_dir]
+    if models_dir:
+        cmd += ["--models-dir", models_dir]
     return cmd
 
 

@@ -116,8 +116,10 @@ class TBSD_OT_backend_start(bpy.types.Operator):
     def execute(self, context: Any) -> set[str]:
         prefs = preferences.get(context)
         try:
-            cmd = local_backend.command(prefs.python, prefs.arguments, prefs.address, bpy.path.abspath(prefs.results_dir))
-            local_backend.start(cmd, cwd=bpy.path.abspath(prefs.working_dir) or None)
+            python, arguments, working_dir = preferences.backend_environment(prefs)
+            cmd = local_backend.command(python, arguments, prefs.address, bpy.path.abspath(prefs.results_dir),
+                                        bpy.path.abspath(prefs.models_dir))
+            local_backend.start(cmd, cwd=working_dir or None)
             jobs.connect(context)
         except Exception as exc:  # noqa: BLE001
             return _report_error(self, context, f"Cannot start the backend: {exc}")

@@ -41,7 +41,12 @@ class TBSD_PT_main(bpy.types.Panel):
             layout.prop(props, name)
         col = layout.column(align=True)
         for name in BASIC:
-            col.prop(props, name)
+            if name == "model":
+                # A drop-down of what the backend has, and the field itself for a folder or hub id.
+                col.prop(props, "model_choice")
+                col.prop(props, "model", text="")
+            else:
+                col.prop(props, name)
 
         row = layout.row(align=True)
         row.scale_y = 1.4

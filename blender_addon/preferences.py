@@ -7,6 +7,8 @@ from typing import Any
 import bpy
 from bpy.props import StringProperty
 
+from ._vendor.shared import backend_config
+
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 
@@ -29,6 +31,10 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
     results_dir: StringProperty(
         name="Results folder", subtype="DIR_PATH", default="",
         description="Where the backend writes each job's files (empty: the backend's default)")
+    models_dir: StringProperty(
+        name="Models folder", subtype="DIR_PATH", default="",
+        description="Folder of Stable Diffusion diffusers folders the local backend offers in the panel's Model "
+                    "list, beside its Hugging Face cache (empty: the cache only)")
     client_token: StringProperty(
         name="Client token", default="",
         description="Issued by the backend on first connection; presented again so this Blender's jobs stay its own across reconnects")
@@ -47,13 +53,28 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
         layout.prop(self, "curve_client_keys")
         box = layout.box()
         box.label(text="Local backend")
+        recorded = backend_config.read() if not self.python else None
+        if recorded is not None:
+            box.label(text=f"Python empty: Start uses {recorded['python']} (from build.py setup --gpu)", icon="INFO")
         box.prop(self, "python")
         box.prop(self, "arguments")
         box.prop(self, "working_dir")
         box.prop(self, "results_dir")
+        box.prop(self, "models_dir")
         row = box.row()
         row.operator("tbsd.backend_start")
         row.operator("tbsd.backend_stop")
+
+
+def backend_environment(prefs: Any) -> tuple[str, str, str]:
+    """(python, arguments, working folder) of the local backend: the preferences' own when they name a Python,
+    else what `python build.py setup --gpu` recorded (shared/backend_config.py), else the empty Python that
+    local_backend.command refuses in words."""
+    if not prefs.python:
+        recorded = backend_config.read()
+        if recorded is not None:
+            return recorded["python"], recorded["arguments"], recorded["working_dir"]
+    return prefs.python, prefs.arguments, bpy.path.abspath(prefs.working_dir)
 
 
 def get(context: Any = None) -> TBSD_Preferences:

@@ -77,12 +77,48 @@ def schema_property(setting: Setting) -> Any:
         return FloatProperty(default=setting.default, precision=4 if abs(setting.default) < 0.01 else 3,
                              **bounds, **common)
     if setting.kind is str:
-        return StringProperty(default=setting.default, maxlen=setting.max_length, **common)
+        # `model` takes a folder (or a hub id): a folder button saves typing a path.
+        subtype = "DIR_PATH" if setting.name == "model" else "NONE"
+        return StringProperty(default=setting.default, maxlen=setting.max_length, subtype=subtype, **common)
     raise TypeError(f"setting {setting.name!r} has a kind the panel cannot show: {setting.kind!r}")
+
+
+# The drop-down's items. Blender keeps only pointers to an items callback's strings, so the list lives here,
+# not in a local that Python could free while a menu shows it.
+_MODEL_ITEMS: list[tuple[str, str, str]] = []
+_OLD_ITEMS: list[list[tuple[str, str, str]]] = []
+
+
+def _model_items(props: Any, context: Any) -> list[tuple[str, str, str]]:
+    """The models the connected backend has (hello's capabilities.models), and the panel's current value."""
+    state = getattr(getattr(context, "window_manager", None), "tbsd_state", None)
+    items = [("procedural", "Procedural (embedded)", "The embedded exact-score prior")]
+    for m in (state.models if state is not None else ()):
+        if m.name != "procedural":
+            items.append((m.name, m.label or m.name, f"{m.kind}: {m.name}"))
+    if props.model and all(props.model != item[0] for item in items):
+        items.append((props.model, props.model, "Typed in the field below; not offered by the backend"))
+    if items != _MODEL_ITEMS:
+        _OLD_ITEMS.append(list(_MODEL_ITEMS))  # a menu drawn from the old list may still point at its strings
+        _MODEL_ITEMS[:] = items
+    return _MODEL_ITEMS
+
+
+def _get_model_choice(props: Any) -> int:
+    names = [item[0] for item in _model_items(props, bpy.context)]
+    return names.index(props.model) if props.model in names else 0
+
+
+def _set_model_choice(props: Any, index: int) -> None:
+    props.model = _model_items(props, bpy.context)[index][0]
 
 
 def _settings_class() -> type:
     annotations: dict[str, Any] = {name: schema_property(s) for name, s in SCHEMA.items() if name not in HIDDEN}
+    # A view of `model` (get/set, nothing stored): choosing here writes the schema's `model` field.
+    annotations["model_choice"] = EnumProperty(
+        name="Model", items=_model_items, get=_get_model_choice, set=_set_model_choice,
+        description="Diffusion prior of the job: the models the connected backend has on its machine")
     annotations["prompt"] = StringProperty(name="Prompt", description="What to make",
                                            default="a red cube", maxlen=MAX_PROMPT_CHARS)
     annotations["stream_meshes"] = IntProperty(
@@ -98,15 +134,17 @@ def _settings_class() -> type:
 TBSD_JobSettings = _settings_class()
 
 
-# Always sent, so the job record says what was asked even where it equals the default.
-ALWAYS_SENT = ("quality", "method", "representation", "seed", "steps")
+# Always sent, so the job record says what was asked even where it equals the default. `model` above all: the
+# schema's default (procedural) is not the backend's (its --model), so an unsent `model` would give the artist
+# the server's model where the Model drop-down shows procedural.
+ALWAYS_SENT = ("quality", "method", "representation", "seed", "steps", "model")
 
 
 def job_settings(props: Any) -> dict[str, Any]:
-    """The job's settings: what the panel shows that differs from the chosen quality preset, plus ALWAYS_SENT.
+    """The job's settings: what the panel shows that differs from the chosen quality preset, plus ALWAYS_SENT
+    (the job's ``model`` among them: the one the panel shows, whatever the backend's default).
 
-    Only differences are sent so that a setting the artist never touched (e.g. ``model``) is the backend's
-    choice, and a Refine changes exactly what was changed in the panel. Blender stores floats in 32 bits, so
+    Only differences are sent so that a Refine changes exactly what was changed in the panel. Blender stores floats in 32 bits, so
     a float equal to the preset within float32 precision counts as unchanged; a changed one is sent rounded to
     7 significant digits (what float32 holds) rather than as 0.019999999552965164.
     """
@@ -123,6 +161,8 @@ def job_settings(props: Any) -> dict[str, Any]:
             same = value == preset[name]
         if name in ALWAYS_SENT or not same:
             out[name] = value
+    if out.get("model", "").startswith("//"):
+        out["model"] = bpy.path.abspath(out["model"])  # a folder relative to the .blend, as the backend can read it
     return out
 
 
@@ -131,6 +171,13 @@ class TBSD_Result(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt")
     state: StringProperty(name="State")
     path: StringProperty(name="Folder", subtype="DIR_PATH")
+
+
+class TBSD_Model(bpy.types.PropertyGroup):
+    """One model the backend has (hello's capabilities.models); ``name`` is the value of the job's `model`."""
+
+    label: StringProperty(name="Label")
+    kind: StringProperty(name="Kind")  # procedural, hub (in the HF cache) or folder (in its models folder)
 
 
 class TBSD_RuntimeState(bpy.types.PropertyGroup):
@@ -145,6 +192,7 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
     device: StringProperty(name="Device")
     gpu: StringProperty(name="GPU")
     model: StringProperty(name="Model")
+    models: CollectionProperty(type=TBSD_Model)
     backend_version: StringProperty(name="Backend version")
     job_id: StringProperty(name="Job")
     job_state: StringProperty(name="Job state", default="idle")
@@ -161,7 +209,7 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
     results_index: IntProperty()
 
 
-CLASSES = (TBSD_JobSettings, TBSD_Result, TBSD_RuntimeState)
+CLASSES = (TBSD_JobSettings, TBSD_Result, TBSD_Model, TBSD_RuntimeState)
 
 
 def register() -> None:

@@ -101,7 +101,10 @@ def textured_material(name: str, image: Any, material: Any = None) -> Any:
     """A Principled BSDF material with ``image`` on Base Color (reused and re-pointed when given)."""
     if material is None:
         material = bpy.data.materials.new(name)
-    material.use_nodes = True
+    if bpy.app.version < (5, 0, 0):
+        # Before 5.0 a new material has no node tree until asked; from 5.0 every material has one and
+        # Material.use_nodes is deprecated (removed in 6.0), so touching it there only warns.
+        material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
     if bsdf is None:

@@ -17,7 +17,7 @@ HIDDEN: dict[str, str] = {
 }
 
 # Drawn at the top, always, in this order (the prompt itself is not a schema setting).
-BASIC: tuple[str, ...] = ("method", "representation", "quality", "seed")
+BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed")
 # The descriptors the method turns into a negative prompt: under the prompt, for the methods that use them.
 PROMPT_GROUP = "prompt"
 

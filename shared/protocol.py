@@ -55,6 +55,7 @@ ERROR_CODES: tuple[str, ...] = (
     "bad_field",      # a field is missing, unknown, of the wrong type or out of range
     "settings",       # job settings rejected by the shared settings schema
     "prompt",         # the prompt is empty, too long, or unreadable by the prior
+    "model",          # the job's model is not on the server's machine (the message says how to fetch it)
     "unknown_job",    # no job with that id belongs to this client
     "unknown_client", # a hello's client token was not issued by this server
     "bad_state",      # the job exists but cannot do that now (e.g. refine a job with no checkpoint)

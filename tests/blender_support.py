@@ -21,19 +21,23 @@ IMPORT_SCRIPT = Path(__file__).resolve().parent / "blender" / "import_glb.py"
 TIMEOUT_S = 300
 
 
-def blender_python() -> Path:
-    """The interpreter with bpy: $TBSD_BLENDER_PYTHON, else <repo>/.venv-blender's; fails the test if neither."""
-    value = os.environ.get(ENV_VAR)
+def blender_python(env_var: str = ENV_VAR, default: Path = DEFAULT) -> Path:
+    """The interpreter with bpy: $<env_var>, else ``default`` (<repo>/.venv-blender's); fails the test if neither.
+
+    The default Blender (4.5 LTS) runs everything; the other supported releases (build.BLENDERS) have their own
+    environment and variable, e.g. $TBSD_BLENDER_PYTHON_5_3 and .venv-blender-5.3.
+    """
+    value = os.environ.get(env_var)
     if value:
         path = Path(value)
         if path.exists():
             return path
-        pytest.fail(f"${ENV_VAR} is {value!r}, which does not exist; run `python build.py setup` "
-                    "to create .venv-blender (Blender's bpy module)", pytrace=False)
-    if DEFAULT.exists():
-        return DEFAULT
-    pytest.fail(f"no Python with Blender's bpy module: ${ENV_VAR} is unset and {DEFAULT} does not exist; "
-                "run `python build.py setup` to create .venv-blender", pytrace=False)
+        pytest.fail(f"${env_var} is {value!r}, which does not exist; run `python build.py setup` "
+                    f"to create {default.parents[1].name} (Blender's bpy module)", pytrace=False)
+    if default.exists():
+        return default
+    pytest.fail(f"no Python with Blender's bpy module: ${env_var} is unset and {default} does not exist; "
+                f"run `python build.py setup` to create {default.parents[1].name}", pytrace=False)
 
 
 def _clean_env() -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""The add-on against a real backend process, inside Blender 4.5 (bpy wheel), driven through its operators and
-its timer callback (tests/blender/addon_generate.py): Start local backend, Generate with streaming, Cancel,
+"""The add-on against a real backend process, inside Blender 4.5 and 5.3 (bpy wheels), driven through its
+operators and its timer callback (tests/blender/addon_generate.py): Start local backend, Generate with streaming, Cancel,
 Refine, list + Import, then the backend frozen (heartbeat loss), thawed and killed.
 
 Job settings are tiny (8 NeRF steps at 16 px, 32^3 marching cubes, 64 px texture) so the whole run takes about a
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from test_addon_build import REPO, addon_zip, run_blender_script  # noqa: F401 - addon_zip is a fixture
+from test_addon_build import REPO, addon_zip, blender_python_of, run_blender_script  # noqa: F401 - addon_zip is a fixture
 
 TINY = {"steps": 8, "representation": "nerf", "nerf_samples_per_ray": 16, "nerf_grid_levels": 4,
         "nerf_grid_log2_table": 12, "render_res_start": 16, "render_res_end": 16, "procedural_resolution": 16,
@@ -27,15 +27,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def run(addon_zip, tmp_path_factory):  # noqa: F811
+# The default Blender and the newest (Python 3.13): the oldest and middle ones run the cheaper smoke and
+# lifecycle tests, which keeps CI in its time budget.
+GENERATE_ON = ("4.5", "5.3")
+
+
+@pytest.fixture(scope="module", params=GENERATE_ON)
+def run(request, addon_zip, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("addon_generate")
     results, out = tmp / "results", tmp / "out"
     results.mkdir()
     out.mkdir()
+    from backend.priors.stable_diffusion import save_random_pipeline
+
+    # The preferences' models folder: one tiny random Stable Diffusion folder for the drop-down to offer.
+    sd_folder = save_random_pipeline(tmp / "models" / "tiny-sd", "tiny", seed=0)
     # The backend runs with this interpreter: the project's environment (torch, pyzmq), as a user's would.
     report = run_blender_script("addon_generate.py", addon_zip, sys.executable, REPO, results, free_port(), out,
-                                json.dumps(TINY), tmp_path=tmp, timeout=900)
+                                json.dumps(TINY), tmp / "models", tmp_path=tmp, timeout=900,
+                                python=blender_python_of(request.param))
+    assert report["blender"].startswith(request.param + ".")
+    report["sd_folder"] = str(sd_folder.resolve())
     return report, results
 
 
@@ -51,6 +63,19 @@ def test_backend_started_from_blender_reports_device_and_model(run):
     c = report["connected"]
     assert c["connection"] == "connected" and c["device"] == "cpu" and c["model"] == "procedural"
     assert c["timer_registered"]
+
+
+def test_the_model_drop_down_offers_the_backends_models_and_a_missing_one_is_refused_in_words(run):
+    report, results = run
+    assert report["model_items"] == ["procedural", report["sd_folder"]]  # procedural, then the models folder's
+    assert report["model_after_choice"] == report["sent_model"] == report["sd_folder"]
+    assert report["choice_after_typing"] == "procedural"
+    # Sent although it is the schema's default: a backend started with another --model must not override it.
+    assert report["sent_model_procedural"] == "procedural"
+    missing = report["missing_model"]
+    assert "not-downloaded" in missing["last_error"] and "--local-dir" in missing["last_error"]
+    assert missing["job_state"] == "failed"
+    assert len(report["results"]) == 3  # the jobs that ran below; the refused one never queued
 
 
 def test_generate_streams_into_one_object_named_after_the_prompt_at_the_cursor(run):

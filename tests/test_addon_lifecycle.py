@@ -1,16 +1,19 @@
-"""The extension installed from the built zip into Blender 4.5 (bpy wheel): what it registers, that every schema
+"""The extension installed from the built zip into each supported Blender (build.BLENDERS, bpy wheels): what it registers, that every schema
 setting is in the panel, and that enabling/disabling twice and closing the file leave no timer or socket."""
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
 
-from test_addon_build import addon_zip, run_blender_script  # noqa: F401 - addon_zip is a fixture
+from test_addon_build import BUILD, addon_zip, blender_python_of, run_blender_script  # noqa: F401 - addon_zip is a fixture
 
 REGISTERED = {"enabled": True, "scene_prop": True, "wm_prop": True, "panel": True, "operator": True,
               "timer": False, "session": False, "load_pre_handlers": 1}
+RECORDED = {"python": "/opt/tbsd/.venv-gpu/bin/python", "working_dir": "/opt/tbsd",
+            "arguments": "-m backend serve --device cuda"}
 GONE = {"enabled": False, "scene_prop": False, "wm_prop": False, "panel": False, "operator": False,
         "timer": False, "session": False, "load_pre_handlers": 0}
 
@@ -21,15 +24,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def report(addon_zip, tmp_path_factory):  # noqa: F811
+@pytest.fixture(scope="module", params=list(BUILD.BLENDERS))
+def report(request, addon_zip, tmp_path_factory):  # noqa: F811
     # Nothing listens at this address: the connection is real, the backend never answers.
     address = f"tcp://127.0.0.1:{free_port()}"
-    return run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp_path_factory.mktemp("life"))
+    tmp = tmp_path_factory.mktemp("life")
+    # What `python build.py setup --gpu` records (shared/backend_config.py), at a private location.
+    config = tmp / "backend.json"
+    config.write_text(json.dumps(RECORDED))
+    out = run_blender_script("addon_lifecycle.py", addon_zip, address, tmp_path=tmp,
+                             env={"TBSD_STUDIO_CONFIG": str(config)}, python=blender_python_of(request.param))
+    out["key"] = request.param
+    return out
+
+
+def test_start_uses_the_backend_setup_gpu_recorded_unless_the_preferences_name_a_python(report):
+    assert report["backend_env_recorded"] == [RECORDED["python"], RECORDED["arguments"], RECORDED["working_dir"]]
+    assert report["backend_env_own"] == ["/opt/own/python", "-m backend serve --device auto", "/opt/own"]
 
 
 def test_installs_as_extension_with_pyzmq_from_its_wheel_and_vendored_shared(report):
-    assert report["blender"].startswith("4.5")
+    assert report["blender"].startswith(report["key"] + ".")
     assert report["installed"] == REGISTERED
     assert report["module"] == "bl_ext.user_default.tbsd_studio"
     assert report["prefs_id"] == report["module"]  # preferences keyed by __package__

@@ -51,9 +51,19 @@ def test_backend_lock_pins_every_dependency_inside_its_range() -> None:
     assert str(pins["torch"]).split("+")[0] == build.TORCH.split("==")[1]
 
 
-def test_blender_lock_pins_bpy_itself() -> None:
-    pins = read_lock(build._blender_lock(build.BPY))
-    assert str(pins["bpy"]) == build.BPY.split("==")[1]
+@pytest.mark.parametrize("key", list(build.BLENDERS))
+def test_each_blender_lock_pins_its_bpy_and_says_which_python(key: str) -> None:
+    blender = build.BLENDERS[key]
+    lock = build._blender_lock(blender.pin)
+    pins = read_lock(lock)
+    assert str(pins["bpy"]) == blender.pin.split("==")[1]
+    assert "with Python {}.{}".format(*blender.python) in lock.read_text().splitlines()[0]
+
+
+def test_every_lock_file_belongs_to_a_blender_build_py_sets_up() -> None:
+    # A lock left behind after a pin moved would look maintained while nothing installs from it.
+    wanted = {build._blender_lock(b.pin).name for b in build.BLENDERS.values()}
+    assert {p.name for p in build.LOCKS.glob("blender-*.txt")} == wanted
 
 
 @pytest.mark.skipif(Path(sys.prefix).resolve() != build.VENV.resolve(),

@@ -29,6 +29,7 @@ import zmq
 
 from backend.server.executor import Ended, Event, JobSpec, ProcessExecutor
 from backend.server.meshfile import read_glb
+from backend.server.models import PROCEDURAL, ModelMissing, check_model, local_models
 from backend.server.results import ResultStore
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import protocol as P
@@ -75,11 +76,12 @@ class Job:
 
 class Server:
     def __init__(self, bind: str, results: Path, device: Any, model: str = "procedural",
-                 curve: CurveConfig | None = None, silence_timeout_s: float = 900.0,
+                 curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
                  shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES) -> None:
         check_bind(bind, curve)
         self.bind = bind
-        self.model = model
+        self.model = model  # for jobs that name no model
+        self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
         lost = self.store.load()
@@ -98,7 +100,8 @@ class Server:
         self.router.setsockopt(zmq.RCVHWM, SEND_HWM)
         self.auth = apply_curve(self.ctx, self.router, curve) if curve is not None else None
         self.router.bind(bind)
-        self.executor = ProcessExecutor(self.ctx, self.store, model, str(device), silence_timeout_s)
+        # The worker loads each job's prior (settings["model"], filled in by _settings) and keeps the last one.
+        self.executor = ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
         self.pending: collections.deque[Job] = collections.deque()
         self.running: Job | None = None
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
@@ -345,7 +348,7 @@ class Server:
             gpu = {"name": torch.cuda.get_device_name(self.device), "total_bytes": total, "free_bytes": free}
         return {
             "protocol": P.VERSION, "methods": list(METHODS), "representations": list(REPRESENTATIONS),
-            "model": self.model, "device": str(self.device), "gpu": gpu,
+            "model": self.model, "models": local_models(self.models_dir), "device": str(self.device), "gpu": gpu,
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
                        "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
@@ -355,9 +358,7 @@ class Server:
         }
 
     def _prompt_checker(self) -> Callable[[str, dict[str, Any]], None]:
-        """Checks a prompt against the prior before queueing it, so an unreadable one fails at once."""
-        if self.model != "procedural":
-            return lambda prompt, settings: None  # Stable Diffusion reads any text
+        """Checks a prompt against the job's prior before queueing it, so an unreadable one fails at once."""
         from backend.distill.step import prompt_set
         from backend.priors.base import PriorError
         from backend.priors.procedural.prior import ProceduralPrior
@@ -365,6 +366,8 @@ class Server:
         prior = ProceduralPrior(resolution=16, device="cpu")
 
         def check(prompt: str, settings: dict[str, Any]) -> None:
+            if settings["model"] != PROCEDURAL:
+                return  # Stable Diffusion reads any text
             try:
                 prior.check_prompts(prompt_set(prompt, settings))
             except PriorError as exc:
@@ -377,11 +380,12 @@ class Server:
             settings = validate(given or {}, base=base)
         except SettingsError as exc:
             raise P.ProtocolError("settings", str(exc), rid) from None
-        if settings["model"] != self.model:
-            if "model" in (given or {}):
-                raise P.ProtocolError("settings", f"setting 'model' is {settings['model']!r} but this server serves "
-                                                  f"{self.model!r}; start another server for that model", rid)
-            settings["model"] = self.model
+        if "model" not in (given or {}) and base is None:
+            settings["model"] = self.model  # the schema's default is procedural; the server's may differ
+        try:
+            check_model(settings["model"], self.models_dir)
+        except ModelMissing as exc:
+            raise P.ProtocolError("model", str(exc), rid) from None
         return settings
 
     def _check_queue(self, identity: bytes, rid: Any) -> None:
@@ -545,16 +549,19 @@ class Server:
 
 
 def serve(bind: str, results: Path, device: str = "auto", model: str = "procedural",
-          curve: CurveConfig | None = None, silence_timeout_s: float = 900.0,
+          curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
           shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES) -> int:
     """Entry point of ``python -m backend serve``."""
     from backend.priors import resolve_device
     from backend.server.results import check_results_folder
 
-    check_bind(bind, curve)  # before touching the GPU, so a refused bind or results folder costs nothing
+    check_bind(bind, curve)  # before touching the GPU, so a refused bind, results or models folder costs nothing
     check_results_folder(results)
-    server = Server(bind, results, resolve_device(device), model, curve, silence_timeout_s, shutdown_grace_s,
-                    max_unread_bytes)
+    if models_dir is not None and not models_dir.is_dir():
+        raise SystemExit(f"error: --models-dir {models_dir} is not a folder")
+    server = Server(bind, results, resolve_device(device), model, curve, models_dir=models_dir,
+                    silence_timeout_s=silence_timeout_s, shutdown_grace_s=shutdown_grace_s,
+                    max_unread_bytes=max_unread_bytes)
     return server.serve_forever()
 
 

@@ -56,6 +56,7 @@ class JobSpec:
         return {"job": self.id, "owner": self.owner, "status": status, "prompt": self.prompt, "parent": self.parent,
                 "created": self.created, "settings": self.settings, "stream": self.stream,
                 "representation": self.settings.get("representation"), "method": self.settings.get("method"),
+                "model": self.settings.get("model"), "prior_loaded": None,
                 "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
 
 
@@ -99,11 +100,9 @@ def _signal_name(code: int) -> str:
 
 
 class ProcessExecutor:
-    def __init__(self, ctx: zmq.Context, store: ResultStore, model: str, device: str,
-                 silence_timeout_s: float = 900.0) -> None:
+    def __init__(self, ctx: zmq.Context, store: ResultStore, device: str, silence_timeout_s: float = 900.0) -> None:
         self.ctx = ctx
         self.store = store
-        self.model = model
         self.device = device
         self.silence_timeout_s = silence_timeout_s
         self._dir = Path(tempfile.mkdtemp(prefix="tbsd-workers-"))  # 0700: only this user can connect
@@ -127,7 +126,7 @@ class ProcessExecutor:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend.server.worker", self.endpoint, self._identity().decode(),
-             str(self.store.root), self.model, str(self.device)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+             str(self.store.root), str(self.device)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
 
     def _identity(self) -> bytes:
         return f"worker-{self.generation}".encode()

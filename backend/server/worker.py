@@ -4,7 +4,9 @@ Jobs never run in the server's process: whatever a job does (hold the GIL in xat
 an extension, exhaust GPU memory, hang) the server's ROUTER loop keeps answering, and the server kills and
 replaces a worker that died or went silent (backend/server/executor.py). The worker talks to the server over a
 DEALER socket on a private ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is
-pickled). It writes every file of its job, job.json last (backend/generate.py ``finish_job``).
+pickled). It writes every file of its job, job.json last (backend/generate.py ``finish_job``). It holds the
+priors: the last job's stays loaded, and a job whose ``model`` setting names another switches to it
+(backend/server/models.py ``PriorCache``); the server only checks that the model is on the machine.
 
 Messages from the server: ``run`` (``spec``: a JobSpec as JSON), ``stop`` (``job``, ``reason``, ``refined_by``,
 ``requested_step``), ``exit``. To the server: ``_ready``, the client events of the job (``started``,
@@ -53,8 +55,9 @@ class Stop(Exception):
 
 
 class WorkerProcess:
-    def __init__(self, endpoint: str, identity: bytes, results: Path, model: str, device: str) -> None:
-        from backend.priors import resolve_device
+    def __init__(self, endpoint: str, identity: bytes, results: Path, device: str) -> None:
+        from backend.priors import load_prior, resolve_device
+        from backend.server.models import PriorCache
         from backend.server.results import ResultStore
 
         self.ctx = zmq.Context()
@@ -63,10 +66,12 @@ class WorkerProcess:
         self.sock.setsockopt(zmq.ROUTING_ID, identity)
         self.sock.connect(endpoint)
         self.results = ResultStore(results)
-        self.model = model
         self.device = resolve_device(device)
         self.parent = os.getppid()
-        self._priors: dict[tuple[str, int], Any] = {}
+        # Each job names its model (settings["model"], filled in by the server); the last one stays loaded for the
+        # next job, and a job naming another drops it first (backend/server/models.py).
+        self.priors = PriorCache(load_prior, self.device)
+        self.prior_loaded: bool | None = None  # whether the running job loaded its prior (False: kept)
         self.job: dict[str, Any] | None = None
         self.stop: dict[str, Any] | None = None
         self.fault: tuple[str, int] | None = None
@@ -109,29 +114,19 @@ class WorkerProcess:
                     if not self.run_job(m["spec"]):
                         return 0  # a fresh process for the next job (after a GPU out-of-memory)
 
-    def prior_for(self, settings: dict[str, Any]) -> Any:
-        from backend.priors import load_prior
-
-        resolution = settings["procedural_resolution"] if self.model == "procedural" else 0
-        key = (self.model, resolution)
-        if key not in self._priors:
-            if self.model != "procedural":
-                self._priors.clear()  # one big model at a time
-            self._priors[key] = load_prior(self.model, self.device, resolution or 64)
-        return self._priors[key]
-
     # --- one job -------------------------------------------------------------------------------------------
     def base_record(self, spec: dict[str, Any], status: str, settings: dict[str, Any]) -> dict[str, Any]:
         return {"job": spec["id"], "owner": spec["owner"], "status": status, "prompt": spec["prompt"],
                 "parent": spec.get("parent"), "created": spec["created"], "settings": settings,
                 "stream": spec["stream"], "representation": settings.get("representation"),
-                "method": settings.get("method"), "device": str(self.device), "worker_pid": os.getpid()}
+                "method": settings.get("method"), "device": str(self.device), "worker_pid": os.getpid(),
+                "model": settings.get("model"), "prior_loaded": self.prior_loaded}
 
     def run_job(self, spec: dict[str, Any]) -> bool:
         """Run one job to its end; False when this process should be replaced afterwards."""
         import torch
 
-        self.job, self.stop = spec, None
+        self.job, self.stop, self.prior_loaded = spec, None, None
         self._claim_fault()
         folder = self.results.job_dir(spec["id"])
         trainer = None
@@ -140,7 +135,8 @@ class WorkerProcess:
             # Written first, so a server killed mid-job leaves a record a restarted server reports as "lost".
             self.results.write_record(spec["id"], self.base_record(spec, "running", spec["settings"]))
             t0 = time.perf_counter()
-            prior = self.prior_for(spec["settings"])
+            settings = spec["settings"]
+            prior, self.prior_loaded = self.priors.get(settings["model"], settings["procedural_resolution"])
             load_seconds = time.perf_counter() - t0
             trainer = self._trainer(spec, prior)
             self.send({"type": "started", "step": trainer.step, "total": trainer.total})
@@ -302,7 +298,7 @@ class WorkerProcess:
 
 
 def main(argv: list[str]) -> int:
-    endpoint, identity, results, model, device = argv
+    endpoint, identity, results, device = argv
     _die_with_parent()
     if os.environ.get("TBSD_TEST_KILL_AT_PUBLISH"):  # test hook (backend/files.py); never set in production
         from backend.files import arm_kill_hook
@@ -313,7 +309,7 @@ def main(argv: list[str]) -> int:
         os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care
     except OSError:
         pass
-    worker = WorkerProcess(endpoint, identity.encode(), Path(results), model, device)
+    worker = WorkerProcess(endpoint, identity.encode(), Path(results), device)
     try:
         return worker.serve()
     finally:

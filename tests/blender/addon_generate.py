@@ -82,7 +82,7 @@ def describe_object(obj) -> dict:
 
 
 def main(argv: list[str]) -> dict:
-    zip_path, backend_python, repo, results_dir, port, out_dir, settings_json = argv
+    zip_path, backend_python, repo, results_dir, port, out_dir, settings_json, models_dir = argv
     job_settings = json.loads(settings_json)
     report: dict = {"blender": bpy.app.version_string}
     h.install(zip_path)
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> dict:
     prefs.arguments = "-m backend serve --device cpu"
     prefs.working_dir = repo
     prefs.results_dir = results_dir
+    prefs.models_dir = models_dir
     props = bpy.context.scene.tbsd
     props.quality = "draft"
     for name, value in job_settings.items():
@@ -107,6 +108,24 @@ def main(argv: list[str]) -> dict:
     pid = local_backend._process.pid
     report["connect_s"] = d.until("the backend's welcome", lambda: d.state.connection == "connected", 120)
     report["connected"] = d.snapshot()
+
+    # --- the model: the drop-down offers what the backend has; a missing one is refused before it queues -------
+    add_on_props = h.submodule("props")
+    report["model_items"] = [item[0] for item in add_on_props._model_items(props, bpy.context)]
+    sd_folder = next(name for name in report["model_items"] if name.startswith(os.path.abspath(models_dir)))
+    props.model_choice = sd_folder  # the drop-down writes the job's `model` field
+    report["model_after_choice"] = props.model
+    report["sent_model"] = add_on_props.job_settings(props).get("model")
+    props.model = "procedural"
+    report["choice_after_typing"] = props.model_choice
+    report["sent_model_procedural"] = add_on_props.job_settings(props).get("model")
+    props.model = os.path.join(models_dir, "not-downloaded")
+    props.prompt = "a red cube"
+    assert bpy.ops.tbsd.generate() == {"FINISHED"}
+    d.until("the missing model's error", lambda: d.state.last_error != "", 30)
+    report["missing_model"] = d.snapshot()
+    props.model = "procedural"
+    d.state.last_error = ""
 
     # --- Generate: stream into one object until the final mesh --------------------------------------------
     props.prompt = "a red cube"

@@ -159,6 +159,14 @@ def main(argv: list[str]) -> dict:
     report["panel_category"] = bpy.types.TBSD_PT_main.bl_category
     report["panel_region"] = bpy.types.TBSD_PT_main.bl_region_type
     report["prefs_id"] = type(bpy.context.preferences.addons[h.MODULE].preferences).bl_idname
+    # The backend `build.py setup --gpu` recorded ($TBSD_STUDIO_CONFIG here) is what Start uses while the
+    # preferences name no Python; a Python typed there wins.
+    prefs = bpy.context.preferences.addons[h.MODULE].preferences
+    preferences = h.submodule("preferences")
+    report["backend_env_recorded"] = list(preferences.backend_environment(prefs))
+    prefs.python, prefs.working_dir = "/opt/own/python", "/opt/own"
+    report["backend_env_own"] = list(preferences.backend_environment(prefs))
+    prefs.python, prefs.working_dir = "", ""
 
     props = bpy.context.scene.tbsd
     props.quality = "draft"

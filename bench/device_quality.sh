@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Quality studies on the lent GPU machine (see bench/quality.py). Installs the carried wheels, compiles gsplat once,
+# then starts the given quality.py invocations in the background (setsid) writing under /tmp/quality/<name>, so a
+# study longer than one device call survives between calls; `collect` waits for them and copies the results to $OUT.
+#   start:   bash bench/device_quality.sh start NAME 'ARGS' [NAME 'ARGS' ...]
+#   collect: bash bench/device_quality.sh collect SECONDS
+set -u
+mode=$1; shift
+if [ "$mode" = start ]; then
+  rm -rf /tmp/quality
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:. MAX_JOBS=16 PYTHONUNBUFFERED=1
+  python3 - <<'PY'
+import time, torch
+from backend.scene.splatting import rasterize
+t = time.time()
+d = "cuda"
+rasterize(torch.zeros(4, 3, device=d), torch.tensor([[1.0, 0, 0, 0]] * 4, device=d), torch.full((4, 3), 0.1, device=d),
+          torch.full((4,), 0.5, device=d), torch.rand(4, 3, device=d), torch.eye(4, device=d)[None].clone(),
+          torch.tensor([[[32.0, 0, 16], [0, 32, 16], [0, 0, 1]]], device=d), 32, 32, backend="gsplat")
+print(f"gsplat ready in {time.time() - t:.0f} s", flush=True)
+PY
+  mkdir -p /tmp/quality
+  while [ $# -ge 2 ]; do
+    name=$1; args=$2; shift 2
+    printf '%s' "$args" > /tmp/quality/$name.args  # shell words, single-quoted JSON kept whole by eval below
+    setsid nohup bash -c "eval python3 bench/quality.py --out /tmp/quality/$name \$(cat /tmp/quality/$name.args) > /tmp/quality/$name.log 2>&1; echo done > /tmp/quality/$name.done" >/dev/null 2>&1 &
+  done
+  sleep 5; ls /tmp/quality; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+elif [ "$mode" = collect ]; then
+  deadline=$((SECONDS + $1))
+  while [ $SECONDS -lt $deadline ]; do
+    pending=0
+    for log in /tmp/quality/*.log; do [ -e "${log%.log}.done" ] || pending=1; done
+    [ $pending = 0 ] && break
+    sleep 10
+  done
+  for log in /tmp/quality/*.log; do
+    name=$(basename "${log%.log}")
+    echo "== $name: $(wc -l < "$log") lines, done: $([ -e /tmp/quality/$name.done ] && echo yes || echo no)"; tail -3 "$log"
+    mkdir -p "$OUT/$name"; cp /tmp/quality/$name/quality.json /tmp/quality/$name/quality.md "$OUT/$name/" 2>/dev/null
+    cp /tmp/quality/$name/contact_sheet*.png "$OUT/$name/" 2>/dev/null
+  done
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+fi

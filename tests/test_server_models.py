@@ -1,0 +1,104 @@
+"""The model per job through a real `python -m backend serve`: hello lists the models on the machine (the HF
+cache and --models-dir), one server switches between the procedural prior and a tiny random Stable Diffusion
+folder job by job (keeping the last one loaded), and a model that is not here is refused before it queues with
+an error naming it and how to fetch it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from server_support import QUIET_STREAM, TINY, ServerProcess, client, run_to_end, submit, wait_for
+
+# The SD path at its smallest (32 px renders: the tiny UNet's latents are 4x4).
+SD_TINY = {**TINY, "steps": 4, "render_res_start": 32, "render_res_end": 32}
+HUB_ID = "tbsd-test/tiny-sd"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from backend.priors.stable_diffusion import save_random_pipeline
+
+    tmp = tmp_path_factory.mktemp("models")
+    models = tmp / "models"
+    folder = save_random_pipeline(models / "tiny-sd", "tiny", seed=0)
+    (models / "half-copied" / "unet").mkdir(parents=True)  # not a whole pipeline: never offered
+    # A hub id in a Hugging Face cache laid out as huggingface_hub writes it (refs/main -> snapshot folder).
+    cache = tmp / "hf-cache"
+    repo = cache / ("models--" + HUB_ID.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    (cache / "models--someone--text-only" / "snapshots" / "ffff").mkdir(parents=True)  # no pipeline in it
+    with pytest.MonkeyPatch.context() as mp:
+        # The server must find models only where the test put them, and never reach for the network.
+        mp.setenv("HF_HUB_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        with ServerProcess(tmp / "results", extra=["--models-dir", str(models)]) as server:
+            yield server, folder
+
+
+def test_hello_lists_procedural_the_hf_cache_and_the_models_folder(setup):
+    server, folder = setup
+    c = client(server, "lister", hello=False)
+    c.send_hello(name="pytest")
+    welcome = wait_for(c, lambda m: m.type == "welcome", 10)
+    models = welcome["capabilities"]["models"]
+    assert [(m["name"], m["kind"]) for m in models] == [
+        ("procedural", "procedural"), (HUB_ID, "hub"), (str(folder.resolve()), "folder")]
+    assert welcome["capabilities"]["model"] == "procedural"  # what a job naming no model gets
+    c.close()
+
+
+def test_one_server_switches_between_procedural_and_a_stable_diffusion_folder(setup):
+    server, folder = setup
+    c = client(server, "switcher")
+    asked = ["procedural", str(folder), str(folder), "procedural"]
+    records = []
+    for model in asked:
+        settings = dict(SD_TINY if model != "procedural" else TINY, model=model)
+        accepted = submit(c, "a red cube", settings, QUIET_STREAM)
+        assert accepted.type == "accepted", accepted.header
+        messages = run_to_end(c, accepted.job, timeout=300)
+        assert messages[-1].type == "finished", [m.header for m in messages[-3:]]
+        records.append(json.loads((server.results / accepted.job / "job.json").read_text()))
+    assert [r["settings"]["model"] for r in records] == asked
+    assert [r["model"] for r in records] == asked
+    # Loaded on a switch, kept for the next job on the same model.
+    assert [r["prior_loaded"] for r in records] == [True, True, False, True]
+    # The procedural world has ground truth; the SD jobs ran without it (they really used the other prior).
+    assert ["figures" in r for r in records] == [True, False, False, True]
+    c.close()
+
+
+@pytest.mark.parametrize("model, words", [
+    ("nobody/no-such-model", ["'nobody/no-such-model'", "not in the Hugging Face cache", "hf download nobody/no-such-model"]),
+    ("/nowhere/sd-folder", ["'/nowhere/sd-folder'", "does not exist", "--local-dir /nowhere/sd-folder"]),
+    ("half-copied", ["'half-copied'", "neither 'procedural', a diffusers folder nor a hub id"]),
+])
+def test_a_missing_model_is_refused_before_it_queues_naming_it_and_how_to_fetch_it(setup, model, words):
+    server, folder = setup
+    c = client(server, "missing")
+    reply = submit(c, "a red cube", dict(TINY, model=model), QUIET_STREAM)
+    assert reply.type == "error" and reply["code"] == "model", reply.header
+    for word in words:
+        assert word in reply["message"], reply["message"]
+    # The models that are here, so the artist can pick one.
+    assert f"on this machine: procedural, {HUB_ID}, {folder.resolve()}" in reply["message"]
+    rid = c.send_list()
+    listed = wait_for(c, lambda m: m.get("id") == rid, 10)
+    assert listed["results"] == []  # nothing queued, nothing ran
+    c.close()
+
+
+def test_an_incomplete_folder_is_refused_with_what_it_lacks(setup):
+    server, folder = setup
+    c = client(server, "incomplete")
+    half = folder.parent / "half-copied"
+    reply = submit(c, "a red cube", dict(TINY, model=str(half)), QUIET_STREAM)
+    assert reply.type == "error" and reply["code"] == "model", reply.header
+    assert "is not a diffusers folder (no vae, text_encoder, tokenizer, scheduler)" in reply["message"]
+    c.close()
+
