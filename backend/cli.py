@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="Text prompt, e.g. 'a red cube'.")
     gen.add_argument("--out", required=True, type=Path, help="Output folder (mesh.glb, mesh.obj, preview.png, job.json).")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    gen.add_argument("--resume", type=Path, default=None, help="Continue from a checkpoint.pt of an earlier run.")
+    gen.add_argument("--resume", type=Path, default=None,
+                     help="Continue from a checkpoint.pt of an earlier run, to that run's end; with --steps N, N more steps.")
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
 
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Server's zmq.auth secret key file (from `python -m backend keys DIR`: DIR/server.key_secret).")
     serve.add_argument("--curve-client-keys", type=Path, default=None,
                        help="Folder of authorised client public keys (DIR/authorized_clients).")
+    serve.add_argument("--job-silence-timeout", type=float, default=900.0,
+                       help="Seconds a job's worker may report nothing (one step, or the final export) before it "
+                            "is killed as hung and the job fails [900].")
+    serve.add_argument("--shutdown-grace", type=float, default=10.0,
+                       help="Seconds a SIGTERM waits for the running job to checkpoint before its worker is killed [10].")
+    serve.add_argument("--max-unread-mib", type=float, default=64.0,
+                       help="MiB of big replies (meshes, previews) held for one connection that is not reading [64].")
 
     bench = sub.add_parser("bench", help="GPU benchmark: ms per step by phase, peak memory, TFLOP/s, asset and "
                                          "first-preview seconds (BENCHMARKS.md). JSON out.")
@@ -204,30 +212,31 @@ def run_generate(args: argparse.Namespace) -> int:
     settings, device, prior, load_seconds = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume is not None:
-        trainer = Trainer.from_checkpoint(args.resume, prior, device, args.prompt, _given_settings(args) or None)
+        given = _given_settings(args)
+        more = given.pop("steps", None)
+        trainer = Trainer.from_checkpoint(args.resume, prior, device, args.prompt, given or None)
+        if more is not None:  # --steps with --resume: that many more steps; without it, on to the run's end
+            trainer.extend(more)
     else:
         trainer = Trainer(prior, args.prompt, settings, device=device)
     bar = None if args.quiet else tqdm(total=trainer.total, initial=trainer.step, unit="step", file=sys.stderr,
                                        desc=f"{trainer.settings['method']} {trainer.settings['representation']}")
-    checkpoint = args.out / "checkpoint.pt"
-    every = trainer.settings["checkpoint_every"]
 
     def on_progress(p: Any) -> None:
         if bar is not None:
             bar.update(p.step - bar.n)
             if p.step % 25 == 0 or p.step == p.total:  # reading the loss waits for the GPU
                 bar.set_postfix(loss=f"{p.loss:.3g}")
-        if every > 0 and p.step % every == 0:
-            trainer.save_checkpoint(checkpoint)
 
+    every = trainer.settings["checkpoint_every"]
+    checkpoint = args.out / "checkpoint.pt"
     try:
         record = run_job(prior, args.prompt, trainer.settings, args.out, device,
-                         TrainEvents(on_progress=on_progress), trainer=trainer, load_seconds=load_seconds)
+                         TrainEvents(on_progress=on_progress, checkpoint_path=checkpoint if every > 0 else None),
+                         trainer=trainer, load_seconds=load_seconds, checkpoint=every > 0)
     finally:
         if bar is not None:
             bar.close()
-    if every > 0:
-        trainer.save_checkpoint(checkpoint)
     print(f"wrote {', '.join(record['files'].values())}, preview.png and job.json in {args.out}")
     if record.get("figures"):
         print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items() if isinstance(v, float)))
@@ -237,6 +246,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from backend.server.results import ResultsRefused
     from backend.server.security import BindRefused, CurveConfig, check_bind
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -249,8 +259,9 @@ def run_serve(args: argparse.Namespace) -> int:
         check_bind(args.bind, curve)  # refuse before importing torch or touching a GPU
         from backend.server.app import serve
 
-        return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir)
-    except BindRefused as exc:
+        return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir,
+                     args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024))
+    except (BindRefused, ResultsRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,14 +1,17 @@
 """One generation job end to end: prompt + settings -> trained representation -> textured mesh on disk.
 
-Writes ``mesh.glb``, ``mesh.obj`` (+ .mtl + texture PNG), ``mesh.ply``, ``preview.png`` (turntable
-strip) and ``job.json`` (settings used, timings per phase, figures). The CLI and the server both
-call `run_job`; `export_result` is also used for intermediate meshes while a run is going.
+Training (`Trainer.run`) and the job's end (`finish_job`: extract, bake, write ``mesh.glb``, ``mesh.obj``
+(+ .mtl + texture PNG), ``mesh.ply``, ``preview.png`` (turntable strip), ``checkpoint.pt`` and last
+``job.json``) are separate, so the CLI and the server's worker share both. Every file is written under a
+temporary name, fsynced and renamed (backend/files.py), and job.json is published last: a job.json that says
+``finished`` means every file it lists is complete on disk. `export_result` also serves intermediate meshes.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +21,7 @@ import torch
 
 from backend.export import export_mesh, extract_mesh
 from backend.export.field import DEFAULT_BOUND
+from backend.files import publish_folder, remove_leftovers, write_json
 from backend.images import save_png
 from backend.priors.base import DiffusionPrior
 from backend.scene.cameras import eval_views
@@ -85,41 +89,66 @@ def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int
             "colour_error": float(np.linalg.norm(mean - true_colour)), "nearest_colour": nearest}
 
 
-def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out_dir: Path,
-            device: torch.device, events: TrainEvents | None = None, trainer: Trainer | None = None,
-            load_seconds: float = 0.0) -> dict[str, Any]:
-    """Train (or continue ``trainer``), export, and write job.json. Returns the job record."""
+def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None = None,
+               checkpoint: bool = True) -> dict[str, Any]:
+    """The end of a job: extract, bake and write the meshes and the preview, the checkpoint, then job.json.
+
+    ``record`` holds what the caller knows (prompt, owner, timings of loading and training, ...); the figures
+    of the export are added and the whole is written once, atomically, after every file it names.
+    Returns the record written.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    staging = out_dir / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
     t0 = time.perf_counter()
-    trainer = trainer or Trainer(prior, prompt, settings, device=device)
-    completed = trainer.run(events)
+    result = export_result(trainer, staging)
     t1 = time.perf_counter()
-    result = export_result(trainer, out_dir)
-    t2 = time.perf_counter()
     # Twice the training resolution, at most 128 px: a draft run on a CPU trained at 32 px gets a 64 px strip
     # (a NeRF's 8 views at 128 px cost 96 s on one CPU thread, more than a third of its training).
-    save_png(trainer.preview(8, min(128, 2 * trainer.settings["render_res_end"])), out_dir / "preview.png")
-    t3 = time.perf_counter()
-    record: dict[str, Any] = {
-        "prompt": prompt,
-        "status": "finished" if completed else "stopped",
+    save_png(trainer.preview(8, min(128, 2 * trainer.settings["render_res_end"])), staging / "preview.png")
+    t2 = time.perf_counter()
+    files = publish_folder(staging, out_dir)
+    if checkpoint:
+        trainer.save_checkpoint(out_dir / "checkpoint.pt")
+        files.append("checkpoint.pt")
+    remove_leftovers(out_dir)
+    device = trainer.device
+    out: dict[str, Any] = {
+        "prompt": trainer.prompt,
+        "status": "finished",
         "settings": trainer.settings,
         "device": str(device),
         "steps_done": trainer.step,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "seconds": {"load_prior": load_seconds, "train": t1 - t0, **result["seconds"], "preview": t3 - t2,
-                    "train_phases": dict(trainer.timings)},
-        "steps_per_second": trainer.step / max(t1 - t0, 1e-9),
+        "total": trainer.total,
+        **dict(record or {}),
         "mesh": {k: v for k, v in result["extract"].items() if k != "seconds"},
         "extract_seconds": result["extract"].get("seconds", {}),
-        "files": {k: str(Path(v).name) for k, v in result["export"].get("files", {}).items()},
+        "files": {k: Path(v).name for k, v in result["export"].get("files", {}).items()},
+        "all_files": sorted(files),
         "export": {k: v for k, v in result["export"].items() if k != "files"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
+    out["seconds"] = {**dict(out.get("seconds") or {}), **result["seconds"], "preview": t2 - t1,
+                      "finish": t2 - t0, "train_phases": dict(trainer.timings)}
     if device.type == "cuda":
-        record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    if prior.name == "procedural":
-        record["figures"] = procedural_figures(prompt, trainer, result["mesh"])
-    (out_dir / "job.json").write_text(json.dumps(record, indent=2, default=str))
-    return record
+        out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    if trainer.prior.name == "procedural":
+        out["figures"] = procedural_figures(trainer.prompt, trainer, result["mesh"])
+    write_json(out_dir / "job.json", out)
+    return out
+
+
+def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out_dir: Path,
+            device: torch.device, events: TrainEvents | None = None, trainer: Trainer | None = None,
+            load_seconds: float = 0.0, checkpoint: bool = False) -> dict[str, Any]:
+    """Train (or continue ``trainer``) to its end, then `finish_job`. Returns the job record."""
+    started = time.time()
+    t0 = time.perf_counter()
+    trainer = trainer or Trainer(prior, prompt, settings, device=device)
+    trainer.run(events)
+    train_seconds = time.perf_counter() - t0
+    return finish_job(trainer, out_dir, {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": {"load_prior": load_seconds, "train": train_seconds},
+        "steps_per_second": trainer.step / max(train_seconds, 1e-9),
+    }, checkpoint=checkpoint)

@@ -1,13 +1,18 @@
 """The 3D training loop: a method (backend/distill) on a representation (backend/scene) with a prior.
 
 `Trainer` holds one run's state (representation, optimiser, step, generator) so a run can be
-checkpointed, resumed, cancelled between steps and continued with new settings (refine).
-Progress, previews and intermediate meshes leave through `TrainEvents` callbacks, so the same
-loop serves the CLI, the server and the tests.
+checkpointed, resumed, cancelled between steps and continued with new settings (`extend`: the CLI's
+resume and the server's refine). The trainer owns the cadence (`Cadence`, read from the settings: when to
+report progress, draw a preview, export an intermediate mesh, write a checkpoint); callers only pass sinks
+(`TrainEvents`), so the CLI, the server's worker and the tests share one loop.
+
+Checkpoints hold only tensors, dicts, lists, strings and numbers (the generator state is a uint8 tensor), so
+they load with ``torch.load(weights_only=True)``: a planted checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from backend.files import publish, tmp_name
 from backend.distill.step import distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
@@ -24,6 +30,7 @@ from backend.scene.cameras import Views, eval_views, sample_orbit_views, view_su
 from backend.scene.representation import RenderOutput, Representation
 
 CAMERA_BANK_AUTO = 96
+CHECKPOINT_FORMAT = 2
 PHASES = ("render", "encode", "prior_and_method", "backward", "optimiser")
 
 
@@ -47,15 +54,36 @@ class Progress:
 
 
 @dataclass
+class Cadence:
+    """When the loop calls each sink, in steps (0: never). The final step always reports progress and, when
+    previews are on, a preview; it never exports an intermediate mesh (the finished job's mesh follows)."""
+
+    progress_every: int = 1
+    preview_every: int = 0
+    preview_views: int = 4
+    preview_size: int = 128
+    mesh_every: int = 0
+    checkpoint_every: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **overrides: int) -> "Cadence":
+        """The settings' ``preview_every`` and ``checkpoint_every``; ``overrides`` set the rest (e.g. a server
+        job's stream options)."""
+        return cls(**{"preview_every": settings["preview_every"], "checkpoint_every": settings["checkpoint_every"],
+                      **overrides})
+
+
+@dataclass
 class TrainEvents:
+    """Sinks the loop feeds at the trainer's cadence; any may be None."""
+
     on_progress: Callable[[Progress], None] | None = None
     on_preview: Callable[[int, Float[Tensor, "3 H W"]], None] | None = None
-    # Polled between steps: True stops the run after the current step (cancel).
+    # An intermediate mesh is due: the sink extracts and sends it (training waits).
+    on_mesh: Callable[[int, "Trainer"], None] | None = None
+    # Polled before every step (and before an intermediate mesh): True stops the run (cancel, shutdown).
     should_stop: Callable[[], bool] | None = None
-    # Polled between steps: True asks for an intermediate mesh now (handled by the caller via on_mesh_request).
-    mesh_requested: Callable[[int], bool] | None = None
-    on_mesh_request: Callable[[int, "Trainer"], None] | None = None
-    progress_every: int = 1
+    checkpoint_path: Path | None = None  # where the cadence's checkpoints go (None: none)
 
 
 def build_representation(kind: str, settings: Mapping[str, Any], prior: DiffusionPrior,
@@ -118,6 +146,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings["seed"])
         self.step = 0
         self.total = settings["steps"]
+        self.cadence = Cadence.from_settings(self.settings)
         self._bank: tuple[Views, list[tuple[float, float]]] | None = None
         self.clock = PhaseClock(PHASES, self.device)
 
@@ -203,25 +232,36 @@ class Trainer:
         # Tensors, not floats: reading them here would stall the loop on the GPU every step (Progress reads lazily).
         return {"loss": loss.detach(), "resolution": res, **info}
 
+    def extend(self, steps: int) -> None:
+        """Train ``steps`` more from the current step (refine, or a resume asked for more). Step-fraction
+        schedules then see the whole, longer run as one run."""
+        if steps < 0:
+            raise ValueError(f"cannot extend a run by {steps} steps")
+        self.total = self.step + steps
+        self.settings["steps"] = self.total
+
     def run(self, events: TrainEvents | None = None, until: int | None = None) -> bool:
-        """Train up to step ``until`` (default: the end). Returns False if stopped early."""
+        """Train up to step ``until`` (default: the end), feeding the sinks at ``self.cadence``.
+        Returns False if ``should_stop`` stopped it early."""
         events = events or TrainEvents()
+        stop = events.should_stop or (lambda: False)
         until = self.total if until is None else min(until, self.total)
         start_step, start = self.step, time.perf_counter()
         while self.step < until:
-            if events.should_stop is not None and events.should_stop():
+            if stop():
                 return False
             record = self.train_step()
-            elapsed = time.perf_counter() - start
-            done = self.step - start_step
-            if events.on_progress is not None and (self.step % events.progress_every == 0 or self.step == until):
-                eta = elapsed / done * (self.total - self.step)
-                events.on_progress(Progress(self.step, self.total, elapsed, eta, record))
-            every = self.settings["preview_every"]
-            if events.on_preview is not None and every > 0 and (self.step % every == 0 or self.step == self.total):
-                events.on_preview(self.step, self.preview())
-            if events.mesh_requested is not None and events.on_mesh_request is not None and events.mesh_requested(self.step):
-                events.on_mesh_request(self.step, self)
+            c, step, end = self.cadence, self.step, self.step == self.total
+            if events.on_progress is not None and (end or step == until or step % c.progress_every == 0):
+                elapsed = time.perf_counter() - start
+                eta = elapsed / (step - start_step) * (self.total - step)
+                events.on_progress(Progress(step, self.total, elapsed, eta, record))
+            if events.on_preview is not None and c.preview_every > 0 and (end or step % c.preview_every == 0):
+                events.on_preview(step, self.preview(c.preview_views, c.preview_size))
+            if events.on_mesh is not None and c.mesh_every > 0 and step % c.mesh_every == 0 and not end and not stop():
+                events.on_mesh(step, self)
+            if events.checkpoint_path is not None and c.checkpoint_every > 0 and step % c.checkpoint_every == 0:
+                self.save_checkpoint(events.checkpoint_path)
         return True
 
     # --- views of the result --------------------------------------------------------------------------
@@ -242,26 +282,30 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: Path) -> None:
-        """Everything a run needs to continue: weights, optimiser, step, settings, generator."""
-        tmp = path.with_suffix(".tmp")
+        """Everything a run needs to continue (weights, optimiser, step, total, settings, generator), as plain
+        tensors and containers only, written durably (temporary name, fsync, rename)."""
+        tmp = tmp_name(path)
         torch.save({
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "prompt": self.prompt,
-            "settings": self.settings,
+            "settings": dict(self.settings),
             "step": self.step,
+            "total": self.total,
             "representation": self.scene.kind,
-            "scene_state": self.scene.state_dict(),
+            "scene_state": dict(self.scene.state_dict()),
             "scene_extra": self.scene.extra_state(),
             "optimiser": self.optimiser.state_dict(),
-            "generator": self.generator.get_state(),
+            "generator": self.generator.get_state(),  # a uint8 tensor
         }, tmp)
-        tmp.replace(path)  # atomic: a crash mid-write never leaves a torn checkpoint
+        publish(tmp, path)
 
     @classmethod
     def from_checkpoint(cls, path: Path, prior: DiffusionPrior, device: torch.device | str = "cpu",
                         prompt: str | None = None, settings: Mapping[str, Any] | None = None) -> "Trainer":
-        """Resume a run; a new prompt or settings continue from its state (refine)."""
-        state = torch.load(path, map_location=device, weights_only=False)
+        """Resume a run at its step, to its total (``extend`` trains further); a new prompt or settings continue
+        from its state (refine). Loads with ``weights_only=True``: anything but tensors and plain containers is
+        refused, so a planted checkpoint cannot run code."""
+        state = load_checkpoint(path, device)
         merged = dict(state["settings"], **(settings or {}))
         if state["representation"] == "gaussians":
             from backend.scene.gaussians import GaussianScene
@@ -272,9 +316,28 @@ class Trainer:
             scene.load_state_dict(state["scene_state"])
         trainer = cls(prior, prompt or state["prompt"], merged, scene, device)
         trainer.optimiser.load_state_dict(state["optimiser"])
-        trainer.step = state["step"]
+        trainer.step = int(state["step"])
+        trainer.total = int(state.get("total", state["settings"]["steps"]))
+        trainer.settings["steps"] = trainer.total
         trainer.generator.set_state(state["generator"])
         return trainer
 
 
-__all__ = ["Trainer", "TrainEvents", "Progress", "build_representation", "render_resolution", "orientation_weight"]
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents, or ValueError naming the file and why it was refused."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {Path(path).name} was refused: it holds something other than tensors and "
+                         f"plain containers (only weights-only checkpoints are loaded): {first}") from None
+    except (EOFError, RuntimeError, OSError) as exc:
+        raise ValueError(f"checkpoint {Path(path).name} cannot be read: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
+        raise ValueError(f"checkpoint {Path(path).name} is not a TBSD Studio checkpoint (format "
+                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}; "
+                         f"expected {CHECKPOINT_FORMAT})")
+    return state
+
+
+__all__ = ["Trainer", "TrainEvents", "Cadence", "load_checkpoint", "Progress", "build_representation", "render_resolution", "orientation_weight"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +103,8 @@ class Session:
         caps = m.get("capabilities") or {}
         self.capabilities = caps
         self.welcomed = True
+        if m.get("client"):  # kept so this Blender's jobs stay its own across reconnects and restarts
+            preferences.get(context).client_token = str(m["client"])
         state.connection = "connected"
         state.device = str(caps.get("device", ""))
         gpu = caps.get("gpu")
@@ -252,10 +253,9 @@ def _undo_push(message: str) -> None:
 # --- what the operators call ------------------------------------------------------------------------------------
 def _make_session(context: Any) -> Session:
     prefs = preferences.get(context)
-    if not prefs.client_token:
-        prefs.client_token = uuid.uuid4().hex[:16]
     server_key, client_keys = curve_keys(prefs.curve_server_key, prefs.curve_client_keys)
-    client = Client(prefs.address, prefs.client_token, server_public_key=server_key, client_keys=client_keys)
+    # The backend issues the token (welcome); an empty one asks for a new identity.
+    client = Client(prefs.address, prefs.client_token or None, server_public_key=server_key, client_keys=client_keys)
     client.send_hello(name=f"blender {bpy.app.version_string}")
     return Session(client)
 

@@ -37,7 +37,7 @@ class TBSD_Preferences(bpy.types.AddonPreferences):
                     "list, beside its Hugging Face cache (empty: the cache only)")
     client_token: StringProperty(
         name="Client token", default="",
-        description="Names this Blender to the backend so its jobs stay listed across reconnects (made on first use)")
+        description="Issued by the backend on first connection; presented again so this Blender's jobs stay its own across reconnects")
     curve_server_key: StringProperty(
         name="CURVE server key", default="",
         description="A remote backend's CurveZMQ public key: its server.key file (from `python -m backend keys`) "

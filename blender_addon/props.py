@@ -134,15 +134,17 @@ def _settings_class() -> type:
 TBSD_JobSettings = _settings_class()
 
 
-# Always sent, so the job record says what was asked even where it equals the default.
-ALWAYS_SENT = ("quality", "method", "representation", "seed", "steps")
+# Always sent, so the job record says what was asked even where it equals the default. `model` above all: the
+# schema's default (procedural) is not the backend's (its --model), so an unsent `model` would give the artist
+# the server's model where the Model drop-down shows procedural.
+ALWAYS_SENT = ("quality", "method", "representation", "seed", "steps", "model")
 
 
 def job_settings(props: Any) -> dict[str, Any]:
-    """The job's settings: what the panel shows that differs from the chosen quality preset, plus ALWAYS_SENT.
+    """The job's settings: what the panel shows that differs from the chosen quality preset, plus ALWAYS_SENT
+    (the job's ``model`` among them: the one the panel shows, whatever the backend's default).
 
-    Only differences are sent so that a setting the artist never touched (e.g. ``model``) is the backend's
-    choice, and a Refine changes exactly what was changed in the panel. Blender stores floats in 32 bits, so
+    Only differences are sent so that a Refine changes exactly what was changed in the panel. Blender stores floats in 32 bits, so
     a float equal to the preset within float32 precision counts as unchanged; a changed one is sent rounded to
     7 significant digits (what float32 holds) rather than as 0.019999999552965164.
     """

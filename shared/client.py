@@ -11,7 +11,6 @@ pyzmq is imported here only; shared/protocol.py stays importable without it.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,11 +34,13 @@ class Client:
     def __init__(self, endpoint: str, client_id: str | None = None, *, context: zmq.Context | None = None,
                  server_public_key: bytes | None = None, client_keys: tuple[bytes, bytes] | None = None,
                  max_bytes: int = MAX_CLIENT_INBOUND_BYTES) -> None:
-        """``client_id`` is the stable token that owns this client's jobs across reconnects (a random one if
-        None). For a CURVE server pass its public key and this client's (public, secret) pair, e.g. from
-        ``load_curve_keys``."""
+        """``client_id`` is a token an earlier ``welcome`` gave (``self.client_id`` after a welcome): presented in
+        ``hello`` it reattaches this client to its jobs, also across server restarts. None: the server issues
+        one. A token the server did not issue is refused (``unknown_client``); the client then says hello
+        without it and gets a new one. For a CURVE server pass its public key and this client's (public,
+        secret) pair, e.g. from ``load_curve_keys``: the key then identifies the client."""
         self.endpoint = endpoint
-        self.client_id = client_id or uuid.uuid4().hex[:16]
+        self.client_id = client_id
         self.max_bytes = max_bytes
         self._ctx = context or zmq.Context.instance()
         self.socket = self._ctx.socket(zmq.DEALER)
@@ -74,6 +75,7 @@ class Client:
         return rid
 
     def send_hello(self, name: str = "client") -> str:
+        self._hello_name = name
         return self.send("hello", client=self.client_id, name=name)
 
     def send_submit(self, prompt: str, settings: Mapping[str, Any] | None = None,
@@ -120,12 +122,22 @@ class Client:
                 break
             self.last_received = time.monotonic()
             try:
-                out.append(decode(frames, self.max_bytes))
+                message = decode(frames, self.max_bytes)
+                self._note_identity(message)
+                out.append(message)
             except ProtocolError as exc:
                 head = error_header(exc.code, f"undecodable message from the server: {exc.message}")
                 head["local"] = True
                 out.append(Message(head))
         return out
+
+    def _note_identity(self, m: Message) -> None:
+        """Keep the token a welcome issued; drop a refused one and ask for a fresh one."""
+        if m.type == "welcome" and m.get("client"):
+            self.client_id = m["client"]
+        elif m.type == "error" and m.get("code") == "unknown_client" and self.client_id is not None:
+            self.client_id = None
+            self.send_hello(getattr(self, "_hello_name", "client"))
 
     def heartbeat(self, now: float | None = None) -> None:
         """Ping the server when nothing was sent for HEARTBEAT_INTERVAL_S (it then answers pong)."""

@@ -30,7 +30,11 @@ MAX_ARRAYS = 16
 MAX_DIMS = 4
 MAX_ID_CHARS = 64
 MAX_QUEUED_JOBS = 64
-MAX_QUEUED_PER_CLIENT = 16
+MAX_QUEUED_PER_CLIENT = 16  # per identity (hello token or CURVE key)
+MAX_QUEUED_PER_CONNECTION = 16  # per connection, whatever identities it says hello as
+MAX_JSON_DEPTH = 32  # nesting of a header's objects and lists
+# Bytes of replies and events with arrays the server holds for one connection that is not reading them.
+MAX_UNREAD_BYTES = 64 * 1024 * 1024
 
 HEARTBEAT_INTERVAL_S = 1.0  # both sides send something at least this often
 BACKEND_TIMEOUT_S = 3.0  # a client declares the backend dead after this much silence
@@ -53,8 +57,10 @@ ERROR_CODES: tuple[str, ...] = (
     "prompt",         # the prompt is empty, too long, or unreadable by the prior
     "model",          # the job's model is not on the server's machine (the message says how to fetch it)
     "unknown_job",    # no job with that id belongs to this client
+    "unknown_client", # a hello's client token was not issued by this server
     "bad_state",      # the job exists but cannot do that now (e.g. refine a job with no checkpoint)
     "queue_full",     # too many queued jobs
+    "backlog",        # too many bytes of earlier replies to this connection are still unread
     "job_failed",     # the job raised; fatal for that job only
     "mesh_failed",    # an intermediate mesh could not be extracted (not fatal)
     "internal",       # a server bug; the server keeps serving
@@ -238,9 +244,12 @@ def decode(frames: Sequence[bytes], max_bytes: int = MAX_CLIENT_INBOUND_BYTES) -
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         _fail("malformed", f"header frame is not UTF-8 ({exc.reason} at byte {exc.start})")
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        _fail("malformed", f"header nests objects and lists {depth} deep; at most {MAX_JSON_DEPTH} levels are accepted")
     try:
         header = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
+    except ValueError as exc:  # int parsing beyond Python's digit limit is a ValueError too
         _fail("malformed", f"header frame is not valid JSON: {exc}")
     if not isinstance(header, dict):
         _fail("malformed", f"header must be a JSON object, got {type(header).__name__ if header is not None else 'null'}")
@@ -260,6 +269,28 @@ def decode(frames: Sequence[bytes], max_bytes: int = MAX_CLIENT_INBOUND_BYTES) -
         _fail("bad_field", f"field 'type' must be a string naming the message type, got {kind!r}", request_id)
     arrays = _decode_arrays(header, frames[1:], request_id)
     return Message(header, arrays)
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of [ and { outside strings, counted without parsing (so no recursion limit is hit)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
@@ -396,5 +427,5 @@ __all__ = [
     "VERSION", "DTYPES", "MESSAGES", "STREAM_OPTIONS", "STREAM_DEFAULTS", "MESH_ARRAYS", "ERROR_CODES",
     "Message", "MessageSpec", "FieldSpec", "ProtocolError", "encode", "decode", "check_fields", "check_stream",
     "check_prompt", "error_header", "types_for", "MAX_SERVER_INBOUND_BYTES", "MAX_CLIENT_INBOUND_BYTES",
-    "HEARTBEAT_INTERVAL_S", "BACKEND_TIMEOUT_S", "ID_PATTERN",
+    "HEARTBEAT_INTERVAL_S", "BACKEND_TIMEOUT_S", "ID_PATTERN", "MAX_JSON_DEPTH", "MAX_UNREAD_BYTES",
 ]

@@ -81,7 +81,10 @@ class Setting:
         elif self.kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SettingsError(f"setting '{self.name}' must be a number, got {value!r}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float, e.g. 10**400
+                raise SettingsError(f"setting '{self.name}' is out of range; allowed range {self.range_text()}") from None
             if not math.isfinite(value):
                 raise SettingsError(f"setting '{self.name}' must be finite, got {value!r}")
         elif self.kind is str:
@@ -301,6 +304,8 @@ def validate(values: Mapping[str, Any] | None = None, *, base: Mapping[str, Any]
     values = dict(values or {})
     out = dict(defaults() if base is None else base)
     preset = values.get("quality", out.get("quality", "standard"))
+    if not isinstance(preset, str):  # a list or object would not even be hashable
+        raise SettingsError(f"setting 'quality' must be a string, one of {', '.join(PRESETS)}; got {preset!r:.60}")
     representation = values.get("representation", out.get("representation", "nerf"))
     if base is None:
         out.update(preset_values(preset, representation if representation in REPRESENTATIONS else "nerf"))

@@ -45,8 +45,8 @@ class ServerProcess:
         self.extra = list(extra)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> "ServerProcess":
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    def start(self, timeout: float = 90.0, env: dict[str, str] | None = None) -> "ServerProcess":
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend", "serve", "--bind", self.endpoint, "--results", str(self.results),
@@ -89,12 +89,27 @@ class ServerProcess:
         self.stop()
 
 
-def client(server: ServerProcess, token: str | None = None, hello: bool = True) -> Client:
-    c = Client(server.endpoint, token)
+# Tokens the servers issued, by (results folder, a name the test gives its client): a test names a client
+# ("streamer") and gets the same identity back later, also from a restarted server on the same folder.
+_TOKENS: dict[tuple[str, str], str] = {}
+
+
+def client(server: ServerProcess, name: str | None = None, hello: bool = True) -> Client:
+    key = (str(server.results), name or "")
+    c = Client(server.endpoint, _TOKENS.get(key) if name else None)
     if hello:
         c.send_hello(name="pytest")
-        wait_for(c, lambda m: m.type == "welcome", 10)
+        welcome = wait_for(c, lambda m: m.type == "welcome", 10)
+        if name:
+            _TOKENS[key] = welcome["client"]
     return c
+
+
+def owner_of(server: ServerProcess, name: str) -> str:
+    """The owner job.json records for the client the tests call ``name``: a hash of its token, never the token."""
+    from backend.server.security import Identities
+
+    return Identities.owner(_TOKENS[(str(server.results), name)])
 
 
 class Timeout(AssertionError):

@@ -70,7 +70,8 @@ def test_the_model_drop_down_offers_the_backends_models_and_a_missing_one_is_ref
     assert report["model_items"] == ["procedural", report["sd_folder"]]  # procedural, then the models folder's
     assert report["model_after_choice"] == report["sent_model"] == report["sd_folder"]
     assert report["choice_after_typing"] == "procedural"
-    assert report["sent_model_procedural"] is None  # the preset's value: the backend's default decides
+    # Sent although it is the schema's default: a backend started with another --model must not override it.
+    assert report["sent_model_procedural"] == "procedural"
     missing = report["missing_model"]
     assert "not-downloaded" in missing["last_error"] and "--local-dir" in missing["last_error"]
     assert missing["job_state"] == "failed"

@@ -95,9 +95,13 @@ def test_resumed_nerf_run_matches_an_uninterrupted_one(tmp_path, one_thread):
     first = Trainer(prior, "a red cube", settings)
     first.run(until=6)
     first.save_checkpoint(tmp_path / "checkpoint.pt")
+    # Plain tensors and containers only: loadable with weights_only=True (a planted pickle runs no code).
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["total"] == 12
     resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior)
-    assert resumed.step == 6
+    assert (resumed.step, resumed.total) == (6, 12)
     resumed.run()
+    resumed.extend(3)  # refine and `--resume --steps 3`: three more steps, schedules see one 15-step run
+    assert (resumed.total, resumed.settings["steps"]) == (15, 15)
     for (name, a), (_, b) in zip(straight.scene.state_dict().items(), resumed.scene.state_dict().items()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     assert not torch.allclose(straight.scene.encoding.table, Trainer(prior, "a red cube", settings).scene.encoding.table)

@@ -1,9 +1,16 @@
-"""The server's main thread: the ROUTER socket, request handling, the FIFO queue, heartbeats, shutdown.
+"""The server's process: the ROUTER socket, sessions and ownership, the FIFO queue, heartbeats, shutdown.
 
-Only this thread touches the ROUTER socket. Jobs run on the Worker thread (backend/server/jobs.py), whose
-events arrive through its outbox and a wake-up on an inproc PAIR socket. Every request gets a reply; a bad one
-gets an ``error`` naming the problem and the loop carries on (no client message can stop the server except
-``shutdown``).
+Jobs never run here: an executor (backend/server/executor.py) runs them in a worker process and hands back
+their events as wire frames, which this loop forwards to the job's owner. So nothing a job does (hold the GIL
+in a mesh export, crash, hang) can stall the loop. Only this thread touches the ROUTER socket. Every request
+gets a reply; a bad one gets an ``error`` naming the problem and the loop carries on (no client message can
+stop the server except ``shutdown``).
+
+Who owns what (docs/PROTOCOL.md, Ownership): with CURVE, a client's authorised public key; otherwise a token
+the server issues in ``welcome`` (backend/server/security.py ``Identities``) and the client presents in a later
+``hello`` to reattach, also after a restart. A connection that never says hello owns its jobs under a random
+identity nobody else can name. Routing ids are never identities: libzmq's are predictable, so they only
+address replies.
 """
 
 from __future__ import annotations
@@ -13,17 +20,18 @@ import logging
 import signal
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import zmq
 
-from backend.server.jobs import WAKE_ENDPOINT, Job, Worker
+from backend.server.executor import Ended, Event, JobSpec, ProcessExecutor
 from backend.server.meshfile import read_glb
 from backend.server.models import PROCEDURAL, ModelMissing, check_model, local_models
 from backend.server.results import ResultStore
-from backend.server.security import CurveConfig, apply_curve, check_bind
+from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import protocol as P
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, SettingsError, validate
 
@@ -31,38 +39,73 @@ log = logging.getLogger("backend.server")
 
 # Settings a refine may not change: the checkpoint's scene and prior fix them.
 REFINE_FIXED = ("representation", "model")
-SHUTDOWN_WAIT_S = 300.0
+SHUTDOWN_GRACE_S = 10.0
+SESSION_TTL_S = 60.0  # a connection silent this long must say hello again (clients ping every second)
+TRACK_MIN_BYTES = 64 * 1024  # messages above this count towards a connection's unread bytes
+SEND_HWM = 1000  # messages queued per connection; with the byte budget this bounds memory per slow reader
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Session:
+    owner: str
+    last_seen: float
+    unread: list[tuple[Any, int]] = field(default_factory=list)  # (zmq MessageTracker, bytes) of big sends
+
+
+@dataclass(eq=False)  # identity semantics: a job is itself, whatever its fields
+class Job:
+    spec: JobSpec
+    identity: bytes  # ROUTER identity its events go to (the owner's newest connection)
+    connection: bytes  # the connection that queued it (per-connection queue limit)
+    status: str = "queued"  # queued, running, finished, cancelled, failed, interrupted
+    stop_reason: str | None = None
+    step: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def owner(self) -> str:
+        return self.spec.owner
 
 
 class Server:
     def __init__(self, bind: str, results: Path, device: Any, model: str = "procedural",
-                 curve: CurveConfig | None = None, models_dir: Path | None = None) -> None:
+                 curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
+                 shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES) -> None:
         check_bind(bind, curve)
         self.bind = bind
         self.model = model  # for jobs that name no model
         self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
-        lost = self.store.mark_lost()
+        lost = self.store.load()
         if lost:
             log.warning("jobs left running by a previous server are marked lost: %s", ", ".join(lost))
+        self.identities = Identities(self.store.root / ".server_secret")
+        self.curve = curve
+        self.shutdown_grace_s = shutdown_grace_s
+        self.max_unread_bytes = max_unread_bytes
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         # libzmq drops a peer that sends a bigger frame; below it, oversize messages get an error reply.
         self.router.setsockopt(zmq.MAXMSGSIZE, P.HARD_FRAME_LIMIT_BYTES)
-        self.router.setsockopt(zmq.SNDHWM, 10000)
+        self.router.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.router.setsockopt(zmq.RCVHWM, SEND_HWM)
         self.auth = apply_curve(self.ctx, self.router, curve) if curve is not None else None
         self.router.bind(bind)
-        self.wake = self.ctx.socket(zmq.PAIR)
-        self.wake.setsockopt(zmq.LINGER, 0)
-        self.wake.bind(WAKE_ENDPOINT)
-        self.worker = Worker(self.ctx, self.store, device)
+        # The worker loads each job's prior (settings["model"], filled in by _settings) and keeps the last one.
+        self.executor = ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
         self.pending: collections.deque[Job] = collections.deque()
         self.running: Job | None = None
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
-        self.owners: dict[bytes, str] = {}
-        self.last_seen: dict[bytes, float] = {}
+        self.sessions: dict[bytes, Session] = {}
         self.last_heartbeat = 0.0
         self.stopping: str | None = None
         self._signal: str | None = None
@@ -73,32 +116,66 @@ class Server:
         }
 
     # --- sending ---------------------------------------------------------------------------------------------
-    def send(self, identity: bytes, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    def _unread_bytes(self, identity: bytes) -> int:
+        session = self.sessions.get(identity)
+        if session is None:
+            return 0
+        session.unread = [(t, n) for t, n in session.unread if not t.done]
+        return sum(n for _, n in session.unread)
+
+    def send_frames(self, identity: bytes, frames: list[Any]) -> bool:
+        """Queue ``frames`` for ``identity``; False (and nothing queued) when that connection already has
+        ``max_unread_bytes`` of big messages it has not read. Never blocks the loop."""
+        size = sum(len(f) for f in frames)
         try:
-            frames = P.encode(header, arrays)
-            # ROUTER drops messages to a peer that is gone or over its high-water mark: never blocks the loop.
-            self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            if size < TRACK_MIN_BYTES:
+                # ROUTER drops messages to a peer that is gone or over its high-water mark.
+                self.router.send_multipart([identity, *frames], flags=zmq.NOBLOCK)
+                return True
+            session = self.sessions.get(identity)
+            if session is None or self._unread_bytes(identity) + size > self.max_unread_bytes:
+                return False
+            # A tracker is done once libzmq has handed the message to the kernel (or dropped it): until then
+            # the bytes are held here for a client that is not reading.
+            # One tracker per frame: a multipart send only tracks its last frame, which may be a small one.
+            parts = [identity, *frames]
+            trackers = [self.router.send(part, zmq.NOBLOCK | (zmq.SNDMORE if i < len(parts) - 1 else 0),
+                                         copy=False, track=True) for i, part in enumerate(parts)]
+            session.unread.append((zmq.MessageTracker(*trackers), size))
+            return True
         except zmq.ZMQError as exc:
-            log.warning("could not send %s: %s", header.get("type"), exc)
+            log.warning("could not send to a client: %s", exc)
+            return False
+
+    def send(self, identity: bytes, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bool:
+        return self.send_frames(identity, P.encode(header, arrays))
 
     def reply(self, identity: bytes, request: P.Message | None, header: dict[str, Any],
               arrays: dict[str, np.ndarray] | None = None) -> None:
-        if request is not None and request.get("id") is not None:
-            header = {**header, "id": request.get("id")}
-        self.send(identity, header, arrays)
+        rid = request.get("id") if request is not None else None
+        if rid is not None:
+            header = {**header, "id": rid}
+        if not self.send(identity, header, arrays):
+            raise self._backlog(identity, rid)
+
+    def _backlog(self, identity: bytes, rid: Any) -> P.ProtocolError:
+        return P.ProtocolError("backlog", f"this connection has {self._unread_bytes(identity)} bytes of earlier "
+                                          f"messages it has not read (at most {self.max_unread_bytes}); read them, "
+                                          "then ask again", rid)
 
     def error(self, identity: bytes, code: str, message: str, request_id: Any = None, job: str | None = None) -> None:
         self.send(identity, P.error_header(code, message, request_id, job))
 
     # --- the loop ------------------------------------------------------------------------------------------------
     def serve_forever(self) -> int:
-        self.worker.start()
+        self.executor.start()
         # The handler only records the signal: it may run between two frames of a multipart send.
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_signal", "SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "_signal", "SIGINT"))
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.wake, zmq.POLLIN)
+        for sock in self.executor.sockets():
+            poller.register(sock, zmq.POLLIN)
         stop_deadline = None
         log.info("serving on %s (model %s, device %s, results %s)", self.bind, self.model, self.device,
                  self.store.root)
@@ -115,13 +192,11 @@ class Server:
                     self.begin_stop(self._signal)
                 if self.router in ready:
                     self._read_requests()
-                if self.wake in ready:
-                    self._drain_wake()
-                self._drain_outbox()
+                self._on_executor(self.executor.events())
                 self._dispatch()
                 self._heartbeat()
                 if self.stopping is not None:
-                    stop_deadline = stop_deadline or time.monotonic() + SHUTDOWN_WAIT_S
+                    stop_deadline = stop_deadline or time.monotonic() + self.shutdown_grace_s
                     if self.running is None or time.monotonic() > stop_deadline:
                         break
         finally:
@@ -131,18 +206,22 @@ class Server:
     def _read_requests(self) -> None:
         for _ in range(1000):  # bounded so the worker's events are not starved by a flood
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=self.curve is None)
             except zmq.Again:
                 return
-            identity, payload = frames[0], frames[1:]
-            self.last_seen[identity] = time.monotonic()
-            self.handle(identity, payload)
+            identity = bytes(frames[0])
+            user = None
+            if self.curve is not None:
+                user = frames[1].get("User-Id") if len(frames) > 1 else None
+                frames = [f.bytes for f in frames]
+            self.handle(identity, frames[1:], user)
 
-    def handle(self, identity: bytes, payload: list[bytes]) -> None:
+    def handle(self, identity: bytes, payload: list[bytes], curve_user: str | None = None) -> None:
         request_id = None
         try:
             message = P.decode(payload, P.MAX_SERVER_INBOUND_BYTES)
             request_id = message.get("id")
+            self._touch(identity, curve_user, request_id)
             P.check_fields(message, "c2s")
             self.handlers[message.type](identity, message)
         except P.ProtocolError as exc:
@@ -151,42 +230,57 @@ class Server:
             log.exception("handler failed")
             self.error(identity, "internal", f"internal error: {type(exc).__name__}: {exc}", request_id)
 
-    def _drain_wake(self) -> None:
-        while True:
-            try:
-                self.wake.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+    def _touch(self, identity: bytes, curve_user: str | None, rid: Any) -> None:
+        """The connection's session (created on its first message), marked as heard from now."""
+        session = self.sessions.get(identity)
+        if session is None:
+            if curve_user is None and not (len(identity) == 5 and identity[0] == 0):
+                # libzmq assigns ids starting with a zero byte; any other id was chosen by the peer, and a
+                # chosen id could be one a departed client had.
+                raise P.ProtocolError("bad_field", "this connection chose its own ZMQ routing id; the server only "
+                                                   "accepts ids libzmq assigns (leave ZMQ_ROUTING_ID unset)", rid)
+            owner = Identities.key_owner(curve_user) if curve_user is not None else Identities.anonymous()
+            session = self.sessions[identity] = Session(owner, time.monotonic())
+        session.last_seen = time.monotonic()
 
-    def _drain_outbox(self) -> None:
-        while True:
-            try:
-                job, header, arrays = self.worker.outbox.get_nowait()
-            except Exception:  # queue.Empty
-                return
-            if header["type"] == "_done":
+    def _on_executor(self, events: list[Event | Ended]) -> None:
+        for event in events:
+            job = self.jobs.get(event.job)
+            if job is None:
+                continue
+            if isinstance(event, Ended):
+                job.status = event.status
                 if self.running is job:
                     self.running = None
                 continue
-            self.send(job.identity, header, arrays)
+            kind = event.header["type"]
+            if kind in ("progress", "_beat"):
+                job.step = event.header["step"]
+            ended = {"finished": "finished", "cancelled": "cancelled", "error": "failed"}.get(kind)
+            if ended is not None and (kind != "error" or event.header.get("fatal")):
+                # The record is on disk before its terminal event is sent: list agrees from this moment on.
+                job.status = "interrupted" if event.header.get("reason") == "shutdown" else ended
+                self.store.refresh(job.id)
+            if event.frames:
+                self.send_frames(job.identity, event.frames)
 
     def _dispatch(self) -> None:
-        if self.running is None and self.pending and self.stopping is None:
+        if self.running is None and self.pending and self.stopping is None and self.executor.idle():
             job = self.pending.popleft()
             self.running = job
             job.status = "running"
-            self.worker.inbox.put(job)
+            self.executor.submit(job.spec)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now - self.last_heartbeat < P.HEARTBEAT_INTERVAL_S:
             return
         self.last_heartbeat = now
-        for identity, seen in list(self.last_seen.items()):
-            if now - seen > P.CLIENT_FORGET_S:
-                del self.last_seen[identity]
-                continue
-            self.send(identity, {"type": "heartbeat", "t": time.time()})
+        for identity, session in list(self.sessions.items()):
+            if now - session.last_seen > SESSION_TTL_S:
+                del self.sessions[identity]
+            elif now - session.last_seen <= P.CLIENT_FORGET_S:
+                self.send(identity, {"type": "heartbeat", "t": time.time()})
 
     def begin_stop(self, reason: str) -> None:
         """Stop after the running job's current step; it checkpoints and is recorded "interrupted"."""
@@ -196,35 +290,54 @@ class Server:
         log.info("stopping (%s)", reason)
         if self.running is not None and self.running.stop_reason is None:
             self.running.stop_reason = "shutdown"
+            self.executor.cancel(self.running.id, "shutdown", None, self.running.step)
         while self.pending:
             job = self.pending.popleft()
-            job.status = "cancelled"
+            self._cancel_queued(job, "shutdown")
             self.send(job.identity, {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"})
 
+    def _cancel_queued(self, job: Job, reason: str) -> None:
+        job.status = "cancelled"
+        try:
+            self.store.write_record(job.id, job.spec.record("cancelled", stop_reason=reason, steps_done=0))
+        except OSError as exc:  # the restarted server will call it lost
+            log.warning("could not record job %s as cancelled: %s", job.id, exc)
+
     def _close(self) -> None:
-        self._drain_outbox()
-        for identity in list(self.last_seen):
-            self.send(identity, {"type": "shutting_down", "reason": self.stopping or "stopped"})
-        self.worker.inbox.put(None)
-        self.worker.join(timeout=10)
+        # Whatever the grace left running is killed now; its record says so.
+        self._on_executor(self.executor.shutdown(0.0 if self.running is None else 1.0))
+        for identity, session in list(self.sessions.items()):
+            if time.monotonic() - session.last_seen <= P.CLIENT_FORGET_S:
+                self.send(identity, {"type": "shutting_down", "reason": self.stopping or "stopped"})
         if self.auth is not None:
             self.auth.stop()
         self.router.close(linger=200)  # a short linger lets the goodbyes leave
-        self.wake.close(linger=0)
         self.ctx.term()
 
     # --- handlers ----------------------------------------------------------------------------------------------
     def owner(self, identity: bytes) -> str:
-        return self.owners.get(identity) or "conn-" + identity.hex()
+        return self.sessions[identity].owner
 
     def on_hello(self, identity: bytes, m: P.Message) -> None:
-        token = m.get("client") or "conn-" + identity.hex()
-        self.owners[identity] = token
+        session = self.sessions[identity]
+        token = m.get("client")
+        if self.curve is not None:
+            token = None  # the authorised key is the identity; a token would add nothing
+        elif token is None:
+            token = self.identities.issue()
+        elif not self.identities.verify(token):
+            raise P.ProtocolError("unknown_client", "client token was not issued by this server (tokens come from "
+                                                    "'welcome'); send hello without 'client' to get a new one",
+                                  m.get("id"))
+        if token is not None:
+            session.owner = Identities.owner(token)
         for job in self.jobs.values():  # a reconnecting client gets its live jobs' events again
-            if job.owner == token:
+            if job.owner == session.owner:
                 job.identity = identity
-        self.reply(identity, m, {"type": "welcome", "server": "tbsd-studio backend", "client": token,
-                                 "capabilities": self.capabilities()})
+        welcome = {"type": "welcome", "server": "tbsd-studio backend", "capabilities": self.capabilities()}
+        if token is not None:
+            welcome["client"] = token
+        self.reply(identity, m, welcome)
 
     def capabilities(self) -> dict[str, Any]:
         gpu = None
@@ -237,7 +350,9 @@ class Server:
             "protocol": P.VERSION, "methods": list(METHODS), "representations": list(REPRESENTATIONS),
             "model": self.model, "models": local_models(self.models_dir), "device": str(self.device), "gpu": gpu,
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
-                       "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT},
+                       "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
+                       "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
+                       "max_unread_bytes": self.max_unread_bytes},
             "stream_defaults": dict(P.STREAM_DEFAULTS), "dtypes": list(P.DTYPES),
             "heartbeat_interval_s": P.HEARTBEAT_INTERVAL_S, "backend_timeout_s": P.BACKEND_TIMEOUT_S,
         }
@@ -273,15 +388,21 @@ class Server:
             raise P.ProtocolError("model", str(exc), rid) from None
         return settings
 
-    def _check_queue(self, owner: str, rid: Any) -> None:
+    def _check_queue(self, identity: bytes, rid: Any) -> None:
         if self.stopping is not None:
             raise P.ProtocolError("bad_state", f"the server is shutting down ({self.stopping}); no new jobs", rid)
         if len(self.pending) >= P.MAX_QUEUED_JOBS:
             raise P.ProtocolError("queue_full", f"{len(self.pending)} jobs are queued; at most {P.MAX_QUEUED_JOBS}", rid)
+        owner = self.owner(identity)
         mine = sum(1 for j in self.pending if j.owner == owner)
         if mine >= P.MAX_QUEUED_PER_CLIENT:
             raise P.ProtocolError("queue_full", f"this client has {mine} queued jobs; at most "
                                                 f"{P.MAX_QUEUED_PER_CLIENT}", rid)
+        # A connection could say hello again for a fresh identity: it is counted on its own too.
+        here = sum(1 for j in self.pending if j.connection == identity)
+        if here >= P.MAX_QUEUED_PER_CONNECTION:
+            raise P.ProtocolError("queue_full", f"this connection has {here} queued jobs; at most "
+                                                f"{P.MAX_QUEUED_PER_CONNECTION}", rid)
 
     def _new_id(self) -> str:
         return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
@@ -289,9 +410,22 @@ class Server:
     def _position(self, job: Job) -> int:
         return list(self.pending).index(job) if job in self.pending else 0
 
+    def _queue(self, identity: bytes, spec: JobSpec, first: bool = False) -> Job:
+        # On disk before "accepted": a server killed from here on leaves a record (then "lost"), never nothing.
+        try:
+            self.store.write_record(spec.id, spec.record("queued", ended=None))
+        except OSError as exc:
+            raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was queued")
+        job = Job(spec, identity, identity)
+        self.jobs[job.id] = job
+        if first:
+            self.pending.appendleft(job)
+        else:
+            self.pending.append(job)
+        return job
+
     def on_submit(self, identity: bytes, m: P.Message) -> None:
         rid = m.get("id")
-        owner = self.owner(identity)
         prompt = P.check_prompt(m["prompt"], MAX_PROMPT_CHARS, rid)
         stream = P.check_stream(m.get("stream"), rid)
         settings = self._settings(m.get("settings"), None, rid)
@@ -299,10 +433,8 @@ class Server:
             self._check_prompt(prompt, settings)
         except P.ProtocolError as exc:
             raise P.ProtocolError(exc.code, exc.message, rid) from None
-        self._check_queue(owner, rid)
-        job = Job(self._new_id(), owner, identity, prompt, settings, stream)
-        self.jobs[job.id] = job
-        self.pending.append(job)
+        self._check_queue(identity, rid)
+        job = self._queue(identity, JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _now()))
         self.reply(identity, m, {"type": "accepted", "job": job.id, "position": self._position(job)})
 
     def _live_job(self, identity: bytes, job_id: str) -> Job | None:
@@ -310,12 +442,19 @@ class Server:
         return job if job is not None and job.owner == self.owner(identity) else None
 
     def _disk_record(self, identity: bytes, job_id: str) -> dict[str, Any] | None:
-        record = self.store.read_record(job_id)
-        return record if record is not None and record.get("owner") == self.owner(identity) else None
+        indexed = self.store.index.get(job_id)
+        if indexed is None or indexed.get("owner") != self.owner(identity):
+            return None
+        return self.store.read_record(job_id)
 
     def _unknown(self, job_id: str, rid: Any) -> P.ProtocolError:
         # Another client's job reads as unknown: clients never learn of each other's jobs.
         return P.ProtocolError("unknown_job", f"unknown job id {job_id!r} (no job of this client has that id)", rid)
+
+    def _stop_running(self, job: Job, reason: str, refined_by: str | None = None) -> None:
+        if job.stop_reason is None:
+            job.stop_reason = reason
+            self.executor.cancel(job.id, reason, refined_by, job.step)  # the worker answers after this step
 
     def on_cancel(self, identity: bytes, m: P.Message) -> None:
         rid, job_id = m.get("id"), m["job"]
@@ -326,17 +465,15 @@ class Server:
             raise self._unknown(job_id, rid)
         if job in self.pending:
             self.pending.remove(job)
-            job.status = "cancelled"
+            self._cancel_queued(job, "cancel")
             self.reply(identity, m, {"type": "cancelled", "job": job.id, "step": 0, "reason": "cancel"})
         elif job is self.running:
-            if job.stop_reason is None:
-                job.stop_reason, job.stop_requested_step = "cancel", job.step  # the worker answers after this step
+            self._stop_running(job, "cancel")
         else:
             raise P.ProtocolError("bad_state", f"job {job_id} has already ended ({job.status}); nothing to cancel", rid)
 
     def on_refine(self, identity: bytes, m: P.Message) -> None:
         rid, source_id = m.get("id"), m["job"]
-        owner = self.owner(identity)
         live = self._live_job(identity, source_id)
         record = self._disk_record(identity, source_id)
         if live is None and record is None:
@@ -348,47 +485,43 @@ class Server:
         if not running and not checkpoint.is_file():
             raise P.ProtocolError("bad_state", f"job {source_id} has no checkpoint to refine from "
                                                f"(status {(record or {}).get('status', live and live.status)})", rid)
-        base = dict(live.settings if live is not None else record.get("settings") or {})
-        given = dict(m.get("settings") or {})
+        source = {"settings": live.spec.settings, "prompt": live.spec.prompt, "stream": live.spec.stream} \
+            if live is not None else record
+        base = dict(source.get("settings") or {})
+        given = m.get("settings") or {}
         for name in REFINE_FIXED:
             if name in given and given[name] != base.get(name):
                 raise P.ProtocolError("settings", f"refine cannot change '{name}' (the checkpoint fixes it); "
                                                   "submit a new job instead", rid)
-        try:
-            settings = self._settings(given, base, rid)
-        except P.ProtocolError as exc:
-            raise P.ProtocolError(exc.code, exc.message, rid) from None
+        settings = self._settings(given, base, rid)
         prompt = m.get("prompt")
-        prompt = P.check_prompt(prompt, MAX_PROMPT_CHARS, rid) if prompt is not None else (
-            live.prompt if live is not None else record.get("prompt", ""))
+        prompt = P.check_prompt(prompt, MAX_PROMPT_CHARS, rid) if prompt is not None else source.get("prompt", "")
         try:
             self._check_prompt(prompt, settings)
         except P.ProtocolError as exc:
             raise P.ProtocolError(exc.code, exc.message, rid) from None
-        self._check_queue(owner, rid)
-        stream = P.check_stream(m.get("stream") or (live.stream if live is not None else record.get("stream")), rid)
-        job = Job(self._new_id(), owner, identity, prompt, settings, stream, parent=source_id,
-                  source_checkpoint=checkpoint, refine_steps=int(given.get("steps", base.get("steps", 1))))
-        self.jobs[job.id] = job
+        self._check_queue(identity, rid)
+        stream = P.check_stream(m.get("stream") or source.get("stream"), rid)
+        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _now(), parent=source_id,
+                       source_checkpoint=str(checkpoint), refine_steps=settings["steps"] if "steps" in given
+                       else int(base.get("steps", 1)))
+        # A running source stops after its step and checkpoints; its continuation runs next.
+        job = self._queue(identity, spec, first=running)
         if running:
-            # The running job stops after its step and checkpoints; its continuation runs next.
             assert live is not None
-            live.stop_reason, live.refined_by, live.stop_requested_step = "refined", job.id, live.step
-            self.pending.appendleft(job)
-        else:
-            self.pending.append(job)
+            self._stop_running(live, "refined", job.id)
         self.reply(identity, m, {"type": "accepted", "job": job.id, "parent": source_id,
                                  "position": self._position(job)})
 
     def on_list(self, identity: bytes, m: P.Message) -> None:
         owner = self.owner(identity)
-        on_disk = {s["job"]: s for s in self.store.summaries(owner)}
+        listed = {s["job"]: s for s in self.store.summaries(owner)}
         for job in self.jobs.values():
             if job.owner == owner and job.status in ("queued", "running"):
-                on_disk[job.id] = {"job": job.id, "status": job.status, "prompt": job.prompt, "parent": job.parent,
-                                   "created": job.created, "steps_done": job.step,
-                                   "position": self._position(job) if job.status == "queued" else None}
-        results = sorted(on_disk.values(), key=lambda s: s.get("created") or "")
+                listed[job.id] = {"job": job.id, "status": job.status, "prompt": job.spec.prompt,
+                                  "parent": job.spec.parent, "created": job.spec.created, "steps_done": job.step,
+                                  "position": self._position(job) if job.status == "queued" else None}
+        results = sorted(listed.values(), key=lambda s: s.get("created") or "")
         self.reply(identity, m, {"type": "results", "results": results})
 
     def on_fetch(self, identity: bytes, m: P.Message) -> None:
@@ -398,10 +531,12 @@ class Server:
             if self._live_job(identity, job_id) is not None:
                 raise P.ProtocolError("bad_state", f"job {job_id} has not finished; nothing to fetch yet", rid)
             raise self._unknown(job_id, rid)
-        folder = self.store.job_dir(job_id)
-        glb = folder / "mesh.glb"
-        if not glb.is_file():
+        glb = self.store.job_dir(job_id) / "mesh.glb"
+        if record.get("status") != "finished" or not glb.is_file():
             raise P.ProtocolError("bad_state", f"job {job_id} has no final mesh (status {record.get('status')})", rid)
+        # Checked before reading the mesh: a client that does not read should not make the server decode more.
+        if self._unread_bytes(identity) + TRACK_MIN_BYTES > self.max_unread_bytes:
+            raise self._backlog(identity, rid)
         public = {k: v for k, v in record.items() if k not in ("traceback", "owner")}
         self.reply(identity, m, {"type": "result", "job": job_id, "record": public}, read_glb(glb))
 
@@ -414,14 +549,19 @@ class Server:
 
 
 def serve(bind: str, results: Path, device: str = "auto", model: str = "procedural",
-          curve: CurveConfig | None = None, models_dir: Path | None = None) -> int:
+          curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
+          shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES) -> int:
     """Entry point of ``python -m backend serve``."""
     from backend.priors import resolve_device
+    from backend.server.results import check_results_folder
 
-    check_bind(bind, curve)  # before touching the GPU, so a refused bind costs nothing
+    check_bind(bind, curve)  # before touching the GPU, so a refused bind, results or models folder costs nothing
+    check_results_folder(results)
     if models_dir is not None and not models_dir.is_dir():
         raise SystemExit(f"error: --models-dir {models_dir} is not a folder")
-    server = Server(bind, results, resolve_device(device), model, curve, models_dir)
+    server = Server(bind, results, resolve_device(device), model, curve, models_dir=models_dir,
+                    silence_timeout_s=silence_timeout_s, shutdown_grace_s=shutdown_grace_s,
+                    max_unread_bytes=max_unread_bytes)
     return server.serve_forever()
 
 

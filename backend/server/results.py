@@ -1,8 +1,10 @@
 """The results folder: one folder per job id holding job.json, the meshes, preview.png and checkpoint.pt.
 
-job.json is written atomically (temporary file, then rename), so a reader or a crash never sees half a record.
-A restarted server reads this folder to answer list and fetch; a record left "running" by a server that died
-is reported as "lost".
+Every file is written durably (backend/files.py: temporary name, fsync, rename) and job.json last, by the
+worker process that ran the job; the server writes a record itself only when that worker died (``failed``) or
+at start-up for a job a dead server left ``running`` (``lost``). A folder whose job.json does not say
+``finished`` never offers a mesh, whatever a killed writer left behind, so list and fetch agree with the disk.
+A restarted server reads the folder once into an index that answers ``list`` without touching the disk.
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ import os
 from pathlib import Path
 from typing import Any
 
+from backend.files import remove_leftovers, write_json
 from shared.protocol import ID_PATTERN
 
-LIVE_STATUSES = ("running",)
+LIVE_STATUSES = ("queued", "running")  # on disk at a restart: the server that had them died
 SUMMARY_KEYS = ("job", "status", "prompt", "parent", "created", "ended", "steps_done", "total", "error",
                 "representation", "method")
+# What a job that did not finish may keep: its record and its (atomically written) checkpoint.
+UNFINISHED_KEEP = ("job.json", "checkpoint.pt")
+
+
+class ResultsRefused(ValueError):
+    """The results folder cannot be used; the text names the path and what is wrong."""
 
 
 class ResultStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        check_results_folder(self.root)
+        self.index: dict[str, dict[str, Any]] = {}  # job id -> summary (with "owner"), for list
 
     def job_dir(self, job_id: str) -> Path:
         if not ID_PATTERN.match(job_id):
@@ -32,10 +42,8 @@ class ResultStore:
     def write_record(self, job_id: str, record: dict[str, Any]) -> Path:
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "job.json"
-        tmp = folder / "job.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, path)
+        path = write_json(folder / "job.json", record)
+        self.refresh(job_id, record)
         return path
 
     def read_record(self, job_id: str) -> dict[str, Any] | None:
@@ -46,44 +54,73 @@ class ResultStore:
             return None
         return record if isinstance(record, dict) else None
 
-    def mark_lost(self) -> list[str]:
-        """Records a dead server left "running" become "lost" (called once at start-up, before any job runs)."""
+    def refresh(self, job_id: str, record: dict[str, Any] | None = None) -> None:
+        """Re-read one job's record into the index (after its worker wrote it)."""
+        record = record if record is not None else self.read_record(job_id)
+        if record is not None:
+            self.index[job_id] = {**summary(job_id, record, self.job_dir(job_id)), "owner": record.get("owner")}
+
+    def fail_unfinished(self, job_id: str, record: dict[str, Any]) -> None:
+        """Record a job that ended without finishing (failed, lost) and remove what its killed writer left, so
+        the folder holds exactly what the record says: the record and, if one was completed, the checkpoint."""
+        folder = self.job_dir(job_id)
+        if folder.is_dir():
+            remove_leftovers(folder)
+            for p in folder.iterdir():
+                if p.is_file() and p.name not in UNFINISHED_KEEP:
+                    p.unlink(missing_ok=True)
+        self.write_record(job_id, record)
+
+    def load(self) -> list[str]:
+        """Build the index; records a dead server left "running" become "lost". Returns the lost job ids."""
         lost = []
-        for job_id, record in self._records():
+        for folder in sorted(self.root.iterdir()):
+            if not (folder.is_dir() and ID_PATTERN.match(folder.name)):
+                continue
+            record = self.read_record(folder.name)
+            if record is None:
+                continue
             if record.get("status") in LIVE_STATUSES:
                 record["status"] = "lost"
-                record["error"] = "the server stopped while this job ran (killed or crashed); no final mesh"
-                self.write_record(job_id, record)
-                lost.append(job_id)
+                record["error"] = (f"the server stopped while this job was {record['status']} (killed or crashed); "
+                                   "no final mesh")
+                self.fail_unfinished(folder.name, record)
+                lost.append(folder.name)
+            else:
+                self.refresh(folder.name, record)
         return lost
 
-    def _records(self) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for folder in sorted(self.root.iterdir()):
-            if folder.is_dir() and ID_PATTERN.match(folder.name):
-                record = self.read_record(folder.name)
-                if record is not None:
-                    out.append((folder.name, record))
-        return out
-
     def summaries(self, owner: str) -> list[dict[str, Any]]:
-        """Summaries of ``owner``'s jobs on disk, oldest first."""
-        out = []
-        for job_id, record in self._records():
-            if record.get("owner") != owner:
-                continue
-            out.append(summary(job_id, record, self.job_dir(job_id)))
+        """Summaries of ``owner``'s jobs, oldest first (from the index)."""
+        out = [{k: v for k, v in s.items() if k != "owner"} for s in self.index.values() if s.get("owner") == owner]
         out.sort(key=lambda s: s.get("created") or "")
         return out
+
+
+def check_results_folder(root: Path) -> None:
+    """Create ``root`` if needed and prove it writable, or raise ResultsRefused saying what is wrong."""
+    if root.exists() and not root.is_dir():
+        raise ResultsRefused(f"--results {root} is a file, not a folder; pass a folder for the job results "
+                             "(it is created if missing)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise ResultsRefused(f"--results {root} is not a writable folder ({exc.strerror}); the server writes each "
+                             "job's files there: pass a folder this user can write") from None
 
 
 def summary(job_id: str, record: dict[str, Any], folder: Path | None) -> dict[str, Any]:
     s = {k: record.get(k) for k in SUMMARY_KEYS if record.get(k) is not None}
     s["job"] = job_id
     if folder is not None:
-        s["has_mesh"] = (folder / "mesh.glb").is_file()
+        # Only a finished record vouches for its mesh: a killed job's leftovers are never offered.
+        s["has_mesh"] = record.get("status") == "finished" and (folder / "mesh.glb").is_file()
         s["has_checkpoint"] = (folder / "checkpoint.pt").is_file()
     return s
 
 
-__all__ = ["ResultStore", "summary"]
+__all__ = ["ResultStore", "ResultsRefused", "check_results_folder", "summary"]

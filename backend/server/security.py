@@ -7,7 +7,12 @@ results. Hence a non-loopback bind needs CURVE keys; see docs/PROTOCOL.md "Secur
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
+import os
+import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +90,19 @@ def apply_curve(ctx: zmq.Context, socket: zmq.Socket, curve: CurveConfig) -> obj
 
 
 def make_keys(folder: Path) -> dict[str, Path]:
-    """Create a server and a client key pair in ``folder`` and authorise the client; returns the paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    server_public, server_secret = zmq.auth.create_certificates(str(folder), "server")
-    client_public, client_secret = zmq.auth.create_certificates(str(folder), "client")
+    """Create a server and a client key pair in ``folder`` and authorise the client; returns the paths.
+    Secret key files are 0600 and ``folder`` 0700 from the moment they exist (a umask, not a later chmod)."""
+    old = os.umask(0o077)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        server_public, server_secret = zmq.auth.create_certificates(str(folder), "server")
+        client_public, client_secret = zmq.auth.create_certificates(str(folder), "client")
+    finally:
+        os.umask(old)
+    for secret in (server_secret, client_secret):
+        os.chmod(secret, 0o600)  # a file that existed before keeps no wider mode
+    for public in (server_public, client_public):
+        os.chmod(public, 0o644)  # public keys are meant to be handed out
     authorized = folder / "authorized_clients"
     authorized.mkdir(exist_ok=True)
     shutil.copy(client_public, authorized / Path(client_public).name)
@@ -97,4 +111,50 @@ def make_keys(folder: Path) -> dict[str, Path]:
             "authorized_clients": authorized}
 
 
-__all__ = ["BindRefused", "CurveConfig", "is_loopback", "check_bind", "apply_curve", "make_keys"]
+class Identities:
+    """Client tokens: issued by the server in ``welcome``, presented in ``hello`` to reattach.
+
+    A token is 22 random characters followed by 22 characters of an HMAC of them under this results folder's
+    secret (``.server_secret``, 0600), so the server recognises its own tokens after a restart without storing
+    any, and a client cannot choose or guess one. Jobs are owned by a hash of the token: job.json never holds
+    a token, so reading the results folder gives no way to act as a client.
+    """
+
+    RANDOM_CHARS = 22
+
+    def __init__(self, secret_file: Path) -> None:
+        from backend.files import write_bytes
+
+        if not secret_file.is_file():
+            write_bytes(secret_file, secrets.token_bytes(32), mode=0o600)
+        self._key = secret_file.read_bytes()
+
+    def _mac(self, random_part: str) -> str:
+        digest = hmac.new(self._key, random_part.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")[: self.RANDOM_CHARS]
+
+    def issue(self) -> str:
+        random_part = secrets.token_urlsafe(16)[: self.RANDOM_CHARS]
+        return random_part + self._mac(random_part)
+
+    def verify(self, token: str) -> bool:
+        n = self.RANDOM_CHARS
+        return len(token) == 2 * n and hmac.compare_digest(token[n:], self._mac(token[:n]))
+
+    @staticmethod
+    def owner(token: str) -> str:
+        return "t-" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+    @staticmethod
+    def key_owner(curve_public_key: str) -> str:
+        """The owner of a CURVE client's jobs: its (authorised) public key, hashed like a token."""
+        return "k-" + hashlib.sha256(curve_public_key.encode()).hexdigest()[:32]
+
+    @staticmethod
+    def anonymous() -> str:
+        """The owner of a connection that never said hello: random and never revealed, so only that connection
+        reaches its jobs."""
+        return "anon-" + secrets.token_hex(16)
+
+
+__all__ = ["BindRefused", "Identities", "CurveConfig", "is_loopback", "check_bind", "apply_curve", "make_keys"]

@@ -1,0 +1,289 @@
+"""Where jobs run: the executor interface the server's loop uses, and its one implementation, a spawned worker
+process (backend/server/worker.py).
+
+The interface is small so that another executor (a Ray actor pool, say) can stand in: ``submit`` a JobSpec
+when ``idle()``, ``cancel`` it, drain ``events()`` (the client events of its jobs, already encoded as wire
+frames, and ``Ended`` when a job is over), ``shutdown``. The server keeps the queue, ownership and the
+clients; the executor keeps the GPU work away from the server's process.
+
+ProcessExecutor runs one job at a time in a child process (one GPU), talking over a ROUTER socket bound to an
+ipc endpoint in a private (0700) temporary folder. A worker that exits, is killed, segfaults or sends nothing
+for ``silence_timeout_s`` fails only its job (the server writes the ``failed`` record the worker could not)
+and is replaced at once, so the next job finds a warm worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from backend.server.results import ResultStore
+from shared import protocol as P
+
+ROOT = Path(__file__).resolve().parents[2]
+# Client events a worker may send; anything else from it is dropped (a worker is trusted, but a bug in it
+# must not put arbitrary message types on the wire).
+CLIENT_EVENTS = ("started", "progress", "preview", "mesh", "finished", "cancelled", "error")
+
+
+@dataclass
+class JobSpec:
+    """Everything a worker needs to run a job; JSON only (it crosses a process boundary)."""
+
+    id: str
+    owner: str
+    prompt: str
+    settings: dict[str, Any]
+    stream: dict[str, int]
+    created: str
+    parent: str | None = None
+    source_checkpoint: str | None = None
+    refine_steps: int = 0
+
+    def record(self, status: str, **extra: Any) -> dict[str, Any]:
+        """The job.json the server writes for a job whose worker could not (it died or was killed)."""
+        return {"job": self.id, "owner": self.owner, "status": status, "prompt": self.prompt, "parent": self.parent,
+                "created": self.created, "settings": self.settings, "stream": self.stream,
+                "representation": self.settings.get("representation"), "method": self.settings.get("method"),
+                "model": self.settings.get("model"), "prior_loaded": None,
+                "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+
+
+@dataclass
+class Event:
+    """A client event of job ``job``: its decoded ``header`` and the raw ``frames`` (header + arrays) to forward."""
+
+    job: str
+    header: dict[str, Any]
+    frames: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Ended:
+    """Job ``job`` is over; ``status`` is what its record says."""
+
+    job: str
+    status: str
+
+
+class Executor(Protocol):
+    def start(self) -> None: ...
+    def idle(self) -> bool: ...
+    def submit(self, spec: JobSpec) -> None: ...
+    def cancel(self, job: str, reason: str, refined_by: str | None, requested_step: int | None) -> None: ...
+    def events(self) -> list[Event | Ended]: ...
+    def sockets(self) -> list[zmq.Socket]: ...
+    def shutdown(self, grace_s: float) -> list[Event | Ended]: ...
+
+
+def _signal_name(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        what = {"SIGSEGV": "a segmentation fault", "SIGKILL": "SIGKILL (killed, e.g. by the out-of-memory killer)",
+                "SIGABRT": "an abort"}.get(name, name)
+        return f"it died from {what}"
+    return f"it exited with code {code}"
+
+
+class ProcessExecutor:
+    def __init__(self, ctx: zmq.Context, store: ResultStore, device: str, silence_timeout_s: float = 900.0) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.device = device
+        self.silence_timeout_s = silence_timeout_s
+        self._dir = Path(tempfile.mkdtemp(prefix="tbsd-workers-"))  # 0700: only this user can connect
+        self.endpoint = f"ipc://{self._dir}/workers.sock"
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.endpoint)
+        self.generation = 0
+        self.proc: subprocess.Popen | None = None
+        self.ready = False
+        self.running: JobSpec | None = None
+        self.last_heard = 0.0
+        self._waiting: JobSpec | None = None  # submitted before the worker said _ready
+        self._out: list[Event | Ended] = []
+
+    # --- the worker process ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.generation += 1
+        self.ready = False
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.server.worker", self.endpoint, self._identity().decode(),
+             str(self.store.root), str(self.device)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+
+    def _identity(self) -> bytes:
+        return f"worker-{self.generation}".encode()
+
+    def _send(self, header: dict[str, Any]) -> None:
+        self.sock.send_multipart([self._identity(), *P.encode(header)])
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def _replace(self, why: str) -> None:
+        """The worker is gone or useless: fail its job (the record it could not write) and start a fresh one."""
+        self._kill()
+        job = self.running
+        self.running = None
+        if job is not None:
+            message = f"job {job.id} failed: its worker process {why}; the job's state is lost, the next job runs " \
+                      "in a fresh worker"
+            try:
+                self.store.fail_unfinished(job.id, job.record("failed", error=message))
+            except OSError as exc:
+                message += f" (its record could not be written: {exc})"
+            header = P.error_header("job_failed", message, job=job.id, fatal=True)
+            self._out.append(Event(job.id, header, P.encode(header)))
+            self._out.append(Ended(job.id, "failed"))
+        self.start()
+
+    # --- the interface ---------------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        return self.running is None and self._waiting is None
+
+    def submit(self, spec: JobSpec) -> None:
+        assert self.idle(), "one job at a time"
+        self._waiting = spec
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if self._waiting is not None and self.ready:
+            spec, self._waiting = self._waiting, None
+            self.running = spec
+            self.last_heard = time.monotonic()
+            self._send({"type": "run", "spec": json.loads(json.dumps(asdict(spec)))})
+
+    def cancel(self, job: str, reason: str, refined_by: str | None = None, requested_step: int | None = None) -> None:
+        if self._waiting is not None and self._waiting.id == job:
+            # Not yet handed over: the worker never saw it. Report it as a worker would.
+            spec, self._waiting = self._waiting, None
+            header = {"type": "cancelled", "job": job, "step": 0, "reason": reason}
+            if refined_by:
+                header["refined_by"] = refined_by
+            self._out += [Event(job, header, P.encode(header)), Ended(job, "cancelled")]
+            return
+        if self.running is not None and self.running.id == job:
+            self._send({"type": "stop", "job": job, "reason": reason, "refined_by": refined_by,
+                        "requested_step": requested_step})
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.sock]
+
+    def events(self) -> list[Event | Ended]:
+        for _ in range(1000):  # bounded: the clients' requests are not starved by a chatty job
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if frames[0].bytes != self._identity():
+                continue  # a replaced worker's last words
+            self._on_worker_message(frames[1:])
+        self._check_health()
+        out, self._out = self._out, []
+        return out
+
+    def _on_worker_message(self, frames: list[Any]) -> None:
+        header = json.loads(frames[0].bytes)
+        self.last_heard = time.monotonic()
+        kind = header.get("type")
+        if kind == "_ready":
+            self.ready = True
+            self._dispatch()
+            return
+        job = header.get("job")
+        if self.running is None or job != self.running.id:
+            return
+        if kind == "_done":
+            self.running = None
+            self._out.append(Ended(job, header.get("status", "failed")))
+            self.store.refresh(job)
+            if header.get("restart"):
+                self._replace_idle()
+        elif kind in CLIENT_EVENTS:
+            self._out.append(Event(job, header, [f.buffer for f in frames]))
+        elif kind == "_beat":
+            self._out.append(Event(job, header))
+
+    def _replace_idle(self) -> None:
+        # The worker exits by itself after a GPU out-of-memory; wait briefly so it is not killed mid-goodbye.
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._replace("asked to be replaced")
+
+    def _check_health(self) -> None:
+        if self.proc is None:
+            return
+        code = self.proc.poll()
+        if code is not None:
+            self.events_after_death()
+            self._replace(_signal_name(code))
+        elif self.running is not None and time.monotonic() - self.last_heard > self.silence_timeout_s:
+            self._replace(f"sent nothing for {self.silence_timeout_s:g} s (hung, or one step or export took "
+                          "longer than --job-silence-timeout) and was killed")
+        else:
+            self._dispatch()
+
+    def events_after_death(self) -> None:
+        """Messages the dead worker sent before it died are still worth forwarding (e.g. its last progress)."""
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if frames[0].bytes == self._identity():
+                self._on_worker_message(frames[1:])
+
+    def shutdown(self, grace_s: float) -> list[Event | Ended]:
+        """Stop the running job (it checkpoints and records ``interrupted``), wait at most ``grace_s``, then
+        kill the worker; a job still running then is recorded ``interrupted`` by the server."""
+        if self.running is not None:
+            self.cancel(self.running.id, "shutdown")
+        deadline = time.monotonic() + grace_s
+        out: list[Event | Ended] = []
+        while self.running is not None and time.monotonic() < deadline and self.proc and self.proc.poll() is None:
+            if self.sock.poll(100):
+                out += self.events()
+        out += self.events() if self.running is not None else []
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self._send({"type": "exit"})
+                self.proc.wait(2 if self.running is None else 0.1)
+            except (subprocess.TimeoutExpired, zmq.ZMQError):
+                pass
+        self._kill()
+        job = self.running
+        if job is not None:
+            message = (f"the server stopped and its worker was killed after the {grace_s:g} s shutdown grace "
+                       "(the job was still in its final export); the last periodic checkpoint, if any, is kept")
+            self.store.fail_unfinished(job.id, job.record("interrupted", stop_reason="shutdown", error=message))
+            header = {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"}
+            out += [Event(job.id, header, P.encode(header)), Ended(job.id, "interrupted")]
+            self.running = None
+        self.sock.close(linger=0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return out
+
+
+__all__ = ["Executor", "ProcessExecutor", "JobSpec", "Event", "Ended", "CLIENT_EVENTS"]

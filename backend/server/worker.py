@@ -1,0 +1,321 @@
+"""The job worker: a separate process (``python -m backend.server.worker``) that runs one job at a time.
+
+Jobs never run in the server's process: whatever a job does (hold the GIL in xatlas for seconds, segfault in
+an extension, exhaust GPU memory, hang) the server's ROUTER loop keeps answering, and the server kills and
+replaces a worker that died or went silent (backend/server/executor.py). The worker talks to the server over a
+DEALER socket on a private ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is
+pickled). It writes every file of its job, job.json last (backend/generate.py ``finish_job``). It holds the
+priors: the last job's stays loaded, and a job whose ``model`` setting names another switches to it
+(backend/server/models.py ``PriorCache``); the server only checks that the model is on the machine.
+
+Messages from the server: ``run`` (``spec``: a JobSpec as JSON), ``stop`` (``job``, ``reason``, ``refined_by``,
+``requested_step``), ``exit``. To the server: ``_ready``, the client events of the job (``started``,
+``progress``, ``preview``, ``mesh``, ``finished``, ``cancelled``, ``error``), ``_beat`` after every step and
+``_done`` (``status``, ``restart``) when the job is over.
+
+Test hook (never reachable from the wire): ``TBSD_TEST_WORKER_FAULTS="oom@2,segv@1,hang@1,..."`` with
+``TBSD_TEST_FAULT_DIR``: the n-th job any worker of that server starts gets the n-th fault at that step
+(``oom`` raises torch.cuda.OutOfMemoryError, ``segv`` dereferences NULL, ``hang`` sleeps forever).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from backend.server.meshfile import read_glb
+from shared import protocol as P
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this process when the server dies, so no orphan keeps the GPU."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # elsewhere the poll loop's parent check ends it
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Stop(Exception):
+    """Raised inside a sink when the server asked the job to stop."""
+
+
+class WorkerProcess:
+    def __init__(self, endpoint: str, identity: bytes, results: Path, device: str) -> None:
+        from backend.priors import load_prior, resolve_device
+        from backend.server.models import PriorCache
+        from backend.server.results import ResultStore
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)  # the last job's events leave before exit
+        self.sock.setsockopt(zmq.ROUTING_ID, identity)
+        self.sock.connect(endpoint)
+        self.results = ResultStore(results)
+        self.device = resolve_device(device)
+        self.parent = os.getppid()
+        # Each job names its model (settings["model"], filled in by the server); the last one stays loaded for the
+        # next job, and a job naming another drops it first (backend/server/models.py).
+        self.priors = PriorCache(load_prior, self.device)
+        self.prior_loaded: bool | None = None  # whether the running job loaded its prior (False: kept)
+        self.job: dict[str, Any] | None = None
+        self.stop: dict[str, Any] | None = None
+        self.fault: tuple[str, int] | None = None
+
+    # --- plumbing ----------------------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+        if self.job is not None and "job" not in header:
+            header = {**header, "job": self.job["id"]}
+        self.sock.send_multipart(P.encode(header, arrays), copy=False)
+
+    def _read_control(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
+        out = []
+        while self.sock.poll(timeout_ms):
+            timeout_ms = 0
+            out.append(P.decode(self.sock.recv_multipart(), P.MAX_SERVER_INBOUND_BYTES).header)
+        return out
+
+    def _note_stops(self, messages: list[dict[str, Any]]) -> None:
+        for m in messages:
+            if m["type"] == "stop" and self.job is not None and m.get("job") == self.job["id"] and self.stop is None:
+                self.stop = m
+            elif m["type"] == "exit":
+                raise SystemExit(0)
+
+    def should_stop(self, step: int) -> bool:
+        self._note_stops(self._read_control())
+        self._fault_at(step)
+        return self.stop is not None
+
+    def serve(self) -> int:
+        self.send({"type": "_ready", "pid": os.getpid()})
+        while True:
+            messages = self._read_control(1000)
+            if os.getppid() != self.parent:
+                return 0  # the server is gone (where PDEATHSIG is not available)
+            for m in messages:
+                if m["type"] == "exit":
+                    return 0
+                if m["type"] == "run":
+                    if not self.run_job(m["spec"]):
+                        return 0  # a fresh process for the next job (after a GPU out-of-memory)
+
+    # --- one job -------------------------------------------------------------------------------------------
+    def base_record(self, spec: dict[str, Any], status: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return {"job": spec["id"], "owner": spec["owner"], "status": status, "prompt": spec["prompt"],
+                "parent": spec.get("parent"), "created": spec["created"], "settings": settings,
+                "stream": spec["stream"], "representation": settings.get("representation"),
+                "method": settings.get("method"), "device": str(self.device), "worker_pid": os.getpid(),
+                "model": settings.get("model"), "prior_loaded": self.prior_loaded}
+
+    def run_job(self, spec: dict[str, Any]) -> bool:
+        """Run one job to its end; False when this process should be replaced afterwards."""
+        import torch
+
+        self.job, self.stop, self.prior_loaded = spec, None, None
+        self._claim_fault()
+        folder = self.results.job_dir(spec["id"])
+        trainer = None
+        status, restart = "failed", False
+        try:
+            # Written first, so a server killed mid-job leaves a record a restarted server reports as "lost".
+            self.results.write_record(spec["id"], self.base_record(spec, "running", spec["settings"]))
+            t0 = time.perf_counter()
+            settings = spec["settings"]
+            prior, self.prior_loaded = self.priors.get(settings["model"], settings["procedural_resolution"])
+            load_seconds = time.perf_counter() - t0
+            trainer = self._trainer(spec, prior)
+            self.send({"type": "started", "step": trainer.step, "total": trainer.total})
+            t1 = time.perf_counter()
+            completed = trainer.run(self._events(spec, folder))
+            train_seconds = time.perf_counter() - t1
+            if completed:
+                self._finish(spec, trainer, folder, load_seconds, train_seconds)
+                status = "finished"
+            else:
+                status = self._stopped(spec, trainer, folder)
+        except Exception as exc:  # noqa: BLE001 - any failure ends this job only
+            restart = isinstance(exc, torch.cuda.OutOfMemoryError)
+            self._failed(spec, trainer, exc)
+        finally:
+            self.send({"type": "_done", "status": status, "restart": restart})
+            self.job = None
+        return not restart
+
+    def _trainer(self, spec: dict[str, Any], prior: Any) -> Any:
+        from backend.train import Cadence, Trainer
+
+        if spec.get("source_checkpoint") is None:
+            trainer = Trainer(prior, spec["prompt"], spec["settings"], device=self.device)
+        else:
+            trainer = Trainer.from_checkpoint(Path(spec["source_checkpoint"]), prior, self.device, spec["prompt"],
+                                              spec["settings"])
+            trainer.extend(spec["refine_steps"])
+        stream = spec["stream"]
+        trainer.cadence = Cadence.from_settings(
+            trainer.settings, progress_every=1, preview_views=stream["preview_views"],
+            preview_size=stream["preview_size"], mesh_every=stream["mesh_every"])
+        return trainer
+
+    def _events(self, spec: dict[str, Any], folder: Path) -> Any:
+        from backend.train import TrainEvents
+
+        stream = spec["stream"]
+
+        def on_progress(p: Any) -> None:
+            self.send({"type": "_beat", "step": p.step})
+            if p.step % stream["progress_every"] == 0 or p.step == p.total:
+                loss = p.loss
+                self.send({"type": "progress", "step": p.step, "total": p.total,
+                           "loss": loss if np.isfinite(loss) else None, "seconds": round(p.seconds, 3),
+                           "eta_seconds": round(p.eta_seconds, 3)})
+
+        def on_preview(step: int, strip: Any) -> None:
+            image = (strip.permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+            self.send({"type": "preview", "step": step, "views": stream["preview_views"]}, {"image": image})
+
+        def on_mesh(step: int, trainer: Any) -> None:
+            self._send_intermediate(spec, trainer, step, folder)
+
+        step = {"n": 0}
+
+        def should_stop() -> bool:
+            step["n"] += 1
+            return self.should_stop(step["n"])
+
+        return TrainEvents(on_progress=on_progress, on_preview=on_preview, on_mesh=on_mesh,
+                           should_stop=should_stop, checkpoint_path=folder / "checkpoint.pt")
+
+    def _send_intermediate(self, spec: dict[str, Any], trainer: Any, step: int, folder: Path) -> None:
+        from backend.generate import export_result
+
+        out = folder / "intermediate"
+        stream = spec["stream"]
+        try:
+            result = export_result(trainer, out, formats=("glb",), stem=f"step_{step:06d}",
+                                   mesh_resolution=stream["mesh_resolution"], texture_size=stream["mesh_texture_size"])
+            arrays = read_glb(Path(result["export"]["files"]["glb"]))
+        except Exception as exc:  # noqa: BLE001 - early in a run the field may hold no surface yet
+            self.send({"type": "error", "code": "mesh_failed", "fatal": False,
+                       "message": f"intermediate mesh at step {step} failed: {exc}"})
+            return
+        for old in out.glob("step_*.glb"):  # keep only the newest intermediate on disk
+            if old.name != f"step_{step:06d}.glb":
+                old.unlink(missing_ok=True)
+        self.send({"type": "mesh", "step": step, "final": False}, arrays)
+
+    def _stopped(self, spec: dict[str, Any], trainer: Any, folder: Path) -> str:
+        trainer.save_checkpoint(folder / "checkpoint.pt")
+        stop = self.stop or {}
+        reason = stop.get("reason") or "cancel"
+        status = "interrupted" if reason == "shutdown" else "cancelled"
+        record = self.base_record(spec, status, trainer.settings)
+        record.update(steps_done=trainer.step, total=trainer.total, ended=_now(), stop_reason=reason,
+                      refined_by=stop.get("refined_by"), checkpoint="checkpoint.pt")
+        self.results.write_record(spec["id"], record)
+        header: dict[str, Any] = {"type": "cancelled", "step": trainer.step, "reason": reason}
+        if stop.get("refined_by"):
+            header["refined_by"] = stop["refined_by"]
+        if stop.get("requested_step") is not None:
+            header["requested_step"] = stop["requested_step"]
+        self.send(header)
+        return status
+
+    def _finish(self, spec: dict[str, Any], trainer: Any, folder: Path, load_seconds: float,
+                train_seconds: float) -> None:
+        from backend.generate import finish_job
+
+        record = self.base_record(spec, "finished", trainer.settings)
+        record.update(seconds={"load_prior": load_seconds, "train": train_seconds},
+                      steps_per_second=trainer.step / max(train_seconds, 1e-9), ended=_now(),
+                      checkpoint="checkpoint.pt")
+        # Meshes, preview, checkpoint, then job.json: all on disk before the client hears "finished".
+        record = finish_job(trainer, folder, record)
+        self.send({"type": "mesh", "step": trainer.step, "final": True}, read_glb(folder / "mesh.glb"))
+        summary = {k: record[k] for k in ("steps_done", "total", "seconds", "mesh", "figures") if k in record}
+        files = sorted([*record["all_files"], "job.json"])
+        self.send({"type": "finished", "status": "finished", "record": summary, "files": files})
+
+    def _failed(self, spec: dict[str, Any], trainer: Any, exc: BaseException) -> None:
+        import torch
+
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            text = ("GPU out of memory: " + text + " (try fewer views_per_step, a lower render resolution or "
+                    "quality draft); the worker process is restarted for the next job")
+        record = self.base_record(spec, "failed", trainer.settings if trainer is not None else spec["settings"])
+        record.update(error=text, traceback=traceback.format_exc()[-4000:], ended=_now(),
+                      steps_done=trainer.step if trainer is not None else 0)
+        try:
+            self.results.fail_unfinished(spec["id"], record)
+        except (OSError, ValueError) as write_error:
+            # The client must know the record is missing too; the server writes one when it hears _done.
+            text += f" (and its record could not be written: {write_error})"
+        self.send({"type": "error", "code": "job_failed", "fatal": True, "message": f"job {spec['id']} failed: {text}"})
+
+    # --- test hook -----------------------------------------------------------------------------------------
+    def _claim_fault(self) -> None:
+        self.fault = None
+        faults, folder = os.environ.get("TBSD_TEST_WORKER_FAULTS"), os.environ.get("TBSD_TEST_FAULT_DIR")
+        if not faults or not folder:
+            return
+        for i, item in enumerate(faults.split(",")):
+            try:  # the first fault no earlier job claimed (O_EXCL: claimed once, whichever worker asks)
+                os.close(os.open(os.path.join(folder, f"fault-{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+            kind, _, at = item.partition("@")
+            self.fault = (kind, int(at or 1))
+            return
+
+    def _fault_at(self, step: int) -> None:
+        if self.fault is None or step != self.fault[1]:
+            return
+        kind = self.fault[0]
+        if kind == "oom":
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (test hook)")
+        if kind == "segv":
+            ctypes.string_at(0)
+        if kind == "hang":
+            while True:
+                time.sleep(60)
+
+
+def main(argv: list[str]) -> int:
+    endpoint, identity, results, device = argv
+    _die_with_parent()
+    if os.environ.get("TBSD_TEST_KILL_AT_PUBLISH"):  # test hook (backend/files.py); never set in production
+        from backend.files import arm_kill_hook
+
+        arm_kill_hook(os.environ["TBSD_TEST_KILL_AT_PUBLISH"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal goes to the server, which decides
+    try:
+        os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care
+    except OSError:
+        pass
+    worker = WorkerProcess(endpoint, identity.encode(), Path(results), device)
+    try:
+        return worker.serve()
+    finally:
+        worker.sock.close()
+        worker.ctx.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
