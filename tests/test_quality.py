@@ -1,6 +1,6 @@
 """Quality of `python -m backend generate` on the procedural prior: the exported mesh against the true shape.
 
-Three shape/colour prompts on both representations, at the draft preset with the step counts below (CPU-sized;
+Four shape/colour prompts on both representations, at the draft preset with the step counts below (CPU-sized;
 defaults are for real use). Each run is a real CLI process; two run at once with one thread each.
 
 Thresholds, and why:
@@ -29,7 +29,10 @@ import pytest
 from backend.priors.procedural import world
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ("a red cube", "a blue sphere", "a green cylinder")
+# One prompt per shape that passes at these settings on both representations (docs/METHODS.md, "The quality suite
+# at the defaults"): the cone joined after measuring 0.829 (NeRF) and 0.828 (Gaussians). The torus (0.62 / 0.31)
+# and the capsule (NeRF 0.75) do not pass yet; they are measured by bench/quality.py, not hidden here.
+PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "an orange cone")
 STEPS = {"nerf": 300, "gaussians": 600}
 RUNS = [(rep, prompt) for rep in STEPS for prompt in PROMPTS]
 

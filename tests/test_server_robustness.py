@@ -157,6 +157,25 @@ def test_a_worker_that_runs_out_of_gpu_memory_segfaults_hangs_or_is_killed_fails
         s.stop()
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (a real allocator OOM)")
+def test_a_real_cuda_out_of_memory_fails_only_its_job_and_the_next_job_runs(tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    s = ServerProcess(tmp_path / "results", extra=["--device", "cuda"])
+    s.start(env={"TBSD_TEST_WORKER_FAULTS": "cuda_oom@2", "TBSD_TEST_FAULT_DIR": str(faults)})
+    try:
+        c = client(s, "gpu")
+        job = submit(c, settings=LONG).job
+        err = wait_for(c, lambda m: m.job == job and m.type == "error" and m.get("fatal"), 300)
+        assert err["code"] == "job_failed" and "GPU out of memory" in err["message"], err.header
+        assert json.loads((s.results / job / "job.json").read_text())["status"] == "failed"
+        job = submit(c, settings=MINI).job
+        assert run_to_end(c, job, 300)[-1].type == "finished"
+        c.close()
+    finally:
+        s.stop()
+
+
 def test_pings_stay_under_100ms_while_a_job_exports_at_mesh_resolution_256(tmp_path):
     with ServerProcess(tmp_path / "results") as s:
         c = client(s, "exporter")

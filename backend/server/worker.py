@@ -15,7 +15,8 @@ Messages from the server: ``run`` (``spec``: a JobSpec as JSON), ``stop`` (``job
 
 Test hook (never reachable from the wire): ``TBSD_TEST_WORKER_FAULTS="oom@2,segv@1,hang@1,..."`` with
 ``TBSD_TEST_FAULT_DIR``: the n-th job any worker of that server starts gets the n-th fault at that step
-(``oom`` raises torch.cuda.OutOfMemoryError, ``segv`` dereferences NULL, ``hang`` sleeps forever).
+(``oom`` raises torch.cuda.OutOfMemoryError, ``cuda_oom`` asks the GPU for 64 TiB, ``segv`` dereferences NULL,
+``hang`` sleeps forever).
 """
 
 from __future__ import annotations
@@ -290,6 +291,10 @@ class WorkerProcess:
             import torch
 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (test hook)")
+        if kind == "cuda_oom":  # a real one from the caching allocator: 64 TiB fits on no GPU
+            import torch
+
+            torch.empty(1 << 46, dtype=torch.uint8, device="cuda")
         if kind == "segv":
             ctypes.string_at(0)
         if kind == "hang":
