@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import zmq
 
+from backend.server.meshfile import read_glb
 from server_support import (LONG, QUIET_STREAM, ROOT, STREAM, TINY, ServerProcess, client, drain, free_port,
                             owner_of, run_to_end, submit, wait_for)
 from shared import protocol as P
@@ -121,6 +122,11 @@ def test_job_streams_progress_previews_and_meshes_then_finishes(server, finished
     ply = _ply_vertices(folder / "mesh.ply")
     np.testing.assert_allclose(final.arrays["vertices"].min(0), ply.min(0), atol=1e-5)
     np.testing.assert_allclose(final.arrays["vertices"].max(0), ply.max(0), atol=1e-5)
+    # The intermediate mesh went through a staging folder and a rename: the GLB the client got, nothing half-made.
+    assert [p.name for p in (folder / "intermediate").iterdir()] == ["step_000004.glb"]
+    assert not [p.name for p in folder.glob(".*")], "staging or temporary files left in the job folder"
+    np.testing.assert_array_equal(read_glb(folder / "intermediate" / "step_000004.glb")["vertices"],
+                                  intermediate[0].arrays["vertices"])
 
 
 def test_files_are_on_disk_when_finished_arrives(server):

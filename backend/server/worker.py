@@ -202,20 +202,31 @@ class WorkerProcess:
                            should_stop=should_stop, checkpoint_path=folder / "checkpoint.pt")
 
     def _send_intermediate(self, spec: dict[str, Any], trainer: Any, step: int, folder: Path) -> None:
+        import shutil
+
+        from backend.files import publish_folder
         from backend.generate import export_result
 
         out = folder / "intermediate"
+        out.mkdir(parents=True, exist_ok=True)
+        # Written in a staging folder and renamed in, like the final files: a kill mid-write leaves no torn GLB
+        # (remove_leftovers clears the job folder's .staging-* at restart).
+        staging = folder / f".staging-intermediate-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
         stream = spec["stream"]
+        name = f"step_{step:06d}.glb"
         try:
-            result = export_result(trainer, out, formats=("glb",), stem=f"step_{step:06d}",
-                                   mesh_resolution=stream["mesh_resolution"], texture_size=stream["mesh_texture_size"])
-            arrays = read_glb(Path(result["export"]["files"]["glb"]))
+            export_result(trainer, staging, formats=("glb",), stem=f"step_{step:06d}",
+                          mesh_resolution=stream["mesh_resolution"], texture_size=stream["mesh_texture_size"])
+            publish_folder(staging, out)
+            arrays = read_glb(out / name)
         except Exception as exc:  # noqa: BLE001 - early in a run the field may hold no surface yet
+            shutil.rmtree(staging, ignore_errors=True)
             self.send({"type": "error", "code": "mesh_failed", "fatal": False,
                        "message": f"intermediate mesh at step {step} failed: {exc}"})
             return
         for old in out.glob("step_*.glb"):  # keep only the newest intermediate on disk
-            if old.name != f"step_{step:06d}.glb":
+            if old.name != name:
                 old.unlink(missing_ok=True)
         self.send({"type": "mesh", "step": step, "final": False}, arrays)
 
