@@ -116,11 +116,16 @@ def test_one_connection_cannot_take_more_than_its_share_of_the_queue(tmp_path):
 
 # --- workers ----------------------------------------------------------------------------------------------------
 
+def _server_with_worker_faults(tmp_path: Path, faults: str, *extra: str) -> ServerProcess:
+    """A server whose workers take the faults ``faults`` (worker.py's test hook: each claimed by one job)."""
+    folder = tmp_path / "faults"
+    folder.mkdir()
+    return ServerProcess(tmp_path / "results", extra=list(extra)).start(
+        env={"TBSD_TEST_WORKER_FAULTS": faults, "TBSD_TEST_FAULT_DIR": str(folder)})
+
+
 def test_a_worker_that_runs_out_of_gpu_memory_segfaults_hangs_or_is_killed_fails_only_its_job(tmp_path):
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    s = ServerProcess(tmp_path / "results", extra=["--job-silence-timeout", "8"])
-    s.start(env={"TBSD_TEST_WORKER_FAULTS": "oom@2,segv@2,hang@2", "TBSD_TEST_FAULT_DIR": str(faults)})
+    s = _server_with_worker_faults(tmp_path, "oom@2,segv@2,hang@2", "--job-silence-timeout", "8")
     try:
         c = client(s, "victim")
         pinger = client(s, "pinger")
@@ -159,10 +164,7 @@ def test_a_worker_that_runs_out_of_gpu_memory_segfaults_hangs_or_is_killed_fails
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (a real allocator OOM)")
 def test_a_real_cuda_out_of_memory_fails_only_its_job_and_the_next_job_runs(tmp_path):
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    s = ServerProcess(tmp_path / "results", extra=["--device", "cuda"])
-    s.start(env={"TBSD_TEST_WORKER_FAULTS": "cuda_oom@2", "TBSD_TEST_FAULT_DIR": str(faults)})
+    s = _server_with_worker_faults(tmp_path, "cuda_oom@2", "--device", "cuda")
     try:
         c = client(s, "gpu")
         job = submit(c, settings=LONG).job
