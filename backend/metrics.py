@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from backend.export.mesh import connected_components
+from backend.priors.procedural import world
 from backend.priors.procedural.world import BACKGROUND
 
 # A pixel can only be object when its RGB differs from the background by more than this
@@ -143,8 +145,6 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
 def true_surface_points(shape: str, n: int, rng: np.random.Generator, shell: float = 0.01) -> np.ndarray:
     """About ``n`` points on the zero set of ``shape``'s SDF, near-uniform over its area: points drawn uniformly
     in the box, kept within a thin shell around the surface, then projected onto it along the SDF gradient."""
-    from backend.priors.procedural import world
-
     kept: list[np.ndarray] = []
     while sum(len(k) for k in kept) < n:
         p = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(400_000, 3)), dtype=torch.float64)
@@ -171,8 +171,6 @@ def _nearest_distance(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.nda
 def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
     """Connected pieces of the surface. Vertices are merged by position first: UV seams split a vertex into
     copies with the same position, which are one point of the surface."""
-    from backend.export.mesh import connected_components
-
     if len(faces) == 0:
         return 0
     _, merged = np.unique(np.round(vertices, 6), axis=0, return_inverse=True)
@@ -194,8 +192,6 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     - ``wrong_colour_share``: share of the surface whose albedo is nearer another catalogue colour;
     - ``nearest_colour``: the catalogue colour nearest the mean albedo; ``components``: pieces of the surface.
     """
-    from backend.priors.procedural import world
-
     meaning = world.parse_prompt(prompt)
     if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
         raise ValueError(f"mesh figures need a prompt naming one shape and one colour, got {prompt!r}")

@@ -67,3 +67,44 @@ def test_fill_enclosed_leaves_open_cavities_alone(axis):
     cup[p[:, 2].reshape(N, N, N) > 0.2] = 0.0  # a bowl open at the top
     filled, count = fill_enclosed(cup, 1.0)
     assert count == 0 and np.array_equal(filled, cup)
+
+
+def _textured_mesh(shape: str, colour: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """The true shape's marching-cubes surface with a one-colour texture, as read_glb returns a GLB."""
+    axis = np.linspace(-0.5, 0.5, 80)
+    sdf = world.sdf(shape, _points(axis)).numpy().reshape(80, 80, 80)
+    mesh = marching_cubes(-sdf, 0.0, 0.5)
+    texture = np.empty((4, 4, 3), dtype=np.uint8)
+    texture[:] = np.round(np.array(colour) * 255)
+    return {"vertices": mesh.vertices, "faces": mesh.faces,
+            "uvs": np.full((len(mesh.vertices), 2), 0.5, dtype=np.float32), "texture": texture}
+
+
+def test_mesh_figures_of_the_true_object_are_near_perfect_and_of_another_object_are_not():
+    from backend.metrics import mesh_figures
+
+    red = world.COLOURS["red"]
+    right = mesh_figures(_textured_mesh("cone", red), "a red cone", samples=5000)
+    assert right["voxel_iou"] > 0.97 and right["chamfer"] < 0.005, right
+    assert right["colour_error_mean"] < 0.01 and right["wrong_colour_share"] == 0.0, right
+    assert right["nearest_colour"] == "red" and right["components"] == 1
+    # The same mesh measured as another shape, and a mesh of another colour, fail on exactly those figures.
+    shape = mesh_figures(_textured_mesh("cone", red), "a red torus", samples=5000)
+    assert shape["voxel_iou"] < 0.5 and shape["chamfer"] > 0.03 and shape["colour_error_mean"] < 0.01, shape
+    colour = mesh_figures(_textured_mesh("cone", world.COLOURS["blue"]), "a red cone", samples=5000)
+    assert colour["nearest_colour"] == "blue" and colour["wrong_colour_share"] == 1.0, colour
+    assert colour["colour_error_mean"] > 0.5 and colour["voxel_iou"] > 0.97, colour
+
+
+def test_components_count_pieces_not_uv_seams():
+    from backend.metrics import count_components
+
+    one = _textured_mesh("sphere", world.COLOURS["red"])
+    v, f = one["vertices"], one["faces"]
+    # A seam: the first face's vertices duplicated, the same positions under new indices.
+    seamed_v = np.concatenate([v, v[f[0]]])
+    seamed_f = f.copy()
+    seamed_f[0] = len(v) + np.arange(3)
+    assert count_components(seamed_v, seamed_f) == 1
+    two = np.concatenate([v, v + 2.0]), np.concatenate([f, f + len(v)])
+    assert count_components(*two) == 2
