@@ -34,9 +34,9 @@ LEVEL_RESOLUTION = 64
 
 
 def _field(fn: Any) -> Any:
-    def call(points: torch.Tensor) -> torch.Tensor:
+    def call(*arrays: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return fn(points)
+            return fn(*arrays)
 
     return call
 
@@ -60,7 +60,7 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("
         grid=None if grid is None else grid.float().cpu().numpy(),
     )
     t1 = time.perf_counter()
-    export_figures = export_mesh(out_dir, mesh, _field(scene.albedo), texture_size=texture_size or s["texture_size"],
+    export_figures = export_mesh(out_dir, mesh, _field(scene.surface_albedo), texture_size=texture_size or s["texture_size"],
                                  formats=formats, stem=stem, device=trainer.device)
     t2 = time.perf_counter()
     return {"mesh": mesh, "extract": extract_figures, "export": export_figures,
@@ -70,6 +70,7 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("
 def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int = 64) -> dict[str, float]:
     """Voxel IoU of the mesh with the true shape and the mean surface colour's error, when the prompt names one
     object. The mesh (what the artist gets) is voxelised by ray parity, so holes and inner shells count."""
+    from backend.export import vertex_normals
     from backend.metrics import mesh_occupancy, voxel_iou
     from backend.priors.procedural import world
 
@@ -81,7 +82,9 @@ def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int
     truth = (world.sdf(meaning.shapes[0], pts) < 0).numpy().reshape((resolution,) * 3)
     occupied = mesh_occupancy(np.asarray(mesh.vertices), np.asarray(mesh.faces), axis.numpy())
     with torch.no_grad():
-        colours = _field(trainer.scene.albedo)(torch.as_tensor(mesh.vertices, device=trainer.device)).cpu().numpy()
+        colours = _field(trainer.scene.surface_albedo)(
+            torch.as_tensor(mesh.vertices, dtype=torch.float32, device=trainer.device),
+            torch.as_tensor(vertex_normals(mesh), dtype=torch.float32, device=trainer.device)).cpu().numpy()
     true_colour = np.array(world.COLOURS[meaning.colours[0]])
     mean = colours.mean(0)
     nearest = min(world.COLOURS, key=lambda name: float(np.linalg.norm(mean - np.array(world.COLOURS[name]))))

@@ -103,7 +103,8 @@ def build_representation(kind: str, settings: Mapping[str, Any], prior: Diffusio
         from backend.scene.gaussians import GaussianConfig, GaussianScene
 
         config = GaussianConfig(num_points=settings["gaussian_points"], max_points=settings["gaussian_max_points"],
-                                opacity_reset_at=(0.3,) if settings["gaussian_opacity_reset"] else ())
+                                opacity_reset_at=(0.3,) if settings["gaussian_opacity_reset"] else (),
+                                antialiased=settings["gaussian_antialiased"])
         scene = GaussianScene(config, background=prior.background or (0.5, 0.5, 0.5), seed=settings["seed"])
     else:
         raise ValueError(f"unknown representation '{kind}'; allowed: nerf, gaussians")

@@ -4,6 +4,8 @@
 # study longer than one device call survives between calls; `collect` waits for them and copies the results to $OUT.
 #   start:   bash bench/device_quality.sh start NAME 'ARGS' [NAME 'ARGS' ...]
 #   collect: bash bench/device_quality.sh collect SECONDS
+# With several GPUs the studies go round-robin over them (CUDA_VISIBLE_DEVICES), in the order given. `collect`
+# packs every study's results into $OUT/quality.tar.gz (the device tool returns at most 8 files).
 set -u
 mode=$1; shift
 if [ "$mode" = start ]; then
@@ -22,10 +24,12 @@ rasterize(torch.zeros(4, 3, device=d), torch.tensor([[1.0, 0, 0, 0]] * 4, device
 print(f"gsplat ready in {time.time() - t:.0f} s", flush=True)
 PY
   mkdir -p /tmp/quality
+  gpus=$(nvidia-smi -L | wc -l); i=0
   while [ $# -ge 2 ]; do
     name=$1; args=$2; shift 2
     printf '%s' "$args" > /tmp/quality/$name.args  # shell words, single-quoted JSON kept whole by eval below
-    setsid nohup bash -c "eval python3 bench/quality.py --out /tmp/quality/$name \$(cat /tmp/quality/$name.args) > /tmp/quality/$name.log 2>&1; echo done > /tmp/quality/$name.done" >/dev/null 2>&1 &
+    gpu=$((i % gpus)); i=$((i + 1)); echo "$name on GPU $gpu"
+    CUDA_VISIBLE_DEVICES=$gpu setsid nohup bash -c "eval python3 bench/quality.py --out /tmp/quality/$name \$(cat /tmp/quality/$name.args) > /tmp/quality/$name.log 2>&1; echo done > /tmp/quality/$name.done" >/dev/null 2>&1 &
   done
   sleep 5; ls /tmp/quality; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 elif [ "$mode" = collect ]; then
@@ -39,8 +43,7 @@ elif [ "$mode" = collect ]; then
   for log in /tmp/quality/*.log; do
     name=$(basename "${log%.log}")
     echo "== $name: $(wc -l < "$log") lines, done: $([ -e /tmp/quality/$name.done ] && echo yes || echo no)"; tail -3 "$log"
-    mkdir -p "$OUT/$name"; cp /tmp/quality/$name/quality.json /tmp/quality/$name/quality.md "$OUT/$name/" 2>/dev/null
-    cp /tmp/quality/$name/contact_sheet*.png "$OUT/$name/" 2>/dev/null
   done
+  (cd /tmp/quality && tar czf "$OUT/quality.tar.gz" --exclude='runs' */quality.json */quality.md */contact_sheet*.png *.log 2>/dev/null)
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 fi

@@ -48,16 +48,17 @@ def random_scene(num_points: int, seed: int, device: str) -> GaussianScene:
     return scene.to(device)
 
 
-def _render(scene: GaussianScene, views, size: int, backend: str):
+def _render(scene: GaussianScene, views, size: int, backend: str, antialiased: bool = False):
     viewmats, Ks = views_to_opencv(views, size, size)
     return rasterize(
         scene.means, scene.unit_quats(), scene.scales(), scene.opacities(), scene.albedos(), viewmats, Ks,
-        size, size, backgrounds=scene.background.expand(len(views), 3), backend=backend,
+        size, size, backgrounds=scene.background.expand(len(views), 3), backend=backend, antialiased=antialiased,
     )
 
 
-def compare(num_points: int = 2000, size: int = 64, views: int = 4, seed: int = 0) -> dict:
-    """Render with both backends on CUDA; differences of images and of parameter gradients."""
+def compare(num_points: int = 2000, size: int = 64, views: int = 4, seed: int = 0, antialiased: bool = False) -> dict:
+    """Render with both backends on CUDA (gsplat's "classic" or "antialiased" mode); differences of images and of
+    parameter gradients."""
     device = "cuda"
     scene = random_scene(num_points, seed, device)
     cams = orbit_views(
@@ -65,14 +66,15 @@ def compare(num_points: int = 2000, size: int = 64, views: int = 4, seed: int = 
     ).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     weights = torch.rand(views, size, size, 3, generator=gen, device=device)
-    result: dict = {"num_points": num_points, "size": size, "views": views, "tolerance_mean_abs": MEAN_ABS_TOLERANCE}
+    result: dict = {"num_points": num_points, "size": size, "views": views, "antialiased": antialiased,
+                    "tolerance_mean_abs": MEAN_ABS_TOLERANCE}
     outs, grads = {}, {}
     for backend in ("gsplat", "dense"):
         for p in scene.parameters():
             p.grad = None
         torch.cuda.synchronize()
         start = time.perf_counter()
-        out = _render(scene, cams, size, backend)
+        out = _render(scene, cams, size, backend, antialiased)
         # A loss that touches rgb, alpha and depth, for the gradient comparison.
         loss = (out.rgb * weights).sum() + out.alpha.sum() + 0.1 * out.depth.sum()
         loss.backward()

@@ -204,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                              'the worker pool (a study of several changes in one go); --settings applies to each.')
     parser.add_argument("--workers", type=int, default=2, help="Runs at once.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run.")
-    parser.add_argument("--keep", type=Path, default=None, help="Keep every run's folder here (default: a temp dir).")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Keep every run's folder here, with its final checkpoint.pt for bench/rebake.py "
+                             "(default: a temp dir, no checkpoint).")
     args = parser.parse_args(argv)
     settings = json.loads(args.settings)
+    if args.keep:
+        settings.setdefault("checkpoint_every", 100000)  # a checkpoint at the end only (the run's own steps)
     variants = json.loads(args.variants) if args.variants else {"defaults": {}}
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
     runs = [(v, p, m, r) for v in variants for r in args.representations.split(",") for m in args.methods.split(",")

@@ -38,7 +38,7 @@ def density(p: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(20.0 * -ellipsoid_sdf(p))  # = ln 2 on the surface
 
 
-def colour(p: torch.Tensor) -> torch.Tensor:
+def colour(p: torch.Tensor, normals: torch.Tensor | None = None) -> torch.Tensor:
     """Red above the centre (world +Z), blue below."""
     top = (p[:, 2] > CENTRE[2]).float()
     return torch.stack([top, torch.zeros_like(top), 1.0 - top], dim=-1)

@@ -32,6 +32,7 @@ from backend.export import (
     ray_max_density,
     remove_small_components,
     unwrap_uvs,
+    vertex_colours,
     write_glb,
 )
 from backend.export.mesh import connected_components
@@ -69,8 +70,8 @@ def density_of(sdf):
     return lambda p: torch.nn.functional.softplus(20.0 * -sdf(p))
 
 
-def colour_fn(p: torch.Tensor) -> torch.Tensor:
-    """Red on the top half (world +Z), blue on the bottom, green a smooth ramp in x."""
+def colour_fn(p: torch.Tensor, normals: torch.Tensor | None = None) -> torch.Tensor:
+    """Red on the top half (world +Z), blue on the bottom, green a smooth ramp in x (the normal is not used)."""
     top = (p[:, 2] > 0).float()
     return torch.stack([top, (0.5 + p[:, 0]).clamp(0, 1), 1.0 - top], dim=-1)
 
@@ -281,6 +282,24 @@ def test_unwrap_keeps_the_surface(sphere_stage):
     # Seam copies are copies: every vertex of the unwrapped mesh is a vertex of the original one.
     original = {tuple(v) for v in mesh.vertices.tolist()}
     assert all(tuple(v) in original for v in uv_mesh.vertices.tolist())
+
+
+def test_the_bake_hands_the_colour_function_outward_unit_normals(sphere_stage):
+    """Surface colours depend on the side the surface is seen from (Gaussians: the shell, not the inside), so the
+    bake and the vertex colours pass each point's outward normal: on a sphere at the origin, along the position."""
+    seen = []
+
+    def along_position(p: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        seen.append((torch.linalg.norm(normals, dim=-1), (normals * torch.nn.functional.normalize(p, dim=-1)).sum(-1)))
+        return torch.zeros_like(p)
+
+    uv_mesh, uvs = unwrap_uvs(sphere_stage["clean"], TEXTURE)
+    bake_texture(uv_mesh, uvs, along_position, TEXTURE)
+    vertex_colours(sphere_stage["clean"], along_position)
+    assert len(seen) == 2
+    for length, cosine in seen:
+        assert torch.allclose(length, torch.ones_like(length), atol=1e-4)
+        assert cosine.min() > 0.9  # outward, and smooth (interpolated vertex normals of a 96^3 sphere)
 
 
 def test_baked_texture_matches_the_colour_function(sphere_stage):

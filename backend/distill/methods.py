@@ -87,15 +87,26 @@ def tbsd_factor(progress: float, alpha: float, beta: float, gamma: float) -> flo
     return max(alpha * (1.0 - progress / beta), gamma)
 
 
-def tbsd(e_tgt: Direction, e_null: Direction, e_tnp: Direction, factor: float) -> tuple[Direction, Float[Tensor, "B"]]:
+def tbsd(e_tgt: Direction, e_null: Direction, e_tnp: Direction, factor: float, noise: Direction | None = None,
+         anchor: float = 0.0) -> tuple[Direction, Float[Tensor, "B"]]:
     """Target-Balanced Score Distillation (TBSD eqs. 10-14).
 
     d_s = e_tgt - e_null (shape), d_t = e_tgt - e_tnp (texture), d_td = factor d_t;
     g = mu d_s + (1 - mu) d_td with mu the per-sample MGDA weight.
+
+    ``anchor`` > 0 adds ``anchor (e_tgt - eps)`` (not in the paper): both of TBSD's terms are differences of
+    class-conditional predictions, so they vanish wherever the prior already names the target and the direction
+    stops on the decision boundary, not at the target; ``e_tgt - eps`` has zero mean only at the target
+    (docs/METHODS.md, "Why: classifier-only directions have no fixed point at the target").
     """
     d_s = e_tgt - e_null
     d_td = factor * (e_tgt - e_tnp)
-    return mgda(d_s, d_td)
+    g, mu = mgda(d_s, d_td)
+    if anchor:
+        if noise is None:
+            raise ValueError("tbsd: an anchor needs the injected noise")
+        g = g + anchor * (e_tgt - noise)
+    return g, mu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +177,7 @@ def _bsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, d
 def _tbsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
     s = ctx.settings
     f = tbsd_factor(ctx.progress, s["tbsd_alpha"], s["tbsd_beta"], s["tbsd_gamma"])
-    g, mu = tbsd(e["target"], e["null"], e["target_negative"], f)
+    g, mu = tbsd(e["target"], e["null"], e["target_negative"], f, ctx.noise, s["tbsd_anchor"])
     return s["tbsd_scale"] * g, {"mgda_weight": mu, "tbsd_factor": f}
 
 

@@ -25,6 +25,9 @@ from backend.scene.cameras import Views, ray_bundle
 DEFAULT_BOUND: float = 0.5 + 0.05
 
 FieldFn = Callable[[Tensor], Tensor]
+# Surface colour: (points [N, 3], outward unit normals [N, 3]) -> colours [N, 3]. The normal says from which
+# side the surface is seen, which a colour field of points alone cannot know (Representation.surface_albedo).
+SurfaceFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @torch.no_grad()
@@ -38,6 +41,17 @@ def evaluate(fn: FieldFn, points: np.ndarray, chunk: int = 262144, device: torch
     if not out:
         return np.zeros((0,), dtype=np.float32)
     return np.concatenate(out, axis=0)
+
+
+@torch.no_grad()
+def evaluate_surface(fn: SurfaceFn, points: np.ndarray, normals: np.ndarray, chunk: int = 262144,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """``fn`` on numpy surface points and normals [N, 3], in chunks; returns float32 numpy [N, 3]."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    normals = np.ascontiguousarray(normals, dtype=np.float32)
+    out = [fn(torch.from_numpy(points[i : i + chunk]).to(device), torch.from_numpy(normals[i : i + chunk]).to(device))
+           .float().cpu().numpy() for i in range(0, len(points), chunk)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 3), dtype=np.float32)
 
 
 @torch.no_grad()

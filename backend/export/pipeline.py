@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.export.field import DEFAULT_BOUND, FieldFn, density_grid, fill_enclosed, level_from_renders
+from backend.export.field import DEFAULT_BOUND, FieldFn, SurfaceFn, density_grid, fill_enclosed, level_from_renders
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
 from backend.export.texture import bake_texture, rasterise_uv, vertex_colours
 from backend.export.uv import unwrap_uvs
@@ -79,7 +79,7 @@ def extract_mesh(
 def export_mesh(
     out_dir: str | Path,
     mesh: Mesh,
-    albedo_fn: FieldFn,
+    colour_fn: SurfaceFn,
     texture_size: int = 1024,
     formats: tuple[str, ...] | list[str] = FORMATS,
     stem: str = "mesh",
@@ -106,7 +106,7 @@ def export_mesh(
         seconds["unwrap"] = time.perf_counter() - t
         t = time.perf_counter()
         raster = rasterise_uv(uvs, uv_mesh.faces, texture_size)
-        texture = bake_texture(uv_mesh, uvs, albedo_fn, texture_size, raster=raster, device=device)
+        texture = bake_texture(uv_mesh, uvs, colour_fn, texture_size, raster=raster, device=device)
         seconds["bake"] = time.perf_counter() - t
         result.update(uv_vertices=uv_mesh.n_vertices, texture_size=int(texture_size),
                       texture_coverage=raster.coverage)
@@ -119,7 +119,7 @@ def export_mesh(
         seconds["write_textured"] = time.perf_counter() - t
     if "ply" in formats:
         t = time.perf_counter()
-        colours = vertex_colours(mesh, albedo_fn, device=device)
+        colours = vertex_colours(mesh, colour_fn, device=device)
         files["ply"] = str(write_ply(out_dir / f"{stem}.ply", mesh, colours))
         seconds["ply"] = time.perf_counter() - t
     return result

@@ -1,7 +1,8 @@
 """Baking the field's albedo into a UV texture (and into vertex colours).
 
 Each triangle is rasterised in UV space with a small vectorised barycentric rasteriser; every covered texel's
-centre maps back to a 3D surface point, where the albedo field is queried. Texels no triangle covers are then
+centre maps back to a 3D surface point and its interpolated normal, where the representation's surface colour is
+queried (seen from outside, along the normal: Representation.surface_albedo). Texels no triangle covers are then
 filled from covered neighbours (seam dilation), so bilinear filtering and mip-mapping at chart borders read the
 chart's own colours instead of the background. UV convention: see uv.py (v up, texture row 0 = top).
 """
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backend.export.field import FieldFn, evaluate
-from backend.export.mesh import Mesh
+from backend.export.field import SurfaceFn, evaluate_surface
+from backend.export.mesh import Mesh, vertex_normals
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def dilate(texture: np.ndarray, mask: np.ndarray, passes: int = 16) -> np.ndarra
 def bake_texture(
     mesh: Mesh,
     uvs: np.ndarray,
-    albedo_fn: FieldFn,
+    colour_fn: SurfaceFn,
     size: int = 1024,
     raster: UVRaster | None = None,
     dilation_passes: int = 16,
@@ -125,24 +126,28 @@ def bake_texture(
 ) -> np.ndarray:
     """The albedo texture float32 [S, S, 3] in [0, 1] of a mesh with per-vertex ``uvs`` (row 0 = top, v = 1).
 
-    ``albedo_fn`` maps torch points [N, 3] to colours [N, 3]; ``raster`` may be passed when already computed.
+    ``colour_fn`` maps torch points and outward unit normals [N, 3] to colours [N, 3]; ``raster`` may be passed
+    when already computed.
     """
     if raster is None:
         raster = rasterise_uv(uvs, mesh.faces, size)
     covered = raster.covered
     texture = np.zeros((size, size, 3), dtype=np.float32)
     if covered.any():
-        tri = mesh.vertices[mesh.faces[raster.face_id[covered]]]  # [N, 3 corners, 3]
-        points = np.einsum("nc,ncd->nd", raster.bary[covered], tri)
-        texture[covered] = np.clip(evaluate(albedo_fn, points, chunk, device).reshape(-1, 3), 0.0, 1.0)
+        corners = mesh.faces[raster.face_id[covered]]  # [N, 3]
+        bary = raster.bary[covered]
+        points = np.einsum("nc,ncd->nd", bary, mesh.vertices[corners])
+        normals = np.einsum("nc,ncd->nd", bary, vertex_normals(mesh)[corners])
+        normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-12)
+        texture[covered] = np.clip(evaluate_surface(colour_fn, points, normals, chunk, device), 0.0, 1.0)
     return dilate(texture, covered, dilation_passes)
 
 
 def vertex_colours(
-    mesh: Mesh, albedo_fn: FieldFn, chunk: int = 262144, device: torch.device | str = "cpu"
+    mesh: Mesh, colour_fn: SurfaceFn, chunk: int = 262144, device: torch.device | str = "cpu"
 ) -> np.ndarray:
-    """The albedo at each vertex, float32 [V, 3] in [0, 1]."""
-    return np.clip(evaluate(albedo_fn, mesh.vertices, chunk, device).reshape(-1, 3), 0.0, 1.0)
+    """The surface colour at each vertex, float32 [V, 3] in [0, 1]."""
+    return np.clip(evaluate_surface(colour_fn, mesh.vertices, vertex_normals(mesh), chunk, device), 0.0, 1.0)
 
 
 __all__ = ["UVRaster", "rasterise_uv", "dilate", "bake_texture", "vertex_colours"]

@@ -41,6 +41,11 @@ PARAMETER_NAMES: tuple[str, ...] = ("means", "log_scales", "quats", "opacity_log
 FIELD_POINT_CHUNK = 1024
 FIELD_CUTOFF = 4.3
 FIELD_PAIR_BUDGET = 1 << 21
+# surface_albedo(): how far outside the surface the viewing ray starts (world units; the objects span about 0.7 and
+# the splats on a surface are a few hundredths thick), and the accumulated alpha under which a point is taken as
+# unseen and gets the density-weighted albedo instead.
+SURFACE_RAY_START = 0.05
+SURFACE_MIN_ALPHA = 0.05
 
 
 @dataclass
@@ -62,6 +67,10 @@ class GaussianConfig:
 
     # Renderer: "auto" (gsplat for CUDA tensors, the dense torch splatting otherwise), "gsplat" or "dense".
     splatting: str = "auto"
+    # Opacity compensation for the renderer's 0.3 px^2 widening (gsplat's "antialiased" mode). Without it a
+    # splat looks a pixel wider at the training resolution than its 3D extent, so a run at the prior's 32-64 px
+    # learns a surface that the 3D density (the mesh) puts a pixel's width inside the renders' silhouette.
+    antialiased: bool = False
 
     # --- learning rates, as multiples of the optimiser's base lr ---
     # With lr = 0.01 (the TBSD paper's AdamW lr) these are DreamGaussian's rates: position 1e-3,
@@ -269,6 +278,7 @@ class GaussianScene(Representation):
         out = rasterize(
             self.means, self.unit_quats(), self.scales(), self.opacities(), colors, viewmats, Ks, width, height,
             backgrounds=self.background.to(self.means.dtype).expand(B, 3), backend=self.config.splatting,
+            antialiased=self.config.antialiased,
         )
         if out.means2d.requires_grad:
             self._pending.append((out.means2d, out.visible, width, height))
@@ -359,6 +369,58 @@ class GaussianScene(Representation):
         return self._field(
             points, lambda logw, idx: torch.softmax(logw, dim=-1) @ (albedo if idx is None else albedo[idx])
         )
+
+    @torch.no_grad()
+    def surface_albedo(self, points: Float[Tensor, "N 3"], normals: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """What the renderer shows at each surface point, seen along its normal.
+
+        ``albedo`` averages every Gaussian near a point by density, so the never-seen grey Gaussians inside a
+        surface shell tint the texture that the renders do not show. Here a ray starts SURFACE_RAY_START outside
+        the point and runs along ``-normal``; every Gaussian it crosses counts once, at its peak response along
+        the ray (``o exp(-q/2)``, q the smallest Mahalanobis distance to the ray, as a splat's 2D footprint gives),
+        alpha-composited front to back like the rasteriser, normalised by the accumulated alpha.
+        """
+        if points.shape[0] == 0:
+            return self.means.new_zeros(0, 3)
+        points = points.to(self.means.device, self.means.dtype)
+        normals = F.normalize(normals.to(points), dim=-1)
+        order = _morton_order(points)
+        points, normals = points[order], normals[order]
+        origins = points + SURFACE_RAY_START * normals
+        albedo = self.albedos()
+        rot = quat_to_rotmat(self.quats)
+        inv_scale = (-self.log_scales).exp()
+        log_opacity = F.logsigmoid(self.opacity_logits)
+        reach = FIELD_CUTOFF * self.log_scales.exp().max(dim=-1).values
+        out = []
+        for start in range(0, points.shape[0], FIELD_POINT_CHUNK):
+            o, d = origins[start : start + FIELD_POINT_CHUNK], -normals[start : start + FIELD_POINT_CHUNK]
+            ends = torch.cat([o, points[start : start + FIELD_POINT_CHUNK]])
+            lo, hi = ends.min(dim=0).values, ends.max(dim=0).values
+            gap = (self.means - torch.maximum(torch.minimum(self.means, hi), lo)).norm(dim=-1)
+            idx = torch.nonzero(gap <= reach, as_tuple=True)[0]
+            step = max(1, FIELD_PAIR_BUDGET // max(1, idx.numel()))
+            for s in range(0, o.shape[0], step):
+                oo, dd = o[s : s + step], d[s : s + step]
+                # The ray in each Gaussian's whitened frame: x(u) = a + u b.
+                a = torch.einsum("pmk,mkj->pmj", oo[:, None, :] - self.means[idx][None], rot[idx]) * inv_scale[idx]
+                b = torch.einsum("pk,mkj->pmj", dd, rot[idx]) * inv_scale[idx]
+                bb = (b * b).sum(-1).clamp(min=1e-20)
+                ab = (a * b).sum(-1)
+                depth = -ab / bb  # where along the ray the Gaussian peaks
+                q = ((a * a).sum(-1) - ab * ab / bb).clamp(min=0)
+                alpha = torch.where(depth >= 0, (log_opacity[idx][None] - 0.5 * q).exp(), 0).clamp(max=0.99)
+                by_depth = depth.argsort(dim=-1)
+                alpha = alpha.gather(-1, by_depth)
+                seen = alpha * torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], -1), -1)
+                total = seen.sum(-1, keepdim=True)
+                colour = torch.einsum("pm,pmc->pc", seen, albedo[idx][by_depth]) / total.clamp(min=1e-12)
+                unseen = (total[:, 0] < SURFACE_MIN_ALPHA).nonzero(as_tuple=True)[0]
+                if unseen.numel():
+                    colour[unseen] = self.albedo(oo[unseen] + SURFACE_RAY_START * dd[unseen])
+                out.append(colour)
+        values = torch.cat(out)
+        return torch.empty_like(values).index_copy_(0, order, values)
 
     # ------------------------------------------------------------------ optimisation
 

@@ -46,7 +46,13 @@ class Representation(nn.Module, ABC):
 
     @abstractmethod
     def albedo(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
-        """Surface colour in [0, 1] at world points (for texture baking)."""
+        """Colour in [0, 1] of the field at world points."""
+
+    def surface_albedo(self, points: Float[Tensor, "N 3"], normals: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3"]:
+        """The albedo a camera sees at surface ``points`` looking along ``-normals`` (outward unit normals): what
+        texture baking stores. A field whose colour at the surface is what the renderer shows (a NeRF's albedo
+        at its density's level set) needs no more than ``albedo``; Gaussians override it."""
+        return self.albedo(points)
 
     @abstractmethod
     def optimiser_groups(self, lr: float) -> list[dict[str, Any]]:

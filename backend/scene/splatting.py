@@ -120,6 +120,9 @@ class Projection:
     depths: Float[Tensor, "B N"]  # camera z
     visible: Bool[Tensor, "B N"]
     radii: Float[Tensor, "B N 2"]  # half sizes (px) of the box outside which alpha < 1/255 (gsplat's)
+    # sqrt(det Sigma2d / det(Sigma2d + eps2d I)): the opacity factor that keeps a splat's integrated alpha when
+    # eps2d widens it (gsplat's "antialiased" mode, Mip-Splatting's 2D filter); 1 where nothing is widened.
+    compensation: Float[Tensor, "B N"]
 
 
 def project(
@@ -153,12 +156,14 @@ def project(
     zero = torch.zeros_like(tz)
     jac = torch.stack([fx / tz, zero, -fx * u / tz, zero, fy / tz, -fy * v / tz], dim=-1).reshape(*tz.shape, 2, 3)
     cov2d = jac @ cov_c @ jac.transpose(-1, -2)
+    det_unfiltered = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
     cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
     a, b, c = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
     det = a * c - b * b
     valid = in_front & (det > 0)
     det = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+    compensation = torch.sqrt((det_unfiltered / det).clamp(min=0.0))
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)
     # gsplat's opacity-aware bounding box: alpha >= 1/255 only inside `extend` standard deviations.
     with torch.no_grad():
@@ -170,7 +175,7 @@ def project(
         mx, my = means2d.detach().unbind(-1)
         inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         visible = valid & inside
-    return Projection(means2d, conics, means_c[..., 2], visible, torch.stack([rx, ry], dim=-1))
+    return Projection(means2d, conics, means_c[..., 2], visible, torch.stack([rx, ry], dim=-1), compensation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,10 +261,14 @@ def rasterize_dense(
     height: int,
     backgrounds: Float[Tensor, "B 3"] | None = None,
     eps2d: float = EPS2D,
+    antialiased: bool = False,
 ) -> SplatOutput:
-    """Dense torch splatting (see the module docstring): every Gaussian at every pixel, one view at a time."""
+    """Dense torch splatting (see the module docstring): every Gaussian at every pixel, one view at a time.
+
+    ``antialiased`` scales each splat's opacity by ``Projection.compensation`` (gsplat's rasterize_mode)."""
     B = viewmats.shape[0]
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, eps2d)
+    view_opacities = opacities[None] * proj.compensation if antialiased else opacities[None].expand(B, -1)
     means2d = proj.means2d
     if means2d.requires_grad:
         means2d.retain_grad()
@@ -286,7 +295,7 @@ def rasterize_dense(
             # which compositing skips anyway, so this changes the cost, not the image.
             near = (hi[:, 0] > x0) & (lo[:, 0] < x1) & (hi[:, 1] > y0) & (lo[:, 1] < y1)
             t = idx[near]
-            parts.append(_composite_view(means2d[b, t], proj.conics[b, t], opacities[t], colors[b, t],
+            parts.append(_composite_view(means2d[b, t], proj.conics[b, t], view_opacities[b, t], colors[b, t],
                                          proj.depths[b, t], pixels[pix]))
         rgb, acc, depth = (torch.cat([p[i] for p in parts])[order] for i in range(3))
         if backgrounds is not None:
@@ -309,6 +318,7 @@ def rasterize_gsplat(
     height: int,
     backgrounds: Float[Tensor, "B 3"] | None = None,
     eps2d: float = EPS2D,
+    antialiased: bool = False,
 ) -> SplatOutput:
     """gsplat's CUDA rasteriser with the same inputs and outputs as ``rasterize_dense``."""
     import gsplat  # lazily: CUDA only, and its first call compiles kernels (about a minute)
@@ -316,6 +326,7 @@ def rasterize_gsplat(
     render, alpha, meta = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         near_plane=NEAR_PLANE, eps2d=eps2d, render_mode="RGB+ED", backgrounds=backgrounds,
+        rasterize_mode="antialiased" if antialiased else "classic",
         # Unpacked: meta["means2d"] and meta["radii"] are [B, N, ...], indexed like the Gaussians, which is
         # what the densification statistics need.
         packed=False,
@@ -339,14 +350,19 @@ def rasterize(
     height: int,
     backgrounds: Float[Tensor, "B 3"] | None = None,
     backend: str = "auto",
+    antialiased: bool = False,
 ) -> SplatOutput:
-    """Render Gaussians: gsplat for CUDA tensors, the dense renderer otherwise (``backend`` forces one)."""
+    """Render Gaussians: gsplat for CUDA tensors, the dense renderer otherwise (``backend`` forces one).
+
+    ``antialiased``: opacity compensation for the eps2d widening (see ``Projection.compensation``)."""
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "dense"
     if backend == "gsplat":
-        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds)
+        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
+                                antialiased=antialiased)
     if backend == "dense":
-        return rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds)
+        return rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width, height, backgrounds,
+                               antialiased=antialiased)
     raise ValueError(f"unknown splatting backend {backend!r}: use 'auto', 'gsplat' or 'dense'")
 
 

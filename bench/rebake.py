@@ -1,0 +1,66 @@
+"""Re-export finished runs with the current extraction and bake, without training again, and measure both GLBs.
+
+A change to mesh extraction or texture baking is measured on exactly the scenes the quality suite trained
+(``bench/quality.py --keep DIR`` keeps each run's folder with its final ``checkpoint.pt``):
+
+    python bench/rebake.py --runs DIR --out bench/results/quality/rebake.json [--device cpu|cuda]
+
+Each run is resumed at its last step (``generate --resume``, no further steps), which runs ``finish_job`` again;
+the JSON holds the kept GLB's figures ("before") and the new one's ("after") per run, with the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.files import write_json  # noqa: E402
+from backend.metrics import mesh_figures  # noqa: E402
+from backend.server.meshfile import read_glb  # noqa: E402
+
+FIGURES = ("voxel_iou", "chamfer", "colour_error_mean", "colour_error_median", "wrong_colour_share", "nearest_colour")
+
+
+def rebake(run: Path, out: Path, device: str) -> dict[str, Any]:
+    record = json.loads((run / "job.json").read_text())
+    prompt = record["prompt"]
+    cmd = [sys.executable, "-m", "backend", "generate", prompt, "--out", str(out), "--resume",
+           str(run / "checkpoint.pt"), "--device", device, "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    row: dict[str, Any] = {"run": run.name, "prompt": prompt,
+                           "before": {k: v for k, v in mesh_figures(read_glb(run / "mesh.glb"), prompt).items()
+                                      if k in FIGURES}}
+    if proc.returncode != 0:
+        return {**row, "error": proc.stderr[-2000:]}
+    row["after"] = {k: v for k, v in mesh_figures(read_glb(out / "mesh.glb"), prompt).items() if k in FIGURES}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True, help="Folder of kept runs (bench/quality.py --keep).")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write; the new files go beside it.")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args(argv)
+    rows = []
+    for run in sorted(p for p in args.runs.iterdir() if (p / "checkpoint.pt").exists()):
+        rows.append(rebake(run, args.out.parent / f"{args.out.stem}_runs" / run.name, args.device))
+        print(json.dumps(rows[-1]), flush=True)
+    done = [r for r in rows if "after" in r]
+    summary = {when: {k: statistics.median(r[when][k] for r in done) for k in FIGURES if k != "nearest_colour"}
+               for when in ("before", "after")} if done else {}
+    write_json(args.out, {"command": "python bench/rebake.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                          "runs": rows, "median": summary})
+    return 0 if len(done) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
