@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Seconds a SIGTERM waits for the running job to checkpoint before its worker is killed [10].")
     serve.add_argument("--max-unread-mib", type=float, default=64.0,
                        help="MiB of big replies (meshes, previews) held for one connection that is not reading [64].")
+    _add_executor_flags(serve)
 
     bench = sub.add_parser("bench", help="GPU benchmark: ms per step by phase, peak memory, TFLOP/s, asset and "
                                          "first-preview seconds (BENCHMARKS.md). JSON out.")
@@ -110,6 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 IMAGE_ONLY = ("image_steps", "image_lr", "image_init_std", "image_batch")
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where jobs run (docs/SCALE.md)")
+    group.add_argument("--executor", default="local", choices=("local", "ray"),
+                       help="local: worker processes on this machine; ray: one actor per GPU of a Ray cluster "
+                            "(needs `pip install 'tbsd-studio[ray]'`) [local].")
+    group.add_argument("--ray-address", default="local",
+                       help="With --executor ray: 'local' starts a Ray instance on this machine; 'auto' or "
+                            "host:port joins a running cluster (`ray start --head`) [local].")
+    group.add_argument("--ray-gpus-per-actor", type=float, default=1.0,
+                       help="GPUs each actor holds; 0.5 puts two actors (two jobs) on each GPU [1].")
+    group.add_argument("--ray-cpus-per-actor", type=float, default=1.0,
+                       help="CPUs each actor holds (and its torch threads, as Ray sets OMP_NUM_THREADS) [1].")
+    group.add_argument("--ray-actors", type=int, default=None,
+                       help="Number of actors [as many as the cluster's GPUs hold].")
+    group.add_argument("--ray-retries", type=int, default=1,
+                       help="Times a job whose actor died (killed, crashed, node lost) runs again from the start "
+                            "before it fails [1].")
+
+
+def ray_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """RayExecutor's options from the flags, or None for the local executor."""
+    if args.executor != "ray":
+        return None
+    return {"address": args.ray_address, "gpus_per_actor": args.ray_gpus_per_actor,
+            "cpus_per_actor": args.ray_cpus_per_actor, "actors": args.ray_actors, "max_retries": args.ray_retries}
 
 
 def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -259,9 +287,12 @@ def run_serve(args: argparse.Namespace) -> int:
         check_bind(args.bind, curve)  # refuse before importing torch or touching a GPU
         from backend.server.app import serve
 
+        from backend.server.ray_executor import RayMissing, RayUnusable
+
         return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir,
-                     args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024))
-    except (BindRefused, ResultsRefused) as exc:
+                     args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024),
+                     ray=ray_options(args))
+    except (BindRefused, ResultsRefused, RayMissing, RayUnusable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
