@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
 
+    batch = sub.add_parser("batch", help="Many prompts: one folder per row, a summary table and a contact sheet; "
+                                         "a rerun skips finished rows.")
+    batch.add_argument("prompts", type=Path,
+                       help="Text file (one prompt a line; blank lines and # comments skipped) or CSV with a 'prompt' "
+                            "column and settings columns (method, representation, seed, quality, ...).")
+    batch.add_argument("--out", required=True, type=Path,
+                       help="Output folder: one folder per row, summary.json, summary.md, contact_sheet.png.")
+    batch.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    batch.add_argument("--workers", type=int, default=1,
+                       help="With --executor local: worker processes running rows side by side [1].")
+    batch.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_executor_flags(batch)
+    _add_setting_flags(batch, skip=set(IMAGE_ONLY))
+
     serve = sub.add_parser("serve", help="The ZeroMQ job server for the Blender add-on (docs/PROTOCOL.md).")
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
                        help="ZeroMQ endpoint [tcp://127.0.0.1:5555]; a non-loopback one needs the CURVE flags.")
@@ -271,6 +285,46 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_batch(args: argparse.Namespace) -> int:
+    from backend.batch import make_executors, run_rows
+    from backend.batch_input import BatchInputError, read_rows
+    from backend.batch_report import write_report
+    from backend.priors import resolve_device
+    from backend.server.ray_executor import RayMissing, RayUnusable
+    from backend.server.results import ResultsRefused, ResultStore
+
+    given = _given_settings(args)
+    # Nobody watches a batch train: no preview renders unless asked for (the final preview.png is always made).
+    given.setdefault("preview_every", 0)
+    if args.workers < 1:
+        print(f"error: --workers is {args.workers}; it must be at least 1", file=sys.stderr)
+        return 2
+    if args.executor == "local" and "quality" not in given and resolve_device(args.device).type == "cpu":
+        given["quality"] = "draft"  # as generate does: the standard preset is sized for a GPU
+        print("no GPU: using --quality draft for rows that name no quality; pass --quality standard to override",
+              file=sys.stderr)
+    try:
+        rows = read_rows(args.prompts, given)
+        store = ResultStore(args.out)
+        executors = make_executors(args.executor, store, args.device, args.workers, ray_options(args))
+    except (BatchInputError, ResultsRefused, RayMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcomes, interrupted = run_rows(rows, store, executors, quiet=args.quiet)
+    except RayUnusable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = write_report(outcomes, args.out, args.prompts, args.executor)
+    if interrupted:
+        print(f"batch: interrupted with {summary['finished']} of {summary['rows']} rows finished; run the same "
+              "command again to continue", file=sys.stderr)
+        return 130
+    print(f"batch: {summary['finished']} of {summary['rows']} rows finished, {summary['failed']} failed; "
+          f"{args.out / 'summary.md'}, {args.out / 'contact_sheet.png'}")
+    return 0 if summary["finished"] == summary["rows"] else 1
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -315,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_image(args)
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "batch":
+            return run_batch(args)
         if args.command == "serve":
             return run_serve(args)
         if args.command == "keys":
