@@ -104,7 +104,7 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
     running: dict[str, Executor] = {}
     interrupted = False
     try:
-        for executor in executors:
+        for executor in executors if todo else []:  # nothing to run: no worker, no Ray instance
             executor.start()
         queue = list(todo)
         while queue or running:
@@ -137,7 +137,7 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
         interrupted = True
     finally:
         bar.close()
-        for executor in executors:
+        for executor in executors if todo else []:
             for event in executor.shutdown(0.0):
                 if isinstance(event, Ended) and event.job in outcomes and outcomes[event.job].status == "running":
                     outcomes[event.job].status = event.status

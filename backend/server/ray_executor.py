@@ -40,6 +40,7 @@ from shared import protocol as P
 log = logging.getLogger("backend.server.ray")
 
 INSTALL_HINT = "pip install 'tbsd-studio[ray]' (or: pip install ray) in the backend's environment"
+RAY_NAMESPACE = "tbsd-studio"  # actors are named (job.json "worker") and found in this namespace
 TAKE_WAIT_S = 0.5  # an actor holds a take this long for events: the client sees them at once, idle costs little
 TAKE_MAX_BYTES = 64 * 1024 * 1024  # one take's frames at most (one Ray object), beyond one big mesh per take
 # Environment the actors inherit from the process that starts them (thread counts, the test hooks).
@@ -196,8 +197,8 @@ class RayExecutor:
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
         actor_class = self.ray.remote(RayWorker)
         slot.actor = actor_class.options(
-            name=slot.name, num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor, max_concurrency=4,
-            max_restarts=0, runtime_env=runtime_env,
+            name=slot.name, namespace=RAY_NAMESPACE, num_gpus=self.gpus_per_actor, num_cpus=self.cpus_per_actor,
+            max_concurrency=4, max_restarts=0, runtime_env=runtime_env,
         ).remote(str(self.store.root.resolve()), self.device, slot.name, env)
         slot.ready_ref = slot.actor.ready.remote()
         slot.ready = False
@@ -384,4 +385,4 @@ def _death(exc: BaseException) -> str:
     return f"died ({type(exc).__name__}: {text[:300]})"
 
 
-__all__ = ["RayExecutor", "RayWorker", "QueueChannel", "RayMissing", "RayUnusable", "import_ray", "INSTALL_HINT"]
+__all__ = ["RAY_NAMESPACE", "RayExecutor", "RayWorker", "QueueChannel", "RayMissing", "RayUnusable", "import_ray", "INSTALL_HINT"]
