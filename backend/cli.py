@@ -328,6 +328,7 @@ def run_batch(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from backend.server.ray_executor import RayMissing, RayUnusable
     from backend.server.results import ResultsRefused
     from backend.server.security import BindRefused, CurveConfig, check_bind
 
@@ -340,8 +341,6 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         check_bind(args.bind, curve)  # refuse before importing torch or touching a GPU
         from backend.server.app import serve
-
-        from backend.server.ray_executor import RayMissing, RayUnusable
 
         return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir,
                      args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024),

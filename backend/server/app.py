@@ -430,6 +430,9 @@ class Server:
             self.pending.appendleft(job)
         else:
             self.pending.append(job)
+        # Started now if a worker is free, so "accepted"'s position already counts it out (a second submit read
+        # in the same batch of requests would otherwise see it still queued ahead).
+        self._dispatch()
         return job
 
     def on_submit(self, identity: bytes, m: P.Message) -> None:
