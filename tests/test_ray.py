@@ -70,6 +70,10 @@ def test_batch_on_ray_writes_every_row_like_the_local_executor_and_a_rerun_skips
 
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert [r["status"] for r in summary["results"]] == ["finished"] * 3
+    # Two actors, three rows: an actor ran two, and loaded the prior only for its first (kept warm).
+    records = [json.loads((tmp_path / "ray" / r["folder"] / "job.json").read_text()) for r in summary["results"]]
+    loads = {(r["worker"], r["prior_loaded"]) for r in records}
+    assert sum(r["prior_loaded"] for r in records) == len({r["worker"] for r in records}) < 3, loads
     assert (tmp_path / "ray" / "summary.md").read_text().count("| finished |") == 3
     assert (tmp_path / "ray" / "contact_sheet.png").stat().st_size > 0
     for row in summary["results"]:
