@@ -9,20 +9,31 @@ kernels, the prior: what a long-lived server pays once), then times the batch fr
 last job's end. The jobs are the server's (backend/server/worker.py through backend/server/ray_executor.py):
 training, mesh extraction, texture bake and every file of the job written.
 
-On the GPU machine (Python 3.12, torch + CUDA present; carry `.whl`, which holds the project's wheels, the Ray
-wheel repacked without its Java jars and Ray's dependencies in .whl/ray-deps):
+On the GPU machine (Python 3.12, torch + CUDA present), carrying from the repository root these ignored paths
+(about 56 MiB; .whl holds the Ray wheel repacked without its Java jars, Ray's dependencies in .whl/ray-deps and
+the project's own wheels; diffusers is not needed for the procedural prior):
 
-    python3 -m pip install -q --no-index --no-cache-dir --target /tmp/site --find-links .whl \\
-        --find-links .whl/ray-deps ray==2.60.0 && \\
-    ([ -d /tmp/site/gsplat ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site \\
-        .whl/PyMCubes-*.whl .whl/diffusers-*.whl .whl/fast_simplification-*.whl .whl/gsplat-*.whl \\
-        .whl/pyzmq-*.whl .whl/xatlas-*.whl) && \\
-    PYTHONPATH=/tmp/site:. MAX_JOBS=16 python3 bench/batch_throughput.py --configs 1x1 --out $OUT/throughput_1gpu.json
-    PYTHONPATH=/tmp/site:. python3 bench/batch_throughput.py --configs 2x1,2x2 --out $OUT/throughput_2gpu.json
+    .whl/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl  .whl/ray-deps  .whl/gsplat-1.5.3-py3-none-any.whl
+    .whl/pyzmq-27.3.0-cp312-abi3-manylinux_2_26_x86_64.manylinux_2_28_x86_64.whl
+    .whl/xatlas-0.0.11-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+    .whl/PyMCubes-0.1.6-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+    .whl/fast_simplification-0.2.0-cp312-cp312-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
 
-(8 jobs of ~45 s each take ~6 min on one GPU, so one call per GPU count stays under a call's 10 minutes.) Then,
-on any machine: ``python bench/batch_throughput.py --merge a.json b.json --out throughput.json`` puts them in
-one file with the ratios.
+run, once per GPU count (8 jobs of ~45 s take ~6 min on one GPU, plus gsplat's one-time kernel compile in the
+warm-up on a fresh machine, so one call each stays under a call's 10 minutes):
+
+    [ -d /tmp/site/ray ] || python3 -m pip install -q --no-index --no-cache-dir --target /tmp/site \
+        --find-links .whl/ray-deps .whl/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
+    [ -d /tmp/site/gsplat ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site \
+        .whl/gsplat-*.whl .whl/pyzmq-*.whl .whl/xatlas-*.whl .whl/PyMCubes-*.whl .whl/fast_simplification-*.whl
+    PYTHONPATH=/tmp/site:. MAX_JOBS=16 python3 bench/batch_throughput.py --configs 1x1 --cpus-per-actor 4 \
+        --out $OUT/throughput_1gpu.json
+    PYTHONPATH=/tmp/site:. MAX_JOBS=16 python3 bench/batch_throughput.py --configs 2x1,2x2 --cpus-per-actor 4 \
+        --out $OUT/throughput_2gpu.json
+
+(`--configs 1x1,2x1` in one call, the default, fits only where the machine is already warm.) Then, on any
+machine: ``python bench/batch_throughput.py --merge a.json b.json --out throughput.json`` puts them in one file
+with the ratios.
 """
 
 from __future__ import annotations
