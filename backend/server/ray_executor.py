@@ -41,6 +41,7 @@ log = logging.getLogger("backend.server.ray")
 
 INSTALL_HINT = "pip install 'tbsd-studio[ray]' (or: pip install ray) in the backend's environment"
 RAY_NAMESPACE = "tbsd-studio"  # actors are named (job.json "worker") and found in this namespace
+RESTART_DELAY_S = 5.0  # between attempts to start an actor that failed to start (say, a node lacking the project)
 TAKE_WAIT_S = 0.5  # an actor holds a take this long for events: the client sees them at once, idle costs little
 TAKE_MAX_BYTES = 64 * 1024 * 1024  # one take's frames at most (one Ray object), beyond one big mesh per take
 # Environment the actors inherit from the process that starts them (thread counts, the test hooks).
@@ -139,6 +140,7 @@ class Slot:
     run_ref: Any = None
     take_ref: Any = None
     last_heard: float = 0.0
+    restart_at: float | None = None  # when an actor that failed to start is tried again
 
 
 class RayExecutor:
@@ -272,10 +274,13 @@ class RayExecutor:
                 slot.ready = True
                 log.info("actor %s ready: %s", slot.name, info)
             except Exception as exc:  # noqa: BLE001 - an actor that cannot start is replaced
-                log.warning("actor %s did not start (%s); starting another", slot.name, exc)
+                log.warning("actor %s did not start (%s); trying again in %g s", slot.name, exc, RESTART_DELAY_S)
                 self._kill(slot)
-                time.sleep(1.0)  # a cluster that cannot start actors is not retried in a tight loop
-                self._start_actor(slot)
+                slot.restart_at = time.monotonic() + RESTART_DELAY_S  # not in a tight loop, not blocking the loop
+            return
+        if slot.restart_at is not None and time.monotonic() >= slot.restart_at:
+            slot.restart_at = None
+            self._start_actor(slot)
             return
         if slot.job is None:
             return
