@@ -9,7 +9,7 @@
     python build.py lock   # re-resolve the newest versions pyproject.toml allows; rewrites locks/*.txt
 
 Each command sets itself up from nothing: a virtual environment in .venv with the CPU build of
-torch (torch==2.13.0, from the local disk on these machines) and the project with its test extras, at the
+torch (torch==2.13.0, from the local disk on these machines) and the project with its test and ray extras, at the
 exact versions in locks/backend.txt (pyproject.toml keeps the ranges users install with; the lock is what
 the tests last passed with, so a new release upstream cannot turn a green CI red without a change here).
 `test` and `setup` also make .venv-blender, a separate environment holding Blender's Python API (the bpy
@@ -119,7 +119,8 @@ def ensure_env(lock: Path | None = BACKEND_LOCK, venv_dir: Path = VENV) -> Path:
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     constraints = _constraints(lock) if lock else []
     _run(pip + [TORCH] + constraints)
-    _run(pip + ["-e", f"{ROOT}[test]"] + constraints)
+    # The ray extra too: CI runs the Ray executor's tests on a real local Ray instance.
+    _run(pip + ["-e", f"{ROOT}[test,ray]"] + constraints)
     stamp.write_text(wanted)
     return py
 

@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
 
+    batch = sub.add_parser("batch", help="Many prompts: one folder per row, a summary table and a contact sheet; "
+                                         "a rerun skips finished rows.")
+    batch.add_argument("prompts", type=Path,
+                       help="Text file (one prompt a line; blank lines and # comments skipped) or CSV with a 'prompt' "
+                            "column and settings columns (method, representation, seed, quality, ...).")
+    batch.add_argument("--out", required=True, type=Path,
+                       help="Output folder: one folder per row, summary.json, summary.md, contact_sheet.png.")
+    batch.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    batch.add_argument("--workers", type=int, default=1,
+                       help="With --executor local: worker processes running rows side by side [1].")
+    batch.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_executor_flags(batch)
+    _add_setting_flags(batch, skip=set(IMAGE_ONLY))
+
     serve = sub.add_parser("serve", help="The ZeroMQ job server for the Blender add-on (docs/PROTOCOL.md).")
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
                        help="ZeroMQ endpoint [tcp://127.0.0.1:5555]; a non-loopback one needs the CURVE flags.")
@@ -81,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Seconds a SIGTERM waits for the running job to checkpoint before its worker is killed [10].")
     serve.add_argument("--max-unread-mib", type=float, default=64.0,
                        help="MiB of big replies (meshes, previews) held for one connection that is not reading [64].")
+    _add_executor_flags(serve)
 
     bench = sub.add_parser("bench", help="GPU benchmark: ms per step by phase, peak memory, TFLOP/s, asset and "
                                          "first-preview seconds (BENCHMARKS.md). JSON out.")
@@ -110,6 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 IMAGE_ONLY = ("image_steps", "image_lr", "image_init_std", "image_batch")
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where jobs run (docs/SCALE.md)")
+    group.add_argument("--executor", default="local", choices=("local", "ray"),
+                       help="local: worker processes on this machine; ray: one actor per GPU of a Ray cluster "
+                            "(needs `pip install 'tbsd-studio[ray]'`) [local].")
+    group.add_argument("--ray-address", default="local",
+                       help="With --executor ray: 'local' starts a Ray instance on this machine; 'auto' or "
+                            "host:port joins a running cluster (`ray start --head`) [local].")
+    group.add_argument("--ray-gpus-per-actor", type=float, default=1.0,
+                       help="GPUs each actor holds; 0.5 puts two actors (two jobs) on each GPU [1].")
+    group.add_argument("--ray-cpus-per-actor", type=float, default=1.0,
+                       help="CPUs each actor holds (and its torch threads, as Ray sets OMP_NUM_THREADS) [1].")
+    group.add_argument("--ray-actors", type=int, default=None,
+                       help="Number of actors [as many as the cluster's GPUs hold].")
+    group.add_argument("--ray-retries", type=int, default=1,
+                       help="Times a job whose actor died (killed, crashed, node lost) runs again from the start "
+                            "before it fails [1].")
+
+
+def ray_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """RayExecutor's options from the flags, or None for the local executor."""
+    if args.executor != "ray":
+        return None
+    return {"address": args.ray_address, "gpus_per_actor": args.ray_gpus_per_actor,
+            "cpus_per_actor": args.ray_cpus_per_actor, "actors": args.ray_actors, "max_retries": args.ray_retries}
 
 
 def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,9 +285,50 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_batch(args: argparse.Namespace) -> int:
+    from backend.batch import make_executors, run_rows
+    from backend.batch_input import BatchInputError, read_rows
+    from backend.batch_report import write_report
+    from backend.priors import resolve_device
+    from backend.server.ray_executor import RayMissing, RayUnusable
+    from backend.server.results import ResultsRefused, ResultStore
+
+    given = _given_settings(args)
+    # Nobody watches a batch train: no preview renders unless asked for (the final preview.png is always made).
+    given.setdefault("preview_every", 0)
+    if args.workers < 1:
+        print(f"error: --workers is {args.workers}; it must be at least 1", file=sys.stderr)
+        return 2
+    if args.executor == "local" and "quality" not in given and resolve_device(args.device).type == "cpu":
+        given["quality"] = "draft"  # as generate does: the standard preset is sized for a GPU
+        print("no GPU: using --quality draft for rows that name no quality; pass --quality standard to override",
+              file=sys.stderr)
+    try:
+        rows = read_rows(args.prompts, given)
+        store = ResultStore(args.out)
+        executors = make_executors(args.executor, store, args.device, args.workers, ray_options(args))
+    except (BatchInputError, ResultsRefused, RayMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcomes, interrupted = run_rows(rows, store, executors, quiet=args.quiet)
+    except RayUnusable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = write_report(outcomes, args.out, args.prompts, args.executor)
+    if interrupted:
+        print(f"batch: interrupted with {summary['finished']} of {summary['rows']} rows finished; run the same "
+              "command again to continue", file=sys.stderr)
+        return 130
+    print(f"batch: {summary['finished']} of {summary['rows']} rows finished, {summary['failed']} failed; "
+          f"{args.out / 'summary.md'}, {args.out / 'contact_sheet.png'}")
+    return 0 if summary["finished"] == summary["rows"] else 1
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from backend.server.ray_executor import RayMissing, RayUnusable
     from backend.server.results import ResultsRefused
     from backend.server.security import BindRefused, CurveConfig, check_bind
 
@@ -260,8 +343,9 @@ def run_serve(args: argparse.Namespace) -> int:
         from backend.server.app import serve
 
         return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir,
-                     args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024))
-    except (BindRefused, ResultsRefused) as exc:
+                     args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024),
+                     ray=ray_options(args))
+    except (BindRefused, ResultsRefused, RayMissing, RayUnusable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -284,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_image(args)
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "batch":
+            return run_batch(args)
         if args.command == "serve":
             return run_serve(args)
         if args.command == "keys":

@@ -25,6 +25,7 @@ JOB_KEY = "tbsd_job"  # custom properties on a generated object: the job whose r
 PROMPT_KEY = "tbsd_prompt"
 SETTINGS_KEY = "tbsd_settings"
 RUNNING = ("submitting", "queued", "running", "cancelling")
+BATCH_SPACING = 1.5  # metres between a batch's objects along X (each fits a box of about +-0.55)
 
 
 @dataclass
@@ -38,6 +39,8 @@ class JobView:
     job_id: str | None = None
     meshes: int = 0
     final: bool = False
+    batch: bool = False  # one of a Generate batch's jobs
+    ended: bool = False
 
 
 @dataclass
@@ -127,8 +130,29 @@ class Session:
         view.job_id = m.job
         self.jobs[m.job] = view
         state = connection.state(context)
-        state.job_id, state.job_state, state.phase = m.job, "queued", f"queue position {m.get('position', 0)}"
+        if view.batch and state.job_state != "submitting":
+            return  # the panel follows one job of a batch at a time (_follow_batch)
+        self._follow(state, view, f"queue position {m.get('position', 0)}")
+
+    @staticmethod
+    def _follow(state: Any, view: JobView, phase: str) -> None:
+        """Make ``view`` the job the panel's progress, preview and object name follow."""
+        state.job_id, state.job_state, state.phase = view.job_id, "queued", phase
         state.progress, state.step, state.steps, state.eta_s = 0.0, 0, int(view.settings.get("steps", 0)), 0.0
+        state.object_name = view.object_name
+
+    def _batch_job_ended(self, context: Any, m: Message) -> None:
+        """Count a batch job's end; when the panel followed it, follow the batch's next unfinished job."""
+        view = self._job(m)
+        if view is None or not view.batch or view.ended:
+            return
+        view.ended = True
+        state = connection.state(context)
+        state.batch_ended += 1
+        if self._is_current(context, m):
+            following = next((v for v in self.jobs.values() if v.batch and not v.ended), None)
+            if following is not None:
+                self._follow(state, following, "next in the batch")
 
     def on_started(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
@@ -186,7 +210,8 @@ class Session:
             state.job_state = "done" if m.get("status", "finished") == "finished" else str(m.get("status"))
             state.progress, state.eta_s, state.phase = 1.0, 0.0, ""
             state.step = state.steps
-        self.client.send_list()
+        self._batch_job_ended(context, m)
+        self.client.send_list()  # the results list shows each result as it finishes, batch or not
 
     def on_cancelled(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
@@ -194,17 +219,22 @@ class Session:
             state.job_state = "cancelled"
             state.eta_s = 0.0
             state.phase = str(m.get("reason") or "")
+        self._batch_job_ended(context, m)
         self.client.send_list()
 
     def on_error(self, context: Any, m: Message) -> None:
         state = connection.state(context)
         where = f" (job {m.job})" if m.job else ""
         state.last_error = f"{m.get('message', 'unknown error')}{where}"
-        self.requests.pop(m.get("id"), None)
+        refused = self.requests.pop(m.get("id"), None)
+        if refused is not None and refused.batch:  # a batch line the server would not queue
+            state.batch_ended += 1
         if m.get("fatal") and self._is_current(context, m):
             state.job_state = "failed"
         elif m.get("id") and state.job_state == "submitting":
             state.job_state = "failed"
+        if m.get("fatal"):
+            self._batch_job_ended(context, m)
 
     def on_results(self, context: Any, m: Message) -> None:
         state = connection.state(context)
@@ -325,6 +355,49 @@ def generate(context: Any) -> str:
     rid = session.client.send_submit(prompt, settings, stream_options(props))
     session.requests[rid] = view
     return rid
+
+
+def batch_prompts(text: Any) -> list[str]:
+    """The prompts of a text datablock: one a line; blank lines and lines starting with # are skipped."""
+    lines = [line.body.strip() for line in text.lines]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _unused_name(base: str, taken: set[str]) -> str:
+    # Each line gets its own object, also when a prompt repeats or names an object already in the scene.
+    name, n = base, 1
+    while name in taken or name in bpy.data.objects:
+        n += 1
+        name = f"{base[:54]} {n}"
+    return name
+
+
+def generate_batch(context: Any) -> list[str]:
+    """One job per prompt of the panel's Prompts text, with the panel's settings; objects side by side along X
+    from the 3D cursor. Returns the submit request ids."""
+    props = context.scene.tbsd
+    if props.batch_text is None:
+        raise ValueError("choose a Prompts text (one prompt a line) first")
+    prompts = batch_prompts(props.batch_text)
+    if not prompts:
+        raise ValueError(f"the text '{props.batch_text.name}' holds no prompts (one a line)")
+    settings = job_settings(props)
+    session = _session(context)
+    state = connection.state(context)
+    rids: list[str] = []
+    names: set[str] = set()
+    for i, prompt in enumerate(prompts):
+        name = _unused_name(scene_mesh.object_name(prompt), names)
+        names.add(name)
+        view = _start_view(context, prompt, settings, name) if i == 0 else \
+            JobView(prompt, settings, name, tuple(context.scene.cursor.location))
+        view.batch = True
+        view.cursor = (view.cursor[0] + i * BATCH_SPACING, view.cursor[1], view.cursor[2])
+        rid = session.client.send_submit(prompt, settings, stream_options(props))
+        session.requests[rid] = view
+        rids.append(rid)
+    state.batch_total, state.batch_ended = len(prompts), 0
+    return rids
 
 
 def refine(context: Any, obj: Any) -> str:

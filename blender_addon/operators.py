@@ -42,6 +42,25 @@ class TBSD_OT_generate(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class TBSD_OT_generate_batch(bpy.types.Operator):
+    bl_idname = "tbsd.generate_batch"
+    bl_label = "Generate batch"
+    bl_description = ("One job per line of the Prompts text with the settings above; each result is placed "
+                      "beside the last and appears in the results list as it finishes")
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return context.scene.tbsd.batch_text is not None
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            count = len(jobs.generate_batch(context))
+        except Exception as exc:  # noqa: BLE001
+            return _report_error(self, context, f"Generate batch failed: {exc}")
+        self.report({"INFO"}, f"Submitted {count} jobs")
+        return {"FINISHED"}
+
+
 class TBSD_OT_refine(bpy.types.Operator):
     bl_idname = "tbsd.refine"
     bl_label = "Refine"
@@ -139,7 +158,7 @@ class TBSD_OT_backend_stop(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (TBSD_OT_connect, TBSD_OT_generate, TBSD_OT_refine, TBSD_OT_cancel, TBSD_OT_refresh_results,
+CLASSES = (TBSD_OT_connect, TBSD_OT_generate, TBSD_OT_generate_batch, TBSD_OT_refine, TBSD_OT_cancel, TBSD_OT_refresh_results,
            TBSD_OT_import_result, TBSD_OT_backend_start, TBSD_OT_backend_stop)
 
 

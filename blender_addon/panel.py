@@ -56,6 +56,11 @@ class TBSD_PT_main(bpy.types.Panel):
         sub = row.row(align=True)
         sub.enabled = running
         sub.operator("tbsd.cancel", icon="CANCEL", text="")
+        row = layout.row(align=True)
+        row.prop(props, "batch_text", text="")
+        row.operator("tbsd.generate_batch", icon="LINENUMBERS_ON")
+        if state.batch_total:
+            layout.label(text=f"Batch: {state.batch_ended} of {state.batch_total} jobs ended")
 
         if running or state.job_state in ("done", "failed", "cancelled"):
             text = f"{state.job_state}: step {state.step}/{state.steps}"

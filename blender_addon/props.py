@@ -128,6 +128,9 @@ def _settings_class() -> type:
         name="Preview size", default=96, min=16, max=512,
         description="Side in pixels of each view of the live preview (a bigger one costs the backend time)")
     annotations["show_advanced"] = BoolProperty(name="Advanced", default=False)
+    annotations["batch_text"] = PointerProperty(
+        type=bpy.types.Text, name="Prompts",
+        description="Text datablock (Text Editor) with one prompt a line, for Generate batch")
     return type("TBSD_JobSettings", (bpy.types.PropertyGroup,), {"__annotations__": annotations})
 
 
@@ -207,6 +210,8 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
     previews_received: IntProperty(name="Previews received")
     results: CollectionProperty(type=TBSD_Result)
     results_index: IntProperty()
+    batch_total: IntProperty(name="Batch jobs", description="Jobs of the last Generate batch")
+    batch_ended: IntProperty(name="Batch jobs ended", description="Jobs of the last batch that have ended")
 
 
 CLASSES = (TBSD_JobSettings, TBSD_Result, TBSD_Model, TBSD_RuntimeState)

@@ -63,6 +63,7 @@ ERROR_CODES: tuple[str, ...] = (
     "backlog",        # too many bytes of earlier replies to this connection are still unread
     "job_failed",     # the job raised; fatal for that job only
     "mesh_failed",    # an intermediate mesh could not be extracted (not fatal)
+    "job_retry",      # the job's Ray actor died; the job runs again from the start (not fatal)
     "internal",       # a server bug; the server keeps serving
 )
 

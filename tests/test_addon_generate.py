@@ -143,6 +143,23 @@ def test_results_list_and_import(run):
     assert imported["image"] == {"size": [64, 64], "packed": True}
 
 
+def test_generate_batch_submits_one_job_per_line_and_lists_each_result_as_it_finishes(run):
+    report, results = run
+    batch = report["batch"]
+    assert not report["batch_poll_without_text"]  # no Prompts text chosen: the button is greyed out
+    assert batch["total"] == batch["ended"] == 2  # the blank and the comment line are not prompts
+    assert [j["prompt"] for j in batch["jobs"]] == ["a yellow cone", "a red cube"]
+    for i, job in enumerate(batch["jobs"]):
+        assert job["final"] and job["vertices"] > 0
+        assert job["location"] == [2.0 + 1.5 * i, 0.0, 0.0]  # side by side from the cursor
+        assert json.loads((results / job["job"] / "job.json").read_text())["status"] == "finished"
+    # Its own object, not the earlier "a red cube" Generate made.
+    assert batch["jobs"][1]["name"] != report["generated_object"]["name"]
+    # The list showed the first result while the second job was still to end (one worker: they run in turn).
+    first, second = (batch["listed_when"][j["job"]] for j in batch["jobs"])
+    assert first == 1 and second == 2
+
+
 def test_backend_lost_recovered_and_killed_reach_the_panel_without_timer_exceptions(run):
     report, _ = run
     # Frozen (SIGSTOP): the connection stays up until its ZMTP heartbeats time out, so the shared client allows

@@ -38,7 +38,8 @@ def read_lock(path: Path) -> dict[str, Version]:
 
 def project_requirements() -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"]
+    return [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["ray"]]
 
 
 def test_backend_lock_pins_every_dependency_inside_its_range() -> None:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from backend.server.executor import Ended, Event, JobSpec, ProcessExecutor
+from backend.server.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
 from backend.server.meshfile import read_glb
 from backend.server.models import PROCEDURAL, ModelMissing, check_model, local_models
 from backend.server.results import ResultStore
@@ -77,7 +77,8 @@ class Job:
 class Server:
     def __init__(self, bind: str, results: Path, device: Any, model: str = "procedural",
                  curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
-                 shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES) -> None:
+                 shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES,
+                 make_executor: Callable[[zmq.Context, ResultStore], Executor] | None = None) -> None:
         check_bind(bind, curve)
         self.bind = bind
         self.model = model  # for jobs that name no model
@@ -101,9 +102,11 @@ class Server:
         self.auth = apply_curve(self.ctx, self.router, curve) if curve is not None else None
         self.router.bind(bind)
         # The worker loads each job's prior (settings["model"], filled in by _settings) and keeps the last one.
-        self.executor = ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
+        # By default one local worker process; `--executor ray` gives an actor pool (backend/server/ray_executor.py).
+        self.executor: Executor = make_executor(self.ctx, self.store) if make_executor is not None else \
+            ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
         self.pending: collections.deque[Job] = collections.deque()
-        self.running: Job | None = None
+        self.running: dict[str, Job] = {}  # an executor with several workers (Ray actors) runs several at once
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
         self.sessions: dict[bytes, Session] = {}
         self.last_heartbeat = 0.0
@@ -197,7 +200,7 @@ class Server:
                 self._heartbeat()
                 if self.stopping is not None:
                     stop_deadline = stop_deadline or time.monotonic() + self.shutdown_grace_s
-                    if self.running is None or time.monotonic() > stop_deadline:
+                    if not self.running or time.monotonic() > stop_deadline:
                         break
         finally:
             self._close()
@@ -250,8 +253,7 @@ class Server:
                 continue
             if isinstance(event, Ended):
                 job.status = event.status
-                if self.running is job:
-                    self.running = None
+                self.running.pop(job.id, None)
                 continue
             kind = event.header["type"]
             if kind in ("progress", "_beat"):
@@ -265,9 +267,14 @@ class Server:
                 self.send_frames(job.identity, event.frames)
 
     def _dispatch(self) -> None:
-        if self.running is None and self.pending and self.stopping is None and self.executor.idle():
-            job = self.pending.popleft()
-            self.running = job
+        while self.pending and self.stopping is None and self.executor.idle():
+            # A refine of a running job waits for it to stop and write the checkpoint it continues (with
+            # several workers a free one would otherwise start it first).
+            job = next((j for j in self.pending if j.spec.parent not in self.running), None)
+            if job is None:
+                return
+            self.pending.remove(job)
+            self.running[job.id] = job
             job.status = "running"
             self.executor.submit(job.spec)
 
@@ -288,9 +295,10 @@ class Server:
             return
         self.stopping = reason
         log.info("stopping (%s)", reason)
-        if self.running is not None and self.running.stop_reason is None:
-            self.running.stop_reason = "shutdown"
-            self.executor.cancel(self.running.id, "shutdown", None, self.running.step)
+        for job in list(self.running.values()):
+            if job.stop_reason is None:
+                job.stop_reason = "shutdown"
+                self.executor.cancel(job.id, "shutdown", None, job.step)
         while self.pending:
             job = self.pending.popleft()
             self._cancel_queued(job, "shutdown")
@@ -305,7 +313,7 @@ class Server:
 
     def _close(self) -> None:
         # Whatever the grace left running is killed now; its record says so.
-        self._on_executor(self.executor.shutdown(0.0 if self.running is None else 1.0))
+        self._on_executor(self.executor.shutdown(1.0 if self.running else 0.0))
         for identity, session in list(self.sessions.items()):
             if time.monotonic() - session.last_seen <= P.CLIENT_FORGET_S:
                 self.send(identity, {"type": "shutting_down", "reason": self.stopping or "stopped"})
@@ -422,6 +430,9 @@ class Server:
             self.pending.appendleft(job)
         else:
             self.pending.append(job)
+        # Started now if a worker is free, so "accepted"'s position already counts it out (a second submit read
+        # in the same batch of requests would otherwise see it still queued ahead).
+        self._dispatch()
         return job
 
     def on_submit(self, identity: bytes, m: P.Message) -> None:
@@ -467,7 +478,7 @@ class Server:
             self.pending.remove(job)
             self._cancel_queued(job, "cancel")
             self.reply(identity, m, {"type": "cancelled", "job": job.id, "step": 0, "reason": "cancel"})
-        elif job is self.running:
+        elif self.running.get(job.id) is job:
             self._stop_running(job, "cancel")
         else:
             raise P.ProtocolError("bad_state", f"job {job_id} has already ended ({job.status}); nothing to cancel", rid)
@@ -478,7 +489,7 @@ class Server:
         record = self._disk_record(identity, source_id)
         if live is None and record is None:
             raise self._unknown(source_id, rid)
-        running = live is not None and live is self.running
+        running = live is not None and self.running.get(live.id) is live
         if live is not None and live in self.pending:
             raise P.ProtocolError("bad_state", f"job {source_id} has not started; cancel it and submit again", rid)
         checkpoint = self.store.job_dir(source_id) / "checkpoint.pt"
@@ -550,8 +561,10 @@ class Server:
 
 def serve(bind: str, results: Path, device: str = "auto", model: str = "procedural",
           curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
-          shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES) -> int:
-    """Entry point of ``python -m backend serve``."""
+          shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES,
+          ray: dict[str, Any] | None = None) -> int:
+    """Entry point of ``python -m backend serve``; ``ray`` (RayExecutor's options: address, gpus_per_actor, ...)
+    runs the jobs on Ray actors instead of one local worker process."""
     from backend.priors import resolve_device
     from backend.server.results import check_results_folder
 
@@ -559,9 +572,19 @@ def serve(bind: str, results: Path, device: str = "auto", model: str = "procedur
     check_results_folder(results)
     if models_dir is not None and not models_dir.is_dir():
         raise SystemExit(f"error: --models-dir {models_dir} is not a folder")
+    make_executor = None
+    if ray is not None:
+        from backend.server.ray_executor import RayExecutor, import_ray
+
+        import_ray()  # no Ray: say how to install it before binding anything
+
+        def make_executor(ctx: zmq.Context, store: ResultStore) -> Executor:
+            # The device is resolved on each actor's node: "auto" there means its GPU.
+            return RayExecutor(store, device, silence_timeout_s=silence_timeout_s, **ray)
+
     server = Server(bind, results, resolve_device(device), model, curve, models_dir=models_dir,
                     silence_timeout_s=silence_timeout_s, shutdown_grace_s=shutdown_grace_s,
-                    max_unread_bytes=max_unread_bytes)
+                    max_unread_bytes=max_unread_bytes, make_executor=make_executor)
     return server.serve_forever()
 
 

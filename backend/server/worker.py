@@ -3,7 +3,7 @@
 Jobs never run in the server's process: whatever a job does (hold the GIL in xatlas for seconds, segfault in
 an extension, exhaust GPU memory, hang) the server's ROUTER loop keeps answering, and the server kills and
 replaces a worker that died or went silent (backend/server/executor.py). The worker talks to the server over a
-DEALER socket on a private ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is
+DEALER socket (``ZmqChannel``; a Ray actor gives the same runner an in-process ``Channel`` instead) on a private ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is
 pickled). It writes every file of its job, job.json last (backend/generate.py ``finish_job``). It holds the
 priors: the last job's stays loaded, and a job whose ``model`` setting names another switches to it
 (backend/server/models.py ``PriorCache``); the server only checks that the model is on the machine.
@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -55,17 +55,49 @@ class Stop(Exception):
     """Raised inside a sink when the server asked the job to stop."""
 
 
-class WorkerProcess:
-    def __init__(self, endpoint: str, identity: bytes, results: Path, device: str) -> None:
-        from backend.priors import load_prior, resolve_device
-        from backend.server.models import PriorCache
-        from backend.server.results import ResultStore
+class Channel(Protocol):
+    """How a job runner talks to whoever drives it: the server over ipc (``ZmqChannel``, this process) or a Ray
+    executor in the same process (backend/server/ray_executor.py). Frames are the wire's (P.encode)."""
 
+    def send(self, frames: list[Any]) -> None: ...
+    def receive(self, timeout_ms: int) -> list[dict[str, Any]]: ...
+
+
+class ZmqChannel:
+    """A DEALER socket on the server's private ipc endpoint."""
+
+    def __init__(self, endpoint: str, identity: bytes) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)  # the last job's events leave before exit
         self.sock.setsockopt(zmq.ROUTING_ID, identity)
         self.sock.connect(endpoint)
+
+    def send(self, frames: list[Any]) -> None:
+        self.sock.send_multipart(frames, copy=False)
+
+    def receive(self, timeout_ms: int) -> list[dict[str, Any]]:
+        out = []
+        while self.sock.poll(timeout_ms):
+            timeout_ms = 0
+            out.append(P.decode(self.sock.recv_multipart(), P.MAX_SERVER_INBOUND_BYTES).header)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+class WorkerProcess:
+    """Runs jobs one at a time and reports them over ``channel``; ``name`` (a Ray actor's) goes into job.json."""
+
+    def __init__(self, channel: Channel, results: Path, device: str, name: str | None = None) -> None:
+        from backend.priors import load_prior, resolve_device
+        from backend.server.models import PriorCache
+        from backend.server.results import ResultStore
+
+        self.channel = channel
+        self.name = name
         self.results = ResultStore(results)
         self.device = resolve_device(device)
         self.parent = os.getppid()
@@ -81,14 +113,10 @@ class WorkerProcess:
     def send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if self.job is not None and "job" not in header:
             header = {**header, "job": self.job["id"]}
-        self.sock.send_multipart(P.encode(header, arrays), copy=False)
+        self.channel.send(P.encode(header, arrays))
 
     def _read_control(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
-        out = []
-        while self.sock.poll(timeout_ms):
-            timeout_ms = 0
-            out.append(P.decode(self.sock.recv_multipart(), P.MAX_SERVER_INBOUND_BYTES).header)
-        return out
+        return self.channel.receive(timeout_ms)
 
     def _note_stops(self, messages: list[dict[str, Any]]) -> None:
         for m in messages:
@@ -117,7 +145,11 @@ class WorkerProcess:
 
     # --- one job -------------------------------------------------------------------------------------------
     def base_record(self, spec: dict[str, Any], status: str, settings: dict[str, Any]) -> dict[str, Any]:
-        return {"job": spec["id"], "owner": spec["owner"], "status": status, "prompt": spec["prompt"],
+        # A Ray actor's name, and the attempt when an earlier one's actor died (backend/server/ray_executor.py).
+        extra = {"worker": self.name} if self.name else {}
+        if spec.get("attempt", 1) > 1:
+            extra["attempt"] = spec["attempt"]
+        return {**extra, "job": spec["id"], "owner": spec["owner"], "status": status, "prompt": spec["prompt"],
                 "parent": spec.get("parent"), "created": spec["created"], "settings": settings,
                 "stream": spec["stream"], "representation": settings.get("representation"),
                 "method": settings.get("method"), "device": str(self.device), "worker_pid": os.getpid(),
@@ -325,12 +357,11 @@ def main(argv: list[str]) -> int:
         os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care
     except OSError:
         pass
-    worker = WorkerProcess(endpoint, identity.encode(), Path(results), device)
+    channel = ZmqChannel(endpoint, identity.encode())
     try:
-        return worker.serve()
+        return WorkerProcess(channel, Path(results), device).serve()
     finally:
-        worker.sock.close()
-        worker.ctx.term()
+        channel.close()
 
 
 if __name__ == "__main__":

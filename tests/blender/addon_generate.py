@@ -196,6 +196,30 @@ def main(argv: list[str]) -> dict:
     assert bpy.ops.tbsd.refresh_results() == {"FINISHED"}
     d.until("the results list", lambda: len(d.state.results) >= 3, 60)
     report["results"] = [{"job": r.job_id, "prompt": r.prompt, "state": r.state} for r in d.state.results]
+    # --- Generate batch: one job per line of a text datablock; each result listed as it finishes ----------------
+    text = bpy.data.texts.new("prompts")
+    text.write("a yellow cone\n\n# a comment line\na red cube\n")  # "a red cube" is an object already
+    report["batch_poll_without_text"] = bpy.ops.tbsd.generate_batch.poll()
+    props.batch_text = text
+    bpy.context.scene.cursor.location = (2.0, 0.0, 0.0)
+    assert bpy.ops.tbsd.generate_batch() == {"FINISHED"}
+    session = d.conn.session()
+    listed_when: dict = {}  # batch job -> jobs of the batch ended when the list first showed it finished
+
+    def watch_batch() -> None:
+        finished = {r.job_id for r in d.state.results if r.state == "finished"}
+        for view in session.jobs.values():
+            if view.batch and view.job_id in finished and view.job_id not in listed_when:
+                listed_when[view.job_id] = d.state.batch_ended
+
+    d.until("the batch to end", lambda: d.state.batch_total and d.state.batch_ended == d.state.batch_total
+            and len(listed_when) == d.state.batch_total, 600, watch_batch)
+    batch_views = [v for v in session.jobs.values() if v.batch]
+    report["batch"] = {"total": d.state.batch_total, "ended": d.state.batch_ended, "listed_when": listed_when,
+                       "jobs": [{"job": v.job_id, "prompt": v.prompt, "final": v.final,
+                                 **describe_object(bpy.data.objects[v.object_name])} for v in batch_views]}
+    bpy.context.scene.cursor.location = CURSOR
+
     names_before = set(bpy.data.objects.keys())
     assert bpy.ops.tbsd.import_result(job_id=first_job) == {"FINISHED"}
     d.until("the imported result", lambda: len(bpy.data.objects) > len(names_before), 120)

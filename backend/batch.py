@@ -1,0 +1,190 @@
+"""Many prompts, one command: ``python -m backend batch PROMPTS --out DIR [--executor local|ray]``.
+
+Each row runs as a job through the server's executors (backend/server/executor.py): ``local`` runs ``--workers``
+worker processes on this machine, ``ray`` one actor per GPU of a Ray cluster. Both run the worker's own job
+code, so a row's folder holds exactly what a server job's does (mesh.glb, mesh.obj, mesh.ply, preview.png,
+checkpoint.pt, job.json last, all written atomically). A row is finished only when its job.json says
+``finished`` for the same prompt and settings and every file it lists exists; a rerun skips those, so an
+interrupted batch continues where it stopped. At the end (and after an interrupt) ``summary.json``,
+``summary.md`` and ``contact_sheet.png`` describe every row (backend/batch_report.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from backend.batch_input import Row
+from backend.server.executor import Ended, Event, Executor, JobSpec
+from backend.server.results import ResultStore
+from shared import protocol as P
+
+# Nothing watches a batch's jobs while they train: no streamed previews, one progress beat per step.
+STREAM = P.check_stream({"progress_every": 1000, "preview_size": 16, "preview_views": 1, "mesh_every": 0})
+
+
+def finished_record(folder: Path, row: Row) -> dict[str, Any] | None:
+    """The row's job.json when it is finished for this prompt and these settings with every file on disk."""
+    import json
+
+    try:
+        record = json.loads((folder / "job.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") != "finished" or record.get("prompt") != row.prompt:
+        return None
+    done = record.get("settings") or {}
+    if any(done.get(k) != v for k, v in row.settings.items()):
+        return None  # the row was edited since: it runs again
+    files = record.get("all_files") or []
+    return record if files and all((folder / name).is_file() for name in files) else None
+
+
+@dataclass
+class Outcome:
+    """What happened to one row in this run."""
+
+    row: Row
+    status: str = "pending"  # pending, running, finished, failed, cancelled, interrupted
+    skipped: bool = False  # finished by an earlier run
+    wall_seconds: float | None = None
+    error: str | None = None
+    started: float = 0.0
+    step: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+class ProgressBar:
+    """One bar over every step of the rows still to run, with rows done and the ETA, on stderr."""
+
+    def __init__(self, total_steps: int, rows: int, quiet: bool) -> None:
+        self.rows, self.done = rows, 0
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, desc="batch", dynamic_ncols=True)
+            self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.done}/{self.rows} rows")
+
+    def steps(self, n: int) -> None:
+        if self.bar is not None and n > 0:
+            self.bar.update(n)
+
+    def row_done(self) -> None:
+        self.done += 1
+        self._postfix()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], quiet: bool = False,
+             on_end: Callable[[Outcome], None] | None = None) -> tuple[list[Outcome], bool]:
+    """Run every unfinished row on ``executors`` (started here, shut down at the end or on a Ctrl-C).
+    Returns each row's outcome and whether the run was interrupted."""
+    outcomes = {row.name: Outcome(row) for row in rows}
+    todo: list[Row] = []
+    for row in rows:
+        if finished_record(store.job_dir(row.name), row) is not None:
+            outcomes[row.name].status, outcomes[row.name].skipped = "finished", True
+        else:
+            todo.append(row)
+    if todo:
+        print(f"batch: {len(todo)} of {len(rows)} rows to run ({len(rows) - len(todo)} finished earlier)",
+              file=sys.stderr)
+    bar = ProgressBar(sum(r.settings["steps"] for r in todo), len(todo), quiet or not todo)
+    running: dict[str, Executor] = {}
+    interrupted = False
+    try:
+        for executor in executors if todo else []:  # nothing to run: no worker, no Ray instance
+            executor.start()
+        queue = list(todo)
+        while queue or running:
+            for executor in executors:
+                while queue and executor.idle():
+                    row = queue.pop(0)
+                    outcome = outcomes[row.name]
+                    outcome.status, outcome.started, outcome.step = "running", time.monotonic(), 0
+                    spec = _spec(row)
+                    store.write_record(row.name, spec.record("queued", ended=None))
+                    executor.submit(spec)
+                    running[row.name] = executor
+            for executor in executors:
+                for event in executor.events():
+                    outcome = outcomes.get(event.job)
+                    if outcome is None:
+                        continue
+                    if isinstance(event, Ended):
+                        _ended(outcome, event, store)
+                        running.pop(event.job, None)
+                        bar.row_done()
+                        if on_end is not None:
+                            on_end(outcome)
+                    else:
+                        _event(outcome, event, bar)
+            time.sleep(0.02)
+    except KeyboardInterrupt:
+        print("\nbatch: interrupted; the rows in progress are stopped (a rerun continues from there)",
+              file=sys.stderr)
+        interrupted = True
+    finally:
+        bar.close()
+        for executor in executors if todo else []:
+            for event in executor.shutdown(0.0):
+                if isinstance(event, Ended) and event.job in outcomes and outcomes[event.job].status == "running":
+                    outcomes[event.job].status = event.status
+        for name in running:
+            if outcomes[name].status == "running":
+                outcomes[name].status = "interrupted"
+    return [outcomes[row.name] for row in rows], interrupted
+
+
+def _spec(row: Row) -> JobSpec:
+    return JobSpec(row.name, "batch", row.prompt, row.settings, dict(STREAM),
+                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _event(outcome: Outcome, event: Event, bar: ProgressBar) -> None:
+    kind = event.header.get("type")
+    if kind in ("_beat", "progress"):
+        step = int(event.header.get("step", 0))
+        bar.steps(step - outcome.step)  # a retried job starts again from 0: its steps are not counted twice
+        outcome.step = max(outcome.step, step)
+    elif kind == "error":
+        outcome.messages.append(str(event.header.get("message")))
+        if event.header.get("fatal"):
+            outcome.error = str(event.header.get("message"))
+
+
+def _ended(outcome: Outcome, event: Ended, store: ResultStore) -> None:
+    outcome.status = event.status
+    outcome.wall_seconds = time.monotonic() - outcome.started
+    if event.status != "finished" and outcome.error is None:
+        record = store.read_record(outcome.row.name) or {}
+        outcome.error = record.get("error")
+
+
+def make_executors(kind: str, store: ResultStore, device: str, workers: int = 1,
+                   ray: dict[str, Any] | None = None) -> list[Executor]:
+    """``workers`` local worker processes, or one Ray executor (its actors are its workers)."""
+    if kind == "ray":
+        from backend.server.ray_executor import RayExecutor
+
+        return [RayExecutor(store, device, **(ray or {}))]
+    import zmq
+
+    from backend.server.executor import ProcessExecutor
+
+    ctx = zmq.Context.instance()
+    return [ProcessExecutor(ctx, store, device) for _ in range(workers)]
+
+
+__all__ = ["run_rows", "finished_record", "make_executors", "Outcome", "STREAM"]
