@@ -182,9 +182,10 @@ _ALL: tuple[Setting, ...] = (
     _s("tbsd_scale", float, 1.0,
        "Overall scale of TBSD's direction (with Adam it only matters relative to other losses).",
        "method", 0.0, 1000.0, methods=("tbsd",), advanced=True),
-    _s("tbsd_anchor", float, 0.0,
-       "Weight of a denoising anchor (e_tgt - eps) added to TBSD's direction (not in the paper; "
-       "docs/METHODS.md).", "method", 0.0, 100.0, methods=("tbsd",), advanced=True),
+    _s("tbsd_anchor", float, 1.0,
+       "Weight of a denoising anchor (e_tgt - eps) added to TBSD's direction; 0 is the paper's TBSD. Not in the "
+       "paper: both TBSD terms vanish once the prior names the target, so without it a run stops on the decision "
+       "boundary (docs/METHODS.md).", "method", 0.0, 100.0, methods=("tbsd",), advanced=True),
     # --- 3D run: cameras ----------------------------------------------------------------------------
     _s("quality", str, "standard",
        "Preset that sets resolution, samples and step counts together (see PRESETS); explicit settings win.",
@@ -238,7 +239,7 @@ _ALL: tuple[Setting, ...] = (
        100, 1000000, advanced=True),
     _s("gaussian_max_points", int, 200000, "Cap on the number of Gaussians after densification.", "gaussians",
        100, 5000000, advanced=True),
-    _s("gaussian_antialiased", bool, False,
+    _s("gaussian_antialiased", bool, True,
        "Compensate splat opacity for the renderer's one-pixel widening (gsplat's antialiased mode), so the "
        "renders' silhouette is the Gaussians' 3D extent (docs/METHODS.md).", "gaussians", advanced=True),
     _s("gaussian_opacity_reset", bool, True,

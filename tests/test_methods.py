@@ -271,6 +271,20 @@ def test_tbsd_matches_eqs_10_to_14(factor):
     check_min_norm(g, mu, d_s, d_td)  # eqs. 12-14
 
 
+def test_tbsd_anchor_adds_e_tgt_minus_eps_outside_the_min_norm_point():
+    """The anchor is added after MGDA (it is not a third objective), has zero effect where e_tgt equals the injected
+    noise (the target's fixed point), and needs the noise."""
+    e_tgt, e_null, _, e_tnp, noise = preds(61)
+    paper, mu = M.tbsd(e_tgt, e_null, e_tnp, 2.0)
+    anchored, mu_anchored = M.tbsd(e_tgt, e_null, e_tnp, 2.0, noise, 0.7)
+    torch.testing.assert_close(anchored, paper + 0.7 * (e_tgt - noise))
+    torch.testing.assert_close(mu_anchored, mu)
+    at_fixed_point, _ = M.tbsd(e_tgt, e_null, e_tnp, 2.0, e_tgt.clone(), 0.7)
+    torch.testing.assert_close(at_fixed_point, paper)
+    with pytest.raises(ValueError, match="noise"):
+        M.tbsd(e_tgt, e_null, e_tnp, 2.0, None, 0.7)
+
+
 def test_tbsd_large_factor_follows_shape_term():
     """MGDA leans to the shorter vector: a long d_td (large factor) gives mu near 1 (shape)."""
     e_tgt, e_null, _, e_tnp, _ = preds(70)
@@ -339,7 +353,7 @@ def _expected_direction(case, settings, progress, e, t, noise):
     if m == "tbsd":
         f = max(s["tbsd_alpha"] * (1 - progress / s["tbsd_beta"]), s["tbsd_gamma"])
         g, _ = min_norm_closed_form(e[PROMPT] - e[""], f * (e[PROMPT] - e[TNP]))
-        return s["tbsd_scale"] * g
+        return s["tbsd_scale"] * (g + s["tbsd_anchor"] * (e[PROMPT] - noise))
     raise AssertionError(m)
 
 
