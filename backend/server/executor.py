@@ -87,6 +87,14 @@ class Executor(Protocol):
     def shutdown(self, grace_s: float) -> list[Event | Ended]: ...
 
 
+def interrupted(store: ResultStore, job: JobSpec, message: str) -> list[Event | Ended]:
+    """A job whose worker was killed at shutdown: its ``interrupted`` record (unless it finished) and the client's
+    ``cancelled`` event."""
+    store.fail_unfinished(job.id, job.record("interrupted", stop_reason="shutdown", error=message))
+    header = {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"}
+    return [Event(job.id, header, P.encode(header)), Ended(job.id, "interrupted")]
+
+
 def _signal_name(code: int) -> str:
     if code < 0:
         try:
@@ -275,11 +283,9 @@ class ProcessExecutor:
         self._kill()
         job = self.running
         if job is not None:
-            message = (f"the server stopped and its worker was killed after the {grace_s:g} s shutdown grace "
-                       "(the job was still in its final export); the last periodic checkpoint, if any, is kept")
-            self.store.fail_unfinished(job.id, job.record("interrupted", stop_reason="shutdown", error=message))
-            header = {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"}
-            out += [Event(job.id, header, P.encode(header)), Ended(job.id, "interrupted")]
+            out += interrupted(self.store, job, f"the server stopped and its worker was killed after the {grace_s:g} s "
+                               "shutdown grace (the job was still in its final export); the last periodic "
+                               "checkpoint, if any, is kept")
             self.running = None
         self.sock.close(linger=0)
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from backend.server.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec
+from backend.server.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec, interrupted
 from backend.server.results import ResultStore
 from shared import protocol as P
 
@@ -375,11 +375,8 @@ class RayExecutor:
             self._kill(slot)
             slot.job = None
             if job is not None:
-                message = (f"the server stopped and its Ray actor was killed after the {grace_s:g} s shutdown "
-                           "grace; the last periodic checkpoint, if any, is kept")
-                self.store.fail_unfinished(job.id, job.record("interrupted", stop_reason="shutdown", error=message))
-                header = {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"}
-                out += [Event(job.id, header, P.encode(header)), Ended(job.id, "interrupted")]
+                out += interrupted(self.store, job, f"the server stopped and its Ray actor was killed after the "
+                                   f"{grace_s:g} s shutdown grace; the last periodic checkpoint, if any, is kept")
         if self._owns_ray:
             self.ray.shutdown()
         return out
