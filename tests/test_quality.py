@@ -1,6 +1,6 @@
 """Quality of `python -m backend generate` on the procedural prior: the exported mesh against the true shape.
 
-Four shape/colour prompts on both representations, at the draft preset with the step counts below (CPU-sized;
+Six shape/colour prompts (one per shape) on both representations, at the draft preset with the step counts below (CPU-sized;
 defaults are for real use). Each run is a real CLI process; two run at once with one thread each.
 
 Thresholds, and why:
@@ -30,18 +30,21 @@ import pytest
 from backend.priors.procedural import world
 
 ROOT = Path(__file__).resolve().parents[1]
-# One prompt per shape that passes at these settings on both representations (docs/METHODS.md, "The quality suite
-# at the defaults"): the cone joined after measuring 0.829 (NeRF) and 0.828 (Gaussians). The torus (0.62 / 0.31)
-# and the capsule (NeRF 0.75) do not pass yet; they are measured by bench/quality.py, not hidden here.
-PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "an orange cone")
+# One prompt per shape of the world, on both representations (docs/METHODS.md, "The quality suite at the defaults").
+# At session 5's defaults the capsule joined (NeRF 0.962, Gaussians 0.890); the runs below the bar are marked.
+PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "an orange cone", "a cyan capsule", "a pink torus")
 STEPS = {"nerf": 300, "gaussians": 600}
 RUNS = [(rep, prompt) for rep in STEPS for prompt in PROMPTS]
-# Known below the bar at the current defaults, kept visible (strict: a pass fails the test, so the mark goes when
-# the cause is fixed). The Gaussian cone measures 0.7998 (0.828 before session 5's defaults, whose colour error was
-# worse, 0.128 against 0.116 now): at the draft preset's 32 px a pixel is 0.044 world units, the renders' edge
-# sits within a pixel of the truth and the base, seen only from the lowest cameras (-10 degrees), is the largest
-# loss (docs/METHODS.md).
-BELOW_BAR = {("gaussians", "an orange cone"): "0.7998 at 32 px: the base is seen only from -10 degrees"}
+# Known below the bar at the current defaults, kept visible: each must stay above a floor (so a regression still
+# fails) and is reported as an expected failure while under 0.8. The floors leave room for run-to-run differences
+# between machines (600 chaotic steps; single-seed runs move by a few hundredths). The Gaussian cone measures
+# 0.7998 (0.828 before session 5's defaults, whose colour error was worse, 0.128 against 0.116 now): at the draft
+# preset's 32 px a pixel is 0.044 world units and the base, seen only from the lowest cameras (-10 degrees), is the
+# largest loss. The torus is the hardest shape: the initial ball fills its hole, a few pixels wide at 32 px
+# (docs/METHODS.md).
+BELOW_BAR = {("gaussians", "an orange cone"): (0.75, "measured 0.7998 at 32 px: the base is seen only from -10 deg"),
+             ("nerf", "a pink torus"): (0.55, "measured 0.612: the hole stays partly filled at 32 px"),
+             ("gaussians", "a pink torus"): (0.75, "measured 0.7999: the hole stays partly filled at 32 px")}
 
 
 def _generate(out: Path, representation: str, prompt: str) -> dict:
@@ -74,11 +77,14 @@ def test_no_two_catalogue_shapes_pass_the_bar_for_each_other():
     assert best < 0.8  # cube vs cylinder, the closest pair, is 0.70
 
 
-@pytest.mark.parametrize("run", [pytest.param(run, marks=pytest.mark.xfail(strict=True, reason=BELOW_BAR[run]))
-                                 if run in BELOW_BAR else run for run in RUNS],
-                         ids=[f"{r}-{p.split()[-1]}" for r, p in RUNS])
+@pytest.mark.parametrize("run", RUNS, ids=[f"{r}-{p.split()[-1]}" for r, p in RUNS])
 def test_mesh_matches_the_true_shape(records, run):
     figures = records[run]["figures"]
+    if run in BELOW_BAR:
+        floor, why = BELOW_BAR[run]
+        assert figures["voxel_iou"] >= floor, (figures, why)
+        if figures["voxel_iou"] < 0.8:
+            pytest.xfail(f"below the 0.8 bar, above its floor {floor}: {why}")
     assert figures["voxel_iou"] >= 0.8, figures
 
 
