@@ -62,16 +62,22 @@ def test_an_interrupted_batch_keeps_its_finished_rows_and_a_rerun_runs_only_the_
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "backend", "batch", str(prompts), "--out", str(out), *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The batch starts with Ctrl-C's default handling, as from a terminal: a shell without job control starts
+    # background commands with SIGINT ignored, and children inherit that (a CI runner started with `&` did).
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     second = out / "0002-a-blue-sphere" / "job.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # Ctrl-C while the second row trains
+    # Ctrl-C while the second row trains. Generous: on a loaded 2-core machine the first row (worker start, prior,
+    # export) can take minutes; the wait ends as soon as the row runs.
+    deadline = time.monotonic() + 600
+    running = False
+    while not running and time.monotonic() < deadline and proc.poll() is None:
         try:
-            if json.loads(second.read_text()).get("status") == "running":
-                break
+            running = json.loads(second.read_text()).get("status") == "running"
         except (OSError, ValueError):
             pass
         time.sleep(0.1)
+    assert running, f"the second row never started: {proc.poll()=}"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
