@@ -400,21 +400,24 @@ class GaussianScene(Representation):
             gap = (self.means - torch.maximum(torch.minimum(self.means, hi), lo)).norm(dim=-1)
             idx = torch.nonzero(gap <= reach, as_tuple=True)[0]
             step = max(1, FIELD_PAIR_BUDGET // max(1, idx.numel()))
+            # The Gaussians in reach, gathered once per chunk of points (not per sub-chunk).
+            near_means, near_rot, near_inv = self.means[idx], rot[idx], inv_scale[idx]
+            near_log_opacity, near_albedo = log_opacity[idx], albedo[idx]
             for s in range(0, o.shape[0], step):
                 oo, dd = o[s : s + step], d[s : s + step]
                 # The ray in each Gaussian's whitened frame: x(u) = a + u b.
-                a = torch.einsum("pmk,mkj->pmj", oo[:, None, :] - self.means[idx][None], rot[idx]) * inv_scale[idx]
-                b = torch.einsum("pk,mkj->pmj", dd, rot[idx]) * inv_scale[idx]
+                a = torch.einsum("pmk,mkj->pmj", oo[:, None, :] - near_means[None], near_rot) * near_inv
+                b = torch.einsum("pk,mkj->pmj", dd, near_rot) * near_inv
                 bb = (b * b).sum(-1).clamp(min=1e-20)
                 ab = (a * b).sum(-1)
                 depth = -ab / bb  # where along the ray the Gaussian peaks
                 q = ((a * a).sum(-1) - ab * ab / bb).clamp(min=0)
-                alpha = torch.where(depth >= 0, (log_opacity[idx][None] - 0.5 * q).exp(), 0).clamp(max=0.99)
+                alpha = torch.where(depth >= 0, (near_log_opacity[None] - 0.5 * q).exp(), 0).clamp(max=0.99)
                 by_depth = depth.argsort(dim=-1)
                 alpha = alpha.gather(-1, by_depth)
                 seen = alpha * torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], -1), -1)
                 total = seen.sum(-1, keepdim=True)
-                colour = torch.einsum("pm,pmc->pc", seen, albedo[idx][by_depth]) / total.clamp(min=1e-12)
+                colour = torch.einsum("pm,pmc->pc", seen, near_albedo[by_depth]) / total.clamp(min=1e-12)
                 unseen = (total[:, 0] < SURFACE_MIN_ALPHA).nonzero(as_tuple=True)[0]
                 if unseen.numel():
                     colour[unseen] = self.albedo(oo[unseen] + SURFACE_RAY_START * dd[unseen])
