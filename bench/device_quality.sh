@@ -6,6 +6,8 @@
 #   collect: bash bench/device_quality.sh collect SECONDS
 # With several GPUs the studies go round-robin over them (CUDA_VISIBLE_DEVICES), in the order given. `collect`
 # packs every study's results into $OUT/quality.tar.gz (the device tool returns at most 8 files).
+# MPS=1 runs the studies under CUDA MPS: without it concurrent processes time-slice the GPU, so a dozen small runs
+# take as long as one after another (session 5: 12 Gaussian runs at once, 6.5 min each, 35 s alone).
 set -u
 mode=$1; shift
 if [ "$mode" = start ]; then
@@ -13,6 +15,10 @@ if [ "$mode" = start ]; then
   # Once per machine: reinstalling gsplat makes it compile its kernels again (70 s).
   [ -d /tmp/site/gsplat ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:. MAX_JOBS=16 PYTHONUNBUFFERED=1
+  if [ "${MPS:-0}" = 1 ]; then
+    nvidia-cuda-mps-control -d && python3 -c "import torch; print('MPS up:', torch.ones(1, device='cuda').sum().item())" \
+      || { echo quit | nvidia-cuda-mps-control; echo "MPS did not start: the studies time-slice the GPU"; }
+  fi
   python3 - <<'PY'
 import time, torch
 from backend.scene.splatting import rasterize

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -230,19 +230,22 @@ def main(argv: list[str] | None = None) -> int:
             futures = [pool.submit(run_one, p, m, r, args.preset, args.device, {**settings, **variants[v]}, dirs[i],
                                    args.threads, v)
                        for i, (v, p, m, r) in enumerate(runs)]
-            rows: list[dict[str, Any]] = []
-            for future in futures:
-                rows.append(future.result())
-                brief = {k: rows[-1].get(k) for k in ("variant", "prompt", "method", "representation", "voxel_iou",
-                                                      "colour_error_mean", "nearest_colour", "wrong_colour_share",
-                                                      "components", "wall_seconds", "error")}
+            index = {f: i for i, f in enumerate(futures)}
+            done: dict[int, dict[str, Any]] = {}
+            for future in as_completed(futures):
+                row = future.result()
+                done[index[future]] = row
+                brief = {k: row.get(k) for k in ("variant", "prompt", "method", "representation", "voxel_iou",
+                                                  "colour_error_mean", "nearest_colour", "wrong_colour_share",
+                                                  "components", "wall_seconds", "error")}
                 print(json.dumps(brief), flush=True)
+                rows = [done[i] for i in sorted(done)]
                 result["runs"] = rows
                 result["summary"] = summarise(rows)
                 _write(args.out / "quality.json", json.dumps(result, indent=1))
-                # Written as runs finish, so a study cut short still leaves what it measured.
+                # Written as runs finish, so a study cut short still leaves everything it measured.
                 _write(args.out / "quality.md", markdown(result))
-                write_sheets(rows, dirs, variants, args.out)
+                write_sheets(rows, {j: dirs[i] for j, i in enumerate(sorted(done))}, variants, args.out)
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         _write(args.out / "quality.json", json.dumps(result, indent=1))
     for s in result["summary"]:
