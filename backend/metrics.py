@@ -190,7 +190,10 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     - ``colour_error_mean`` / ``colour_error_median``: distance of the surface's mean / per-channel median
       albedo (texture at area-uniform samples) to the named colour, RGB in [0, 1];
     - ``wrong_colour_share``: share of the surface whose albedo is nearer another catalogue colour;
-    - ``nearest_colour``: the catalogue colour nearest the mean albedo; ``components``: pieces of the surface.
+    - ``nearest_colour``: the catalogue colour nearest the mean albedo; ``components``: pieces of the surface;
+    - ``wrong_colour_by_facing``: the wrong-colour share of the surface facing down (normal z < -0.7), up (> 0.7)
+      and sideways, with each part's share of the area: the training cameras see bottoms least, so this tells
+      an unseen underside from a wrongly coloured object.
     """
     meaning = world.parse_prompt(prompt)
     if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
@@ -223,12 +226,20 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     nearest = np.argmin(np.linalg.norm(albedo[:, None] - catalogue[None], axis=-1), axis=1)
     true_colour = np.array(world.COLOURS[named])
     mean, median = albedo.mean(0), np.median(albedo, axis=0)
+    wrong = nearest != names.index(named)
+    corners = vertices[faces[face]]
+    normal_z = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normal_z = normal_z[:, 2] / np.maximum(np.linalg.norm(normal_z, axis=1), 1e-12)
+    by_facing = {}
+    for part, sel in (("down", normal_z < -0.7), ("side", np.abs(normal_z) <= 0.7), ("up", normal_z > 0.7)):
+        by_facing[part] = {"area": float(sel.mean()), "wrong": float(wrong[sel].mean()) if sel.any() else 0.0}
     return {
         "voxel_iou": iou,
         "chamfer": chamfer,
         "colour_error_mean": float(np.linalg.norm(mean - true_colour)),
         "colour_error_median": float(np.linalg.norm(median - true_colour)),
-        "wrong_colour_share": float((nearest != names.index(named)).mean()),
+        "wrong_colour_share": float(wrong.mean()),
+        "wrong_colour_by_facing": by_facing,
         "nearest_colour": names[int(np.argmin(np.linalg.norm(catalogue - mean, axis=1)))],
         "mean_albedo": mean.round(4).tolist(),
         "components": count_components(vertices, faces),

@@ -208,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="Keep every run's folder here, with its final checkpoint.pt for bench/rebake.py "
                              "(default: a temp dir, no checkpoint).")
     args = parser.parse_args(argv)
+    # The runs are separate processes; this one only measures their meshes, in its worker threads. Left at torch's
+    # default (a thread per core in each of them) the measuring oversubscribed a 32-core machine running five studies
+    # (480 threads), and the GPU sat idle while finished runs waited to be measured (session 6).
+    import torch
+
+    torch.set_num_threads(1)
     settings = json.loads(args.settings)
     if args.keep:
         settings.setdefault("checkpoint_every", 100000)  # a checkpoint at the end only (the run's own steps)
@@ -219,8 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"command": "python bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
                               "preset": args.preset, "device": args.device, "settings": settings, "runs": []}
     if args.device == "cuda":
-        import torch
-
         result["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="tbsd-quality-") as tmp:
         base = args.keep or Path(tmp)

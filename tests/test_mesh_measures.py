@@ -96,6 +96,23 @@ def test_mesh_figures_of_the_true_object_are_near_perfect_and_of_another_object_
     assert colour["colour_error_mean"] > 0.5 and colour["voxel_iou"] > 0.97, colour
 
 
+def test_wrong_colour_by_facing_finds_a_wrongly_coloured_underside():
+    from backend.metrics import mesh_figures
+
+    cube = _textured_mesh("cube", world.COLOURS["red"])
+    # A second texel, grey, for every vertex on the bottom face.
+    texture = np.zeros((1, 2, 3), dtype=np.uint8)
+    texture[0, 0] = np.round(np.array(world.COLOURS["red"]) * 255)
+    texture[0, 1] = 128
+    low = cube["vertices"][:, 2] < -0.29  # the bottom face is z = -0.3
+    uvs = np.where(low[:, None], [[0.75, 0.5]], [[0.25, 0.5]]).astype(np.float32)
+    figures = mesh_figures({**cube, "uvs": uvs, "texture": texture}, "a red cube", samples=8000)
+    facing = figures["wrong_colour_by_facing"]
+    assert abs(facing["down"]["area"] - 1 / 6) < 0.03 and facing["down"]["wrong"] > 0.95, facing
+    assert facing["up"]["wrong"] == 0.0 and facing["side"]["wrong"] < 0.1, facing
+    assert abs(figures["wrong_colour_share"] - 1 / 6) < 0.05, figures
+
+
 def test_components_count_pieces_not_uv_seams():
     from backend.metrics import count_components
 
