@@ -212,32 +212,50 @@ __all__ = [
 ]
 
 
-def fill_enclosed(grid: np.ndarray, level: float) -> tuple[np.ndarray, int]:
+def fill_enclosed(grid: np.ndarray, level: float, gap: int = 0) -> tuple[np.ndarray, int]:
     """Raise every below-level voxel that the grid's border cannot reach (6-connected) above the level.
 
     Score distillation only ever sees a surface, so the matter behind it is often thin: Gaussians sit on the
     surface as a shell and a NeRF may leave its inside empty. Marching cubes would then give a second, inward-
     facing surface inside the object, which an artist's tools (booleans, 3D printing, volume) read as a
-    hollow. Returns the filled grid and how many voxels were filled.
+    hollow. A shell is rarely watertight: one missing splat lets the border reach the whole inside. So the
+    outside is flooded through the empty space left when the matter is grown by ``gap`` voxels (openings up to
+    about ``2 gap`` voxels wide are closed), then grown back by ``gap`` voxels into the empty space, so the outer
+    surface and any opening wider than that stay where they were. Returns the filled grid and how many voxels
+    were filled.
     """
     empty = torch.from_numpy(np.ascontiguousarray(grid <= level))
-    outside = torch.zeros_like(empty)
-    for axis in range(3):
-        for end in (0, -1):
-            index = [slice(None)] * 3
-            index[axis] = end
-            outside[tuple(index)] = empty[tuple(index)]
-    while True:
-        grown = outside.clone()
-        for axis in range(3):
-            n = grown.shape[axis]
-            grown.narrow(axis, 1, n - 1).logical_or_(outside.narrow(axis, 0, n - 1))
-            grown.narrow(axis, 0, n - 1).logical_or_(outside.narrow(axis, 1, n - 1))
-        grown &= empty
-        if torch.equal(grown, outside):
-            break
-        outside = grown
+    passable = empty
+    if gap > 0:
+        matter = (~empty).float()[None, None]
+        passable = F.max_pool3d(matter, 2 * gap + 1, stride=1, padding=gap)[0, 0] == 0
+    outside = _flood_from_border(passable)
+    if gap > 0:
+        # Give back the layer the grown matter hid. No voxel farther than `gap` from the flooded outside is
+        # reached, so this cannot pass through a wall or an opening into the inside.
+        outside = (F.max_pool3d(outside.float()[None, None], 2 * gap + 1, stride=1, padding=gap)[0, 0] > 0) & empty
     cavity = (empty & ~outside).numpy()
     filled = grid.copy()
     filled[cavity] = max(float(grid.max()), level * 2.0 if level > 0 else level + 1.0)
     return filled, int(cavity.sum())
+
+
+def _flood_from_border(passable: Tensor) -> Tensor:
+    """Voxels of ``passable`` reachable (6-connected, through ``passable``) from the grid's faces."""
+    seeds = torch.zeros_like(passable)
+    for axis in range(3):
+        for end in (0, -1):
+            index = [slice(None)] * 3
+            index[axis] = end
+            seeds[tuple(index)] = passable[tuple(index)]
+    reached = seeds
+    while True:
+        grown = reached.clone()
+        for axis in range(3):
+            n = grown.shape[axis]
+            grown.narrow(axis, 1, n - 1).logical_or_(reached.narrow(axis, 0, n - 1))
+            grown.narrow(axis, 0, n - 1).logical_or_(reached.narrow(axis, 1, n - 1))
+        grown &= passable
+        if torch.equal(grown, reached):
+            return reached
+        reached = grown
