@@ -62,7 +62,7 @@ def extract_mesh(
     figures["level"] = float(level)
     seconds["level"] = time.perf_counter() - t
     t = time.perf_counter()
-    gap = max(1, round(FILL_GAP * (resolution - 1) / (2 * bound))) if FILL_GAP > 0 else 0
+    gap = max(1, round(FILL_GAP * (resolution - 1) / (2 * bound)))  # world units -> voxels of this grid
     grid, figures["filled_voxels"] = fill_enclosed(grid, level, gap)
     figures["fill_gap_voxels"] = gap
     seconds["fill"] = time.perf_counter() - t
