@@ -19,6 +19,7 @@ catalogue colour, connected components, seconds. Writes into ``--out``:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -138,12 +139,21 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def contact_sheet(rows: list[dict[str, Any]], run_dirs: dict[int, Path], path: Path) -> None:
-    """Each run's preview strip above the true object from the same views, labelled with its figures."""
+@functools.lru_cache(maxsize=None)
+def _truth_strip(prompt: str, n: int, size: int) -> np.ndarray:
+    """The true object from the preview's ``n`` views, as 8-bit RGB side by side. Cached: the sheets are redrawn
+    after every finished run, and each render traces every catalogue shape."""
     import torch
-    from PIL import Image, ImageDraw
 
     from backend.scene.cameras import eval_views
+
+    truth, _ = world.ground_truth(prompt, eval_views(n), size)
+    return (torch.cat(list(truth.clamp(0, 1)), dim=-1).permute(1, 2, 0).numpy() * 255).round()
+
+
+def contact_sheet(rows: list[dict[str, Any]], run_dirs: dict[int, Path], path: Path) -> None:
+    """Each run's preview strip above the true object from the same views, labelled with its figures."""
+    from PIL import Image, ImageDraw
 
     tiles = []
     for i, row in enumerate(rows):
@@ -153,8 +163,7 @@ def contact_sheet(rows: list[dict[str, Any]], run_dirs: dict[int, Path], path: P
         strip = Image.open(preview).convert("RGB")
         size = strip.height
         n = strip.width // size
-        truth, _ = world.ground_truth(row["prompt"], eval_views(n), size)
-        truth_strip = (torch.cat(list(truth.clamp(0, 1)), dim=-1).permute(1, 2, 0).numpy() * 255).round()
+        truth_strip = _truth_strip(row["prompt"], n, size)
         label = (f"{row['prompt']} | {row['variant']} {row['method']} {row['representation']} | IoU {row['voxel_iou']:.2f} "
                  f"colour {row['colour_error_mean']:.2f} ({row['nearest_colour']}) wrong {row['wrong_colour_share']:.0%}")
         tile = Image.new("RGB", (strip.width, 2 * size + 14), (255, 255, 255))
