@@ -19,26 +19,27 @@ MIN_VIEW_DEG = 20.0
 FACES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "top": (0, 0, 1), "bottom": (0, 0, -1)}
 
 
-def _lit_views_per_face(settings: dict, n: int = 96) -> dict[str, int]:
-    views, _ = sample_orbit_views(n, settings, torch.Generator().manual_seed(settings["seed"] + 7919))
+def _lit_share_per_face(settings: dict, n: int = 4800) -> dict[str, float]:
+    """Share of training views that see each face of a cube lit (many views, so the share is the distribution's)."""
+    views, _ = sample_orbit_views(n, settings, torch.Generator().manual_seed(0))
     eye = torch.nn.functional.normalize(views.c2w[:, :3, 3], dim=-1)
     counts = {}
     for name, normal in FACES.items():
         nrm = torch.tensor(normal, dtype=torch.float32)
         seen = (eye @ nrm) >= math.sin(math.radians(MIN_VIEW_DEG))
         lit = (views.light_dir @ nrm) > 0.0
-        counts[name] = int((seen & lit).sum())
+        counts[name] = float((seen & lit).float().mean())
     return counts
 
 
 def test_default_bank_sees_every_face_of_a_cube_lit():
-    counts = _lit_views_per_face(validate({}))
-    # A few views per face, not one lucky camera. The bottom stays the least seen (6 of 96 views at seed 0, the top
-    # 46): the light is drawn 0-45 degrees above each camera, so it reaches a bottom only from the lowest ones.
-    assert min(counts.values()) >= 4, counts
+    shares = _lit_share_per_face(validate({}))
+    # A few of the 96 views a run's bank holds, not one lucky camera. The bottom stays the least seen (about 6%, the
+    # top about 45%): the light is drawn 0-45 degrees above each camera, so it reaches a bottom only from the lowest.
+    assert min(shares.values()) >= 0.04, shares
 
 
 def test_the_old_band_never_saw_a_bottom_lit():
     # The measurement above must be able to fail: the band before session 7 sees the bottom at 10 degrees at most.
-    counts = _lit_views_per_face(validate({"camera_elevation_min": -10.0, "camera_elevation_max": 45.0}))
-    assert counts["bottom"] == 0 and counts["top"] > 0, counts
+    shares = _lit_share_per_face(validate({"camera_elevation_min": -10.0, "camera_elevation_max": 45.0}))
+    assert shares["bottom"] == 0.0 and shares["top"] > 0.2, shares
