@@ -23,13 +23,13 @@ def _lit_share_per_face(settings: dict, n: int = 4800) -> dict[str, float]:
     """Share of training views that see each face of a cube lit (many views, so the share is the distribution's)."""
     views, _ = sample_orbit_views(n, settings, torch.Generator().manual_seed(0))
     eye = torch.nn.functional.normalize(views.c2w[:, :3, 3], dim=-1)
-    counts = {}
+    shares = {}
     for name, normal in FACES.items():
         nrm = torch.tensor(normal, dtype=torch.float32)
         seen = (eye @ nrm) >= math.sin(math.radians(MIN_VIEW_DEG))
         lit = (views.light_dir @ nrm) > 0.0
-        counts[name] = float((seen & lit).float().mean())
-    return counts
+        shares[name] = float((seen & lit).float().mean())
+    return shares
 
 
 def test_default_bank_sees_every_face_of_a_cube_lit():
