@@ -30,8 +30,9 @@ rasterize(torch.zeros(4, 3, device=d), torch.tensor([[1.0, 0, 0, 0]] * 4, device
 print(f"gsplat ready in {time.time() - t:.0f} s", flush=True)
 PY
   mkdir -p /tmp/quality
-  # Byte-compile before dozens of processes import the tree at once: racing to write the same __pycache__ folders,
-  # a few of them failed with ModuleNotFoundError for modules that were there (session 7, 5 of 160 runs).
+  # Byte-compile before dozens of processes import the tree at once, so they do not race to write __pycache__. With
+  # 40 processes starting together a few failed with ModuleNotFoundError for modules that were there (session 7: 5
+  # of 134 runs without this, 1 of 120 with it, so the race is not only there); check each study's `error` rows.
   python3 -m compileall -q backend shared bench >/dev/null
   gpus=$(nvidia-smi -L | wc -l); i=0
   while [ $# -ge 2 ]; do
