@@ -194,7 +194,7 @@ _ALL: tuple[Setting, ...] = (
     _s("camera_distance_min", float, 1.6, "Nearest training camera distance (object fits the unit box).",
        "camera", 0.8, 10.0, advanced=True),
     _s("camera_distance_max", float, 2.2, "Farthest training camera distance.", "camera", 0.8, 10.0, advanced=True),
-    # -30..60, not DreamFusion's -10..45: from -10 a bottom is seen at 10 deg and lit by ambient light only, so its
+    # -30..60, not -10..45: from -10 a bottom is seen at 10 deg at most, and mostly under ambient light alone, so its
     # colour went unlearnt (GPU suite: cube and cone bases 11-33% of the surface in the wrong colour); 60 keeps the
     # high views that see through a torus's hole (docs/METHODS.md, "Session 7").
     _s("camera_elevation_min", float, -30.0, "Lowest training camera elevation, degrees.", "camera", -89.0, 89.0,
