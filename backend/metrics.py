@@ -185,6 +185,8 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     object ``prompt`` names in the procedural world:
 
     - ``voxel_iou``: with the true solid on a ``resolution``^3 grid (the mesh voxelised by ray parity);
+    - ``excess_volume`` / ``missing_volume``: the mesh's solid outside the true solid / the true solid outside the
+      mesh's, each as a share of the true volume;
     - ``chamfer``: mean of the two one-sided mean distances (world units; the object spans about 0.7) between
       area-uniform samples of the mesh and of the true surface;
     - ``colour_error_mean`` / ``colour_error_median``: distance of the surface's mean / per-channel median
@@ -208,7 +210,8 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     axis = np.linspace(-0.55, 0.55, resolution)
     grid = torch.as_tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
     truth = (world.sdf(shape, grid) < 0).numpy().reshape((resolution,) * 3)
-    iou = voxel_iou(mesh_occupancy(vertices, faces, axis), truth)
+    occupied = mesh_occupancy(vertices, faces, axis)
+    iou = voxel_iou(occupied, truth)
 
     points, face, bary = sample_surface(vertices, faces, samples, rng)
     to_truth = np.abs(world.sdf(shape, torch.as_tensor(points)).numpy())
@@ -235,6 +238,10 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
         by_facing[part] = {"area": float(sel.mean()), "wrong": float(wrong[sel].mean()) if sel.any() else 0.0}
     return {
         "voxel_iou": iou,
+        # What the IoU lost, split: solid outside the true object (bulges, floaters, a filled hole) and true solid
+        # the mesh lacks, each as a share of the true volume.
+        "excess_volume": float((occupied & ~truth).sum() / truth.sum()),
+        "missing_volume": float((truth & ~occupied).sum() / truth.sum()),
         "chamfer": chamfer,
         "colour_error_mean": float(np.linalg.norm(mean - true_colour)),
         "colour_error_median": float(np.linalg.norm(median - true_colour)),

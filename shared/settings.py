@@ -201,6 +201,15 @@ _ALL: tuple[Setting, ...] = (
        advanced=True),
     _s("camera_elevation_max", float, 60.0, "Highest training camera elevation, degrees.", "camera", -89.0, 89.0,
        advanced=True),
+    _s("light_azimuth_spread", float, 60.0,
+       "Each training view's light lies within this many degrees of azimuth of its camera.", "camera", 0.0, 180.0,
+       advanced=True),
+    _s("light_elevation_offset_min", float, 0.0,
+       "Lowest elevation of each training view's light relative to its camera, degrees.", "camera", -90.0, 90.0,
+       advanced=True),
+    _s("light_elevation_offset_max", float, 45.0,
+       "Highest elevation of each training view's light relative to its camera, degrees.", "camera", -90.0, 90.0,
+       advanced=True),
     _s("camera_fovy_min", float, 35.0, "Smallest vertical field of view, degrees.", "camera", 5.0, 120.0,
        advanced=True),
     _s("camera_fovy_max", float, 50.0, "Largest vertical field of view, degrees.", "camera", 5.0, 120.0,
@@ -330,7 +339,8 @@ def validate(values: Mapping[str, Any] | None = None, *, base: Mapping[str, Any]
             )
         out[name] = setting.check(value)
     for low, high in (("t_min", "t_max"), ("camera_distance_min", "camera_distance_max"),
-                      ("camera_elevation_min", "camera_elevation_max"), ("camera_fovy_min", "camera_fovy_max")):
+                      ("camera_elevation_min", "camera_elevation_max"), ("camera_fovy_min", "camera_fovy_max"),
+                      ("light_elevation_offset_min", "light_elevation_offset_max")):
         if out[low] > out[high]:
             raise SettingsError(f"{low} ({out[low]}) must not exceed {high} ({out[high]})")
     return out

@@ -147,3 +147,16 @@ def test_components_count_pieces_not_uv_seams():
     assert count_components(seamed_v, seamed_f) == 1
     two = np.concatenate([v, v + 2.0]), np.concatenate([f, f + len(v)])
     assert count_components(*two) == 2
+
+
+def test_excess_and_missing_volume_tell_a_swollen_mesh_from_a_shrunken_one():
+    from backend.metrics import mesh_figures
+
+    sphere = _textured_mesh("sphere", world.COLOURS["blue"])
+    exact = mesh_figures(sphere, "a blue sphere", samples=2000)
+    assert exact["excess_volume"] < 0.05 and exact["missing_volume"] < 0.05, exact
+    # Scaled about the centre by s, a solid's volume goes as s^3: 1.2 adds 73% outside, 0.8 leaves 49% out.
+    swollen = mesh_figures({**sphere, "vertices": sphere["vertices"] * 1.2}, "a blue sphere", samples=2000)
+    shrunk = mesh_figures({**sphere, "vertices": sphere["vertices"] * 0.8}, "a blue sphere", samples=2000)
+    assert abs(swollen["excess_volume"] - 0.728) < 0.08 and swollen["missing_volume"] < 0.02, swollen
+    assert abs(shrunk["missing_volume"] - 0.488) < 0.06 and shrunk["excess_volume"] < 0.02, shrunk

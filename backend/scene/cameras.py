@@ -132,8 +132,8 @@ __all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "r
 def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tuple[Views, list[tuple[float, float]]]:
     """Random training cameras around the object, azimuths stratified over the batch.
 
-    Each view carries a random light within 60 deg (azimuth) of its camera and 0-45 deg above it,
-    so diffuse shading reveals shape from every side. Returns the views and (azimuth, elevation)
+    Each view carries a random light within ``light_azimuth_spread`` deg (azimuth) of its camera and
+    ``light_elevation_offset_min``..``_max`` deg above it, so diffuse shading reveals shape from every side. Returns the views and (azimuth, elevation)
     per view for view-dependent prompts.
     """
     def uniform(lo: float, hi: float, count: int) -> Tensor:
@@ -144,8 +144,10 @@ def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tu
     elevation = uniform(settings["camera_elevation_min"], settings["camera_elevation_max"], n)
     distance = uniform(settings["camera_distance_min"], settings["camera_distance_max"], n)
     fovy = uniform(settings["camera_fovy_min"], settings["camera_fovy_max"], n)
-    light_az = azimuth + uniform(-60.0, 60.0, n)
-    light_el = (elevation + uniform(0.0, 45.0, n)).clamp(max=89.0)
+    spread = settings["light_azimuth_spread"]
+    light_az = azimuth + uniform(-spread, spread, n)
+    light_el = elevation + uniform(settings["light_elevation_offset_min"], settings["light_elevation_offset_max"], n)
+    light_el = light_el.clamp(-89.0, 89.0)
     light = orbit_position(light_az, light_el, torch.ones(n))
     views = orbit_views(azimuth, elevation, distance, fovy, light_dir=light)
     return views, list(zip(azimuth.tolist(), elevation.tolist()))
