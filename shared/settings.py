@@ -201,15 +201,19 @@ _ALL: tuple[Setting, ...] = (
        advanced=True),
     _s("camera_elevation_max", float, 60.0, "Highest training camera elevation, degrees.", "camera", -89.0, 89.0,
        advanced=True),
-    _s("light_azimuth_spread", float, 60.0,
+    # A light from any side (180, -90..90), not one near the camera (60, 0..45): under a near head-light every visible
+    # surface faces the light, so shading says little about shape, and a bumpy surface shades darker than a flat one
+    # (n.l is largest at the light), which the albedo made up by brightening 10-20% (draft NeRF colour error
+    # 0.12-0.16 -> 0.01-0.08; draft pink torus IoU 0.55-0.76 -> 0.84-0.90; docs/METHODS.md, "Session 8").
+    _s("light_azimuth_spread", float, 180.0,
        "Each training view's light lies within this many degrees of azimuth of its camera.", "camera", 0.0, 180.0,
        advanced=True),
-    _s("light_elevation_offset_min", float, 0.0,
-       "Lowest elevation of each training view's light relative to its camera, degrees.", "camera", -90.0, 90.0,
-       advanced=True),
-    _s("light_elevation_offset_max", float, 45.0,
-       "Highest elevation of each training view's light relative to its camera, degrees.", "camera", -90.0, 90.0,
-       advanced=True),
+    _s("light_elevation_offset_min", float, -90.0,
+       "Lowest elevation of each training view's light relative to its camera, degrees (clamped to -89 absolute).",
+       "camera", -90.0, 90.0, advanced=True),
+    _s("light_elevation_offset_max", float, 90.0,
+       "Highest elevation of each training view's light relative to its camera, degrees (clamped to 89 absolute).",
+       "camera", -90.0, 90.0, advanced=True),
     _s("camera_fovy_min", float, 35.0, "Smallest vertical field of view, degrees.", "camera", 5.0, 120.0,
        advanced=True),
     _s("camera_fovy_max", float, 50.0, "Largest vertical field of view, degrees.", "camera", 5.0, 120.0,
@@ -299,6 +303,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Per-representation overrides of a preset. Gaussians converge in far fewer steps than a NeRF (DreamGaussian: 500;
 # GaussianDreamer: 1,200), and a step costs about as much (the SD encoder and UNet dominate, BENCHMARKS.md).
 REPRESENTATION_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    # 600 steps at the standard lr leave a draft NeRF swollen, still carving its excess away (excess volume 0.13 on a
+    # red cube at 600 steps, 0.07 at 1,200 or at lr 0.02; draft study, docs/METHODS.md "Session 8"). Gaussians move
+    # by their own rates and lost shape at 0.02, so only the NeRF's draft takes the larger step.
+    ("nerf", "draft"): {"lr": 0.02},
     ("gaussians", "standard"): {"steps": 1500},
     ("gaussians", "high"): {"steps": 3000},
 }

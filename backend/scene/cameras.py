@@ -133,7 +133,8 @@ def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tu
     """Random training cameras around the object, azimuths stratified over the batch.
 
     Each view carries a random light within ``light_azimuth_spread`` deg (azimuth) of its camera and
-    ``light_elevation_offset_min``..``_max`` deg above it, so diffuse shading reveals shape from every side. Returns the views and (azimuth, elevation)
+    ``light_elevation_offset_min``..``_max`` deg above it (by default from any side), so diffuse shading reveals
+    shape from every side. Returns the views and (azimuth, elevation)
     per view for view-dependent prompts.
     """
     def uniform(lo: float, hi: float, count: int) -> Tensor:
