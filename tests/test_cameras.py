@@ -58,7 +58,8 @@ def test_default_light_comes_from_any_side():
     # it replaces, which the draft NeRF made up with a brighter albedo (docs/METHODS.md, "Session 8"). The default
     # light falls from behind the object's visible side in a good share of views; the light before session 8 never.
     assert _light_beyond_side_share(validate({})) > 0.25
-    old = validate({"light_azimuth_spread": 60.0, "light_elevation_offset_min": 0.0, "light_elevation_offset_max": 45.0})
+    old = validate({"light_azimuth_spread": 60.0, "light_elevation_offset_min": 0.0,
+                    "light_elevation_offset_max": 45.0})
     assert _light_beyond_side_share(old) == 0.0
 
 

@@ -32,8 +32,8 @@ from backend.priors.procedural import world
 
 ROOT = Path(__file__).resolve().parents[1]
 # One prompt per shape of the world, on both representations (docs/METHODS.md, "The quality suite at the defaults").
-# At session 5's defaults the capsule joined (NeRF 0.962, Gaussians 0.890); every run meets the bar since session 8. Session
-# 7's camera band took the Gaussian cone over the bar (0.7998 -> 0.88).
+# At session 5's defaults the capsule joined (NeRF 0.962, Gaussians 0.890). Session 7's camera band took the Gaussian
+# cone over the bar (0.7998 -> 0.88), session 8's light the pink tori (below).
 PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "an orange cone", "a cyan capsule", "a pink torus")
 STEPS = {"nerf": 300, "gaussians": 600}
 # The NeRF torus runs the draft preset's own 600 steps: at 300 it had not formed at session 7's defaults (voxel IoU

@@ -132,10 +132,9 @@ __all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "r
 def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tuple[Views, list[tuple[float, float]]]:
     """Random training cameras around the object, azimuths stratified over the batch.
 
-    Each view carries a random light within ``light_azimuth_spread`` deg (azimuth) of its camera and
-    ``light_elevation_offset_min``..``_max`` deg above it (by default from any side), so diffuse shading reveals
-    shape from every side. Returns the views and (azimuth, elevation)
-    per view for view-dependent prompts.
+    Each view carries a random light within ``light_azimuth_spread`` deg (azimuth) of its camera, raised
+    ``light_elevation_offset_min``..``_max`` deg above the camera's elevation (by default from any side), so
+    diffuse shading reveals shape. Returns the views and (azimuth, elevation) per view for view-dependent prompts.
     """
     def uniform(lo: float, hi: float, count: int) -> Tensor:
         return lo + (hi - lo) * torch.rand(count, generator=generator)
