@@ -20,15 +20,20 @@ MIN_VIEW_DEG = 20.0
 FACES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "top": (0, 0, 1), "bottom": (0, 0, -1)}
 
 
-def _lit_share_per_face(settings: dict, n: int = 4800) -> dict[str, float]:
-    """Share of training views that see each face of a cube lit (many views, so the share is the distribution's)."""
+def _bank(settings: dict, n: int = 4800) -> tuple[torch.Tensor, torch.Tensor]:
+    """Many training views (so shares are the distribution's): each one's unit direction to the camera and light."""
     views, _ = sample_orbit_views(n, settings, torch.Generator().manual_seed(0))
-    eye = torch.nn.functional.normalize(views.c2w[:, :3, 3], dim=-1)
+    return torch.nn.functional.normalize(views.c2w[:, :3, 3], dim=-1), views.light_dir
+
+
+def _lit_share_per_face(settings: dict) -> dict[str, float]:
+    """Share of training views that see each face of a cube lit."""
+    eye, light = _bank(settings)
     shares = {}
     for name, normal in FACES.items():
         nrm = torch.tensor(normal, dtype=torch.float32)
         seen = (eye @ nrm) >= math.sin(math.radians(MIN_VIEW_DEG))
-        lit = (views.light_dir @ nrm) > 0.0
+        lit = (light @ nrm) > 0.0
         shares[name] = float((seen & lit).float().mean())
     return shares
 
@@ -46,11 +51,10 @@ def test_the_old_band_never_saw_a_bottom_lit():
     assert shares["bottom"] == 0.0 and shares["top"] > 0.2, shares
 
 
-def _light_beyond_side_share(settings: dict, n: int = 4800) -> float:
+def _light_beyond_side_share(settings: dict) -> float:
     """Share of training views whose light is more than 90 degrees from the camera's direction (a rim or back light)."""
-    views, _ = sample_orbit_views(n, settings, torch.Generator().manual_seed(0))
-    eye = torch.nn.functional.normalize(views.c2w[:, :3, 3], dim=-1)
-    return float(((eye * views.light_dir).sum(-1) < 0.0).float().mean())
+    eye, light = _bank(settings)
+    return float(((eye * light).sum(-1) < 0.0).float().mean())
 
 
 def test_default_light_comes_from_any_side():
