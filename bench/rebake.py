@@ -26,7 +26,8 @@ from backend.files import write_json  # noqa: E402
 from backend.metrics import mesh_figures  # noqa: E402
 from backend.server.meshfile import read_glb  # noqa: E402
 
-FIGURES = ("voxel_iou", "chamfer", "colour_error_mean", "colour_error_median", "wrong_colour_share", "nearest_colour")
+FIGURES = ("voxel_iou", "excess_volume", "missing_volume", "chamfer", "colour_error_mean", "colour_error_median",
+           "wrong_colour_share", "nearest_colour")
 
 
 def rebake(run: Path, out: Path, device: str) -> dict[str, Any]:
