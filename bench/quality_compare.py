@@ -57,8 +57,47 @@ def _short(prompt: str) -> str:
     return prompt.split(" ", 1)[1]
 
 
+def _summary_table(rows: list[dict[str, Any]], methods: list[str], reps: list[str], reference: str) -> list[str]:
+    """One row per method and representation: medians and worst cases over the prompts (finished runs only)."""
+    out = ["| method | representation | runs | IoU median / min | colour error median / max "
+           "| wrong colour median / max | named colour | train s (median) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summary = {(s["method"], s["representation"]): s for s in summarise(rows)}
+    for rep in reps:
+        for m in methods:
+            s = summary.get((m, rep))
+            if s is None:
+                continue
+            name = f"**{LABELS[m]}**" if m == reference else LABELS[m]
+            out.append(f"| {name} | {rep} | {s['runs']} | {s['iou_median']:.3f} / {s['iou_min']:.3f} "
+                       f"| {s['colour_median']:.3f} / {s['colour_max']:.3f} "
+                       f"| {s['wrong_share_median']:.1%} / {s['wrong_share_max']:.1%} | {s['named_colour']} "
+                       f"| {s['train_seconds_median']:.0f} |")
+    return out
+
+
+def _prompt_table(rows: list[dict[str, Any]], prompts: list[str], methods: list[str]) -> list[str]:
+    """One row per prompt of one preset and representation: each method's voxel IoU / colour error."""
+    cell = {(r["prompt"], r["method"]): r for r in rows}
+    out = ["| prompt | " + " | ".join(LABELS[m] for m in methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for p in prompts:
+        named = world.parse_prompt(p).colours[0]
+        cells = []
+        for m in methods:
+            r = cell.get((p, m))
+            if r is None:
+                cells.append("not run")
+                continue
+            wrong = "" if r["nearest_colour"] == named else f" ({r['nearest_colour']})"
+            cells.append(f"{r['voxel_iou']:.2f} / {r['colour_error_mean']:.3f}{wrong}")
+        if any(c != "not run" for c in cells):
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+    return out
+
+
 def tables(rows: list[dict[str, Any]], reference: str = "tbsd") -> str:
-    """Markdown: per preset a summary per method and representation, then per representation a per-prompt table."""
+    """Markdown: per preset a summary per method and representation, then per representation a per-prompt table
+    and the cells where another method beats ``reference`` on colour at equal or better shape."""
     out: list[str] = []
     prompts = [p for p in SUITE if any(r["prompt"] == p for r in rows)]
     prompts += sorted({r["prompt"] for r in rows} - set(prompts))
@@ -67,39 +106,11 @@ def tables(rows: list[dict[str, Any]], reference: str = "tbsd") -> str:
         at = [r for r in rows if r["preset"] == preset]
         methods = sorted({r["method"] for r in at}, key=lambda m: (m != reference, METHODS.index(m)))
         reps = [rep for rep in REPRESENTATION_LABELS if any(r["representation"] == rep for r in at)]
-        out += [f"**{preset} preset**, summary per method:", "",
-                "| method | representation | runs | IoU median / min | colour error median / max "
-                "| wrong colour median / max | named colour | train s (median) |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        summary = {(s["method"], s["representation"]): s for s in summarise(at)}
+        out += [f"**{preset} preset**, summary per method:", "", *_summary_table(at, methods, reps, reference)]
         for rep in reps:
-            for m in methods:
-                s = summary.get((m, rep))
-                if s is None or "iou_median" not in s:
-                    continue
-                name = f"**{LABELS[m]}**" if m == reference else LABELS[m]
-                out.append(f"| {name} | {rep} | {s['runs']} | {s['iou_median']:.3f} / {s['iou_min']:.3f} "
-                           f"| {s['colour_median']:.3f} / {s['colour_max']:.3f} "
-                           f"| {s['wrong_share_median']:.1%} / {s['wrong_share_max']:.1%} | {s['named_colour']} "
-                           f"| {s['train_seconds_median']:.0f} |")
-        for rep in reps:
-            cell = {(r["prompt"], r["method"]): r for r in at if r["representation"] == rep}
             out += ["", f"{preset} preset, {REPRESENTATION_LABELS[rep]}: voxel IoU / colour error (the nearest "
                     "catalogue colour in brackets where it is not the named one):", "",
-                    "| prompt | " + " | ".join(LABELS[m] for m in methods) + " |",
-                    "| --- |" + " --- |" * len(methods)]
-            for p in prompts:
-                named = world.parse_prompt(p).colours[0]
-                cells = []
-                for m in methods:
-                    r = cell.get((p, m))
-                    if r is None:
-                        cells.append("not run")
-                        continue
-                    wrong = "" if r["nearest_colour"] == named else f" ({r['nearest_colour']})"
-                    cells.append(f"{r['voxel_iou']:.2f} / {r['colour_error_mean']:.3f}{wrong}")
-                if any(c != "not run" for c in cells):
-                    out.append(f"| {p} | " + " | ".join(cells) + " |")
+                    *_prompt_table([r for r in at if r["representation"] == rep], prompts, methods)]
             here = [b for b in better if b["preset"] == preset and b["representation"] == rep]
             listed = "; ".join(f"{LABELS[b['method']]} on the {_short(b['prompt'])} ({b['voxel_iou']:.3f} / "
                                f"{b['colour_error_mean']:.3f} against {b['reference']['voxel_iou']:.3f} / "
