@@ -67,6 +67,39 @@ BPY = DEFAULT_BLENDER.pin
 BLENDER_PYTHON_ENV_VAR = DEFAULT_BLENDER.env_var
 
 
+# What making one environment takes on disk at its peak, measured on Linux: the installed tree plus pip's cached
+# copy of the wheels (pip keeps them, so a second clone on the machine downloads nothing). A bpy environment is
+# ~850 MB installed from a ~400 MB wheel; the backend's is ~1.7 GB, most of it torch.
+BACKEND_ENV_BYTES = 2_500 * 2**20
+BLENDER_ENV_BYTES = 1_400 * 2**20
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def require_free_space(needs: dict[Path, int]) -> None:
+    """Stop before installing when a filesystem lacks the room: pip's own "No space left on device" comes after
+    minutes of downloads and names neither the environment nor the amount. ``needs`` maps a path about to be
+    written to the bytes it will take; paths on one filesystem add up."""
+    by_device: dict[int, tuple[Path, int]] = {}
+    for path, size in needs.items():
+        path = _existing(path)
+        dev = path.stat().st_dev
+        seen, total = by_device.get(dev, (path, 0))
+        by_device[dev] = (seen, total + size)
+    for path, size in by_device.values():
+        free = shutil.disk_usage(path).free
+        if free < size:
+            raise SystemExit(
+                f"error: setting up the environments needs about {size / 2**30:.1f} GB free on the filesystem of "
+                f"{path}, and {free / 2**30:.1f} GB is free. Free some space (each clone's .venv* folders take "
+                f"about {(BACKEND_ENV_BYTES + len(BLENDERS) * BLENDER_ENV_BYTES) / 2**30:.0f} GB) and run "
+                f"build.py again")
+
+
 def _venv_python(venv_dir: Path) -> Path:
     return venv_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
@@ -114,6 +147,7 @@ def ensure_env(lock: Path | None = BACKEND_LOCK, venv_dir: Path = VENV) -> Path:
     if stamp.exists() and stamp.read_text() == wanted and py.exists():
         return py
     if not py.exists():
+        require_free_space({venv_dir: BACKEND_ENV_BYTES})
         print(f"creating {venv_dir}", flush=True)
         venv.EnvBuilder(with_pip=True).create(venv_dir)
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
@@ -226,6 +260,7 @@ def ensure_blender_env(blender: Blender = DEFAULT_BLENDER, lock: Path | None | b
     if lock_path is not None and not lock_path.exists():
         raise SystemExit(f"error: {lock_path.relative_to(ROOT)} is missing; `python build.py lock` writes it")
     if not py.exists():
+        require_free_space({venv_dir: BLENDER_ENV_BYTES})
         print(f"creating {venv_dir}", flush=True)
         base = find_python(blender.python)
         if base == [sys.executable]:
@@ -243,6 +278,8 @@ def ensure_blender_env(blender: Blender = DEFAULT_BLENDER, lock: Path | None | b
 
 def ensure_blender_envs() -> dict[str, Path]:
     """Every tested Blender's environment; the variables that tell the tests where each interpreter is."""
+    # Checked once for all of them, so a short disk stops the set-up before the first download, not the third.
+    require_free_space({b.venv: BLENDER_ENV_BYTES for b in BLENDERS.values() if not _venv_python(b.venv).exists()})
     return {blender.env_var: str(ensure_blender_env(blender)) for blender in BLENDERS.values()}
 
 
