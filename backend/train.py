@@ -104,7 +104,8 @@ def build_representation(kind: str, settings: Mapping[str, Any], prior: Diffusio
 
         config = GaussianConfig(num_points=settings["gaussian_points"], max_points=settings["gaussian_max_points"],
                                 opacity_reset_at=(0.3,) if settings["gaussian_opacity_reset"] else (),
-                                antialiased=settings["gaussian_antialiased"])
+                                antialiased=settings["gaussian_antialiased"],
+                                supersample=settings["gaussian_supersample"])
         scene = GaussianScene(config, background=prior.background or (0.5, 0.5, 0.5), seed=settings["seed"])
     else:
         raise ValueError(f"unknown representation '{kind}'; allowed: nerf, gaussians")

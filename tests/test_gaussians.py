@@ -205,6 +205,28 @@ def test_render_shapes_and_shadings():
         scene.render(views, 8, 8, "phong")
 
 
+def test_a_supersampled_render_is_the_pixel_mean_of_a_finer_one():
+    """supersample=k rasterises k times finer and gives each pixel the mean of its k x k samples (a pixel's area,
+    as the procedural world renders its truth); depth is the mean over what was hit, weighted by alpha."""
+    views = orbit_views([0.0, 130.0], [20.0, -10.0], [2.0, 1.8], [40.0, 50.0])
+    fine = small_scene(supersample=1).render(views, 32, 40, "diffuse")
+    out = small_scene(supersample=2).render(views, 16, 20, "diffuse")
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        b, c = t.shape[:2]
+        return t.reshape(b, c, 16, 2, 20, 2).mean(dim=(3, 5))
+
+    assert out.rgb.shape == (2, 3, 16, 20) and out.opacity.shape == (2, 1, 16, 20)
+    torch.testing.assert_close(out.rgb, blocks(fine.rgb))
+    torch.testing.assert_close(out.opacity, blocks(fine.opacity))
+    hit = blocks(fine.opacity) > 1e-3
+    expected_depth = blocks(fine.depth * fine.opacity) / blocks(fine.opacity).clamp(min=1e-10)
+    torch.testing.assert_close(out.depth[hit], expected_depth[hit])
+    assert out.opacity.amax() > 0.5 and out.opacity.amin() < 0.01  # the object and the background are both in view
+    with pytest.raises(ValueError, match="supersample"):
+        GaussianConfig(supersample=0)
+
+
 def test_scene_gradients_reach_every_parameter():
     scene = small_scene()
     with torch.no_grad():  # anisotropic, so rotations matter beyond the diffuse normals

@@ -71,6 +71,13 @@ class GaussianConfig:
     # splat looks a pixel wider at the training resolution than its 3D extent, so a run at the prior's 32-64 px
     # learns a surface that the 3D density (the mesh) puts a pixel's width inside the renders' silhouette.
     antialiased: bool = False
+    # Renders are rasterised at this many times the asked size and box-filtered down, each pixel the mean of k x k
+    # samples: a pixel's area integral, which is how the procedural world renders its truth
+    # (world.render_shapes). It also puts the rasteriser's 0.3 px^2 widening under a pixel's own box footprint
+    # (variance 1/12 px^2) in the image the prior judges: 0.3 / k^2 <= 1/12 first holds at k = 2. At k = 1 a 32 px
+    # draft run fits splats smaller in 3D than the silhouettes the prior judged (docs/METHODS.md, sessions 9-10).
+    # The product's default is 2 (the gaussian_supersample setting); 1 here leaves the rasteriser's own images.
+    supersample: int = 1
 
     # --- learning rates, as multiples of the optimiser's base lr ---
     # With lr = 0.01 (the TBSD paper's AdamW lr) these are DreamGaussian's rates: position 1e-3,
@@ -116,6 +123,8 @@ class GaussianConfig:
             raise ValueError("num_points must be >= 0 and max_points >= 1")
         if not 0 <= self.densify_from <= self.densify_until <= 1:
             raise ValueError("need 0 <= densify_from <= densify_until <= 1")
+        if self.supersample < 1:
+            raise ValueError(f"supersample must be >= 1, got {self.supersample}")
 
 
 def _logit(p: float) -> float:
@@ -274,19 +283,21 @@ class GaussianScene(Representation):
             sign = torch.where((to_cam * normals[None].detach()).sum(-1, keepdim=True) < 0, -1.0, 1.0)
             n_dot_l = (sign * normals[None] * views.light_dir[:, None, :]).sum(-1, keepdim=True).clamp(min=0)
             colors = base[None] * (views.ambient + (1 - views.ambient) * n_dot_l)  # B N 3
-        viewmats, Ks = views_to_opencv(views, height, width)
+        k = self.config.supersample
+        viewmats, Ks = views_to_opencv(views, height * k, width * k)
         out = rasterize(
-            self.means, self.unit_quats(), self.scales(), self.opacities(), colors, viewmats, Ks, width, height,
-            backgrounds=self.background.to(self.means.dtype).expand(B, 3), backend=self.config.splatting,
+            self.means, self.unit_quats(), self.scales(), self.opacities(), colors, viewmats, Ks, width * k,
+            height * k, backgrounds=self.background.to(self.means.dtype).expand(B, 3), backend=self.config.splatting,
             antialiased=self.config.antialiased,
         )
         if out.means2d.requires_grad:
-            self._pending.append((out.means2d, out.visible, width, height))
-        return RenderOutput(
-            rgb=out.rgb.permute(0, 3, 1, 2),
-            opacity=out.alpha.permute(0, 3, 1, 2),
-            depth=out.depth.permute(0, 3, 1, 2),
-        )
+            self._pending.append((out.means2d, out.visible, width * k, height * k))
+        rgb, alpha, depth = (t.permute(0, 3, 1, 2) for t in (out.rgb, out.alpha, out.depth))
+        if k > 1:
+            rgb, alpha = F.avg_pool2d(rgb, k), F.avg_pool2d(alpha, k)
+            # Depth is a mean over what was hit, so its samples are weighted by their alpha.
+            depth = F.avg_pool2d(depth * out.alpha.permute(0, 3, 1, 2), k) / alpha.clamp(min=1e-10)
+        return RenderOutput(rgb=rgb, opacity=alpha, depth=depth)
 
     # ------------------------------------------------------------------ fields for mesh export
 
