@@ -224,6 +224,8 @@ class Trainer:
             loss = loss + orientation_weight(progress, s) * out.losses["orientation"]
         if s["lambda_sparsity"] > 0 and "sparsity" in out.losses:
             loss = loss + s["lambda_sparsity"] * out.losses["sparsity"]
+        if s["lambda_translucency"] > 0 and "translucency" in out.losses:
+            loss = loss + s["lambda_translucency"] * out.losses["translucency"]
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.clock.mark()

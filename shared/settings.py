@@ -244,6 +244,11 @@ _ALL: tuple[Setting, ...] = (
     _s("lambda_sparsity", float, 1.0,
        "Weight of the NeRF's sparsity loss sqrt(opacity^2 + 0.01) (the Gaussians have none).", "optimise",
        0.0, 1e4, advanced=True),
+    _s("lambda_translucency", float, 0.0,
+       "Weight of the Gaussians' translucency loss, 4 a (1 - a) of the rendered alpha summed over a view: a "
+       "see-through white over the grey background looks like a shaded white face (docs/METHODS.md, session 10).",
+       "optimise",
+       0.0, 1e4, advanced=True),
     _s("nerf_samples_per_ray", int, 128, "NeRF samples per ray before empty-space skipping.", "nerf", 8, 1024,
        advanced=True),
     _s("nerf_grid_levels", int, 16, "Hash-grid levels (threestudio: 16).", "nerf", 1, 32, advanced=True),

@@ -15,6 +15,7 @@ import torch
 
 from backend.scene.cameras import orbit_views, ray_bundle
 from backend.scene.gaussians import PARAMETER_NAMES, GaussianConfig, GaussianScene
+from backend.scene.representation import RenderOutput
 from backend.scene.splatting import (
     ALPHA_MAX,
     EPS2D,
@@ -225,6 +226,33 @@ def test_a_supersampled_render_is_the_pixel_mean_of_a_finer_one():
     assert out.opacity.amax() > 0.5 and out.opacity.amin() < 0.01  # the object and the background are both in view
     with pytest.raises(ValueError, match="supersample"):
         GaussianConfig(supersample=0)
+
+
+def test_translucency_is_zero_for_empty_samples_and_highest_for_see_through_ones():
+    """The translucency term is 4 a (1 - a) of the rasterised samples summed over a view's pixels: 0 where nothing
+    is, lower for an opaque cloud (only its rim is partial) than for a see-through one, at most 1 per pixel; below
+    alpha 0.5 its gradient lowers the opacity."""
+    views = orbit_views([0.0], [20.0], [2.0], [40.0])
+    scene = small_scene(n=300, supersample=2)
+
+    def translucency(logit: float) -> tuple[float, RenderOutput]:
+        with torch.no_grad():
+            scene.opacity_logits.fill_(logit)
+        out = scene.render(views, 16, 16, "albedo")
+        return out.losses["translucency"].item(), out
+
+    with torch.no_grad():
+        scene.log_scales.fill_(math.log(0.05))  # overlapping splats: the interior is covered several times
+    empty, _ = translucency(-12.0)
+    opaque, _ = translucency(12.0)
+    see_through, _ = translucency(-3.0)
+    assert empty < 1e-3
+    assert see_through > 1.5 * opaque
+    assert max(opaque, see_through) <= 16 * 16
+    scene.opacity_logits.grad = None
+    _, faint = translucency(-4.0)
+    faint.losses["translucency"].backward()
+    assert faint.opacity.detach().max() < 0.5 and scene.opacity_logits.grad.sum().item() > 0
 
 
 def test_scene_gradients_reach_every_parameter():

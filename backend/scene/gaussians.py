@@ -293,11 +293,16 @@ class GaussianScene(Representation):
         if out.means2d.requires_grad:
             self._pending.append((out.means2d, out.visible, width * k, height * k))
         rgb, alpha, depth = (t.permute(0, 3, 1, 2) for t in (out.rgb, out.alpha, out.depth))
+        # 4 a (1 - a) on the rasterised samples (before the pixel mean, so that an edge pixel half covered by an
+        # opaque surface costs nothing), summed over the image's pixels and averaged over views like the
+        # distillation loss, so that its weight compares with it at any resolution. High where the cloud is
+        # see-through, which a white object over the grey background can be unseen (docs/METHODS.md, session 10).
+        losses = {"translucency": 4.0 * (alpha * (1.0 - alpha)).mean() * height * width}
         if k > 1:
             rgb, alpha = F.avg_pool2d(rgb, k), F.avg_pool2d(alpha, k)
             # Depth is a mean over what was hit, so its samples are weighted by their alpha.
             depth = F.avg_pool2d(depth * out.alpha.permute(0, 3, 1, 2), k) / alpha.clamp(min=1e-10)
-        return RenderOutput(rgb=rgb, opacity=alpha, depth=depth)
+        return RenderOutput(rgb=rgb, opacity=alpha, depth=depth, losses=losses)
 
     # ------------------------------------------------------------------ fields for mesh export
 
