@@ -222,10 +222,10 @@ class Trainer:
         self.clock.mark()
         if "orientation" in out.losses:
             loss = loss + orientation_weight(progress, s) * out.losses["orientation"]
-        if s["lambda_sparsity"] > 0 and "sparsity" in out.losses:
-            loss = loss + s["lambda_sparsity"] * out.losses["sparsity"]
-        if s["lambda_translucency"] > 0 and "translucency" in out.losses:
-            loss = loss + s["lambda_translucency"] * out.losses["translucency"]
+        for name in ("sparsity", "translucency"):  # each representation offers the terms that apply to it
+            weight = s[f"lambda_{name}"]
+            if weight > 0 and name in out.losses:
+                loss = loss + weight * out.losses[name]
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.clock.mark()

@@ -299,9 +299,10 @@ class GaussianScene(Representation):
         # see-through, which a white object over the grey background can be unseen (docs/METHODS.md, session 10).
         losses = {"translucency": 4.0 * (alpha * (1.0 - alpha)).mean() * height * width}
         if k > 1:
-            rgb, alpha = F.avg_pool2d(rgb, k), F.avg_pool2d(alpha, k)
+            pixel_alpha = F.avg_pool2d(alpha, k)
             # Depth is a mean over what was hit, so its samples are weighted by their alpha.
-            depth = F.avg_pool2d(depth * out.alpha.permute(0, 3, 1, 2), k) / alpha.clamp(min=1e-10)
+            depth = F.avg_pool2d(depth * alpha, k) / pixel_alpha.clamp(min=1e-10)
+            rgb, alpha = F.avg_pool2d(rgb, k), pixel_alpha
         return RenderOutput(rgb=rgb, opacity=alpha, depth=depth, losses=losses)
 
     # ------------------------------------------------------------------ fields for mesh export
