@@ -116,8 +116,8 @@ _ALL: tuple[Setting, ...] = (
     # --- what to make -------------------------------------------------------------------------
     _s("method", str, "tbsd", "Score-distillation method.", "job", choices=METHODS),
     _s("model", str, "procedural",
-       "Diffusion prior: 'procedural' (embedded exact-score world) or a Stable Diffusion 1.x/2.x "
-       "folder or hub id.", "job", max_length=1000),
+       "Diffusion prior: 'procedural' (embedded exact-score world), 'world-sd' (a Stable Diffusion trained "
+       "on that world, shipped in models/) or a Stable Diffusion 1.x/2.x folder or hub id.", "job", max_length=1000),
     _s("representation", str, "nerf", "3D representation to optimise.", "job", choices=REPRESENTATIONS),
     _s("seed", int, 0, "Random seed; the same seed and settings repeat a run.", "job", 0, 2**31 - 1),
     _s("steps", int, 10000, "Optimisation steps of a 3D run.", "job", 1, 200000),

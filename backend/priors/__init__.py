@@ -19,7 +19,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_prior(model: str, device: torch.device | str = "cpu", procedural_resolution: int = 64) -> DiffusionPrior:
-    """'procedural' -> the embedded exact-score world; anything else -> a Stable Diffusion folder or hub id."""
+    """'procedural' -> the embedded exact-score world; a shipped model's short name (``world-sd``) -> its folder;
+    anything else -> a Stable Diffusion folder or hub id."""
+    from backend.shipped_models import SHIPPED, resolve_model
+
     device = torch.device(device)
     if model == "procedural":
         from backend.priors.procedural.prior import ProceduralPrior
@@ -27,7 +30,10 @@ def load_prior(model: str, device: torch.device | str = "cpu", procedural_resolu
         return ProceduralPrior(resolution=procedural_resolution, device=device)
     from backend.priors.stable_diffusion import StableDiffusionPrior
 
-    return StableDiffusionPrior.from_pretrained(model, device=device)
+    prior = StableDiffusionPrior.from_pretrained(resolve_model(model), device=device)
+    if model in SHIPPED:
+        prior.name = model
+    return prior
 
 
 __all__ = ["BRANCHES", "DiffusionPrior", "PriorError", "PromptSet", "load_prior", "resolve_device"]

@@ -172,8 +172,15 @@ class StableDiffusionPrior(DiffusionPrior):
                 errors.append(err)
         else:
             cause = errors[-1]
-            if is_folder:
-                where = f"the folder {path.resolve()} is not a complete Stable Diffusion diffusers folder"
+            missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()]
+            if is_folder and not missing:
+                # Every part is there, so a file in one is missing, truncated or corrupt: the cause names it.
+                where = f"a file in the folder {path.resolve()} is missing or cannot be read (truncated or corrupt)"
+                fix = ("restore that file (a model shipped in the repository's models/ folder: `git checkout -- "
+                       "models/`), or fetch the model again")
+            elif is_folder:
+                where = (f"the folder {path.resolve()} is not a complete Stable Diffusion diffusers folder "
+                         f"(no {', '.join(p + '/' for p in missing)})")
                 fix = (
                     "it needs unet/, vae/, text_encoder/, tokenizer/ and scheduler/ subfolders; download a full "
                     f"model with `huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir "

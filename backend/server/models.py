@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from backend.shipped_models import SHIPPED
+
 PROCEDURAL = "procedural"
 # A Stable Diffusion diffusers folder, as the product's loader (backend/priors/stable_diffusion.py) reads it.
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -66,6 +68,8 @@ def local_models(models_dir: Path | None = None, cache: Path | None = None) -> l
     diffusers folders directly inside ``models_dir``. Each is ``{"name", "kind", "label"}``; ``name`` is what
     a job's ``model`` setting takes."""
     found = [{"name": PROCEDURAL, "kind": "procedural", "label": "Procedural (embedded, exact scores)"}]
+    found += [{"name": name, "kind": "shipped", "label": label} for name, (folder, label) in SHIPPED.items()
+              if is_pipeline_folder(folder)]
     cache = cache or hf_cache()
     if cache.is_dir():
         for repo in sorted(cache.glob("models--*")):
@@ -83,6 +87,14 @@ def check_model(model: str, models_dir: Path | None = None, cache: Path | None =
     """Raise ModelMissing, naming ``model`` and how to fetch it, unless a job could load it without a download."""
     if model == PROCEDURAL:
         return
+    if model in SHIPPED:
+        folder = SHIPPED[model][0]
+        if is_pipeline_folder(folder):
+            return
+        raise ModelMissing(
+            f"model '{model}' ships with the product but its folder {folder} is missing or incomplete (it needs "
+            f"{', '.join(SD_PARTS)}); restore it with `git checkout -- {folder.relative_to(folder.parents[1])}` "
+            f"in the repository{_choices(models_dir, cache)}")
     path = Path(model).expanduser()
     if path.is_dir() or _looks_like_path(model):
         if is_pipeline_folder(path):
@@ -95,7 +107,7 @@ def check_model(model: str, models_dir: Path | None = None, cache: Path | None =
             f"environment, on a machine with internet), or choose another model{_choices(models_dir, cache)}")
     if not _HUB_ID.fullmatch(model):
         raise ModelMissing(
-            f"model '{model}' is neither 'procedural', a diffusers folder nor a hub id (owner/name, e.g. "
+            f"model '{model}' is neither 'procedural', a shipped model ({', '.join(SHIPPED)}), a diffusers folder nor a hub id (owner/name, e.g. "
             f"{EXAMPLE_HUB_ID}){_choices(models_dir, cache)}")
     if cached_snapshot(model, cache) is None:
         raise ModelMissing(
