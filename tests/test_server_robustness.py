@@ -206,6 +206,58 @@ def test_pings_stay_under_100ms_while_a_job_exports_at_mesh_resolution_256(tmp_p
         pinger.close()
 
 
+# Runs before anything else in every Python process of the server under test; only the worker's command line
+# waits, while the gate file exists: the worker is spawned but cannot say _ready until the test removes it.
+_HOLD_WORKER = """
+import os, sys, time
+gate = os.environ.get("TBSD_TEST_WORKER_GATE")
+if gate and "backend.server.worker" in sys.orig_argv:
+    open(gate + ".held", "w").close()
+    while os.path.exists(gate):
+        time.sleep(0.05)
+"""
+
+
+def test_a_job_cancelled_before_its_worker_is_ready_is_recorded_cancelled_and_the_next_job_runs(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOLD_WORKER)
+    gate, held = tmp_path / "worker-gate", tmp_path / "worker-gate.held"
+    gate.touch()
+    results, port = tmp_path / "results", free_port()
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    s = ServerProcess(results, port).start(env={"PYTHONPATH": path, "TBSD_TEST_WORKER_GATE": str(gate)})
+    try:
+        deadline = time.monotonic() + 30
+        while not held.exists():
+            assert time.monotonic() < deadline, "the worker never reached the gate:\n" + s.log()
+            time.sleep(0.05)
+        c = client(s, "early")
+        # The server hands the job to the executor at once; the executor keeps it until the worker is ready.
+        job = submit(c, settings=MINI).job
+        c.send_cancel(job)
+        cancelled = wait_for(c, lambda m: m.job == job and m.type == "cancelled", 30)
+        assert cancelled["step"] == 0 and cancelled["reason"] == "cancel", cancelled.header
+        assert gate.exists() and _worker_pids(s)  # the worker was held, alive and not ready, throughout
+        record = json.loads((results / job / "job.json").read_text())
+        assert record["status"] == "cancelled" and record["stop_reason"] == "cancel", record
+        assert record["steps_done"] == 0 and record["ended"], record
+        assert _listed(c)[job]["status"] == "cancelled"
+        gate.unlink()
+        after = submit(c, settings=MINI).job
+        assert run_to_end(c, after, 180)[-1].type == "finished"
+        assert _listed(c)[job]["status"] == "cancelled"
+        c.close()
+    finally:
+        s.stop()
+    # A restarted server reads the record as written: cancelled, not lost.
+    with ServerProcess(results, port) as s:
+        c = client(s, "early")
+        listed = _listed(c)
+        assert listed[job]["status"] == "cancelled" and listed[after]["status"] == "finished", listed
+        c.close()
+
+
 # --- files ------------------------------------------------------------------------------------------------------
 
 class _Exploit:
