@@ -104,10 +104,6 @@ def _venv_python(venv_dir: Path) -> Path:
     return venv_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def _python() -> Path:
-    return _venv_python(VENV)
-
-
 def blender_python() -> Path:
     """The interpreter of .venv-blender (which may not exist yet)."""
     return _venv_python(BLENDER_VENV)

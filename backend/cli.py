@@ -25,10 +25,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
             extra += f" one of {', '.join(s.choices)}"
         elif s.minimum is not None:
             extra += f" range {s.range_text()}"
+        # argparse reads help as a %-format string; the schema's texts (and defaults, choices) are plain text.
+        text = (s.help + extra).replace("%", "%%")
         if s.kind is bool:
-            group.add_argument(flag, dest=name, default=None, type=_parse_bool, metavar="true|false", help=s.help + extra)
+            group.add_argument(flag, dest=name, default=None, type=_parse_bool, metavar="true|false", help=text)
         else:
-            group.add_argument(flag, dest=name, default=None, type=s.kind, help=s.help + extra)
+            group.add_argument(flag, dest=name, default=None, type=s.kind, help=text)
 
 
 def _parse_bool(text: str) -> bool:

@@ -40,17 +40,13 @@ class Progress:
     total: int
     seconds: float  # since the run (or its resume) started
     eta_seconds: float
-    # The step's loss and figures as the step left them (GPU tensors on CUDA): reading `loss` or `figures`
-    # waits for the GPU, so a listener that reads them every few steps keeps the loop free of host syncs.
+    # The step's loss and figures as the step left them (GPU tensors on CUDA): reading `loss` waits for the
+    # GPU, so a listener that reads it every few steps keeps the loop free of host syncs.
     record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
         return float(self.record["loss"])
-
-    @property
-    def figures(self) -> dict[str, Any]:
-        return {k: float(v) if isinstance(v, Tensor) else v for k, v in self.record.items() if k != "loss"}
 
 
 @dataclass

@@ -35,10 +35,6 @@ def session() -> Any:
     return _session
 
 
-def is_connected() -> bool:
-    return _session is not None
-
-
 def timer_registered() -> bool:
     return bpy.app.timers.is_registered(_tick)
 

@@ -268,7 +268,7 @@ def decode(frames: Sequence[bytes], max_bytes: int = MAX_CLIENT_INBOUND_BYTES) -
     kind = header.get("type")
     if not isinstance(kind, str):
         _fail("bad_field", f"field 'type' must be a string naming the message type, got {kind!r}", request_id)
-    arrays = _decode_arrays(header, frames[1:], request_id)
+    arrays = _decode_arrays(header, frames[1:], request_id, max_bytes)
     return Message(header, arrays)
 
 
@@ -302,7 +302,8 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str) and ID_PATTERN.match(value) is not None)
 
 
-def _decode_arrays(header: dict[str, Any], frames: Sequence[bytes], request_id: Any) -> dict[str, Any]:
+def _decode_arrays(header: dict[str, Any], frames: Sequence[bytes], request_id: Any,
+                   max_bytes: int) -> dict[str, Any]:
     descriptors = header.get("arrays", [])
     if not isinstance(descriptors, list):
         _fail("bad_field", "field 'arrays' must be a list of {name, dtype, shape}", request_id)
@@ -323,10 +324,7 @@ def _decode_arrays(header: dict[str, Any], frames: Sequence[bytes], request_id: 
             _fail("bad_field", f"array '{name}' is declared twice", request_id)
         if dtype not in DTYPES:
             _fail("bad_field", f"array '{name}' has dtype {dtype!r}; allowed: {', '.join(DTYPES)}", request_id)
-        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-                or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape)):
-            _fail("bad_field", f"array '{name}' shape must be a list of at most {MAX_DIMS} non-negative integers, "
-                               f"got {shape!r}", request_id)
+        _check_shape(name, dtype, shape, max_bytes, request_id)
         expected = _ITEMSIZE[dtype] * math.prod(shape)
         if expected != len(frame):
             _fail("malformed", f"array '{name}' declares {dtype} {shape} = {expected} bytes but its frame has "
@@ -336,6 +334,29 @@ def _decode_arrays(header: dict[str, Any], frames: Sequence[bytes], request_id: 
         else:
             out[name] = np.frombuffer(frame, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
     return out
+
+
+def _check_shape(name: str, dtype: str, shape: Any, max_bytes: int, request_id: Any) -> None:
+    """Raise ProtocolError unless ``shape`` is one numpy can build and a message of ``max_bytes`` can carry."""
+    if not isinstance(shape, list):
+        _fail("bad_field", f"array '{name}' shape must be a list of at most {MAX_DIMS} non-negative integers, "
+                           f"got {_short(shape)}", request_id)
+    if len(shape) > MAX_DIMS:
+        _fail("bad_field", f"array '{name}' shape has {len(shape)} dimensions; at most {MAX_DIMS} are allowed",
+              request_id)
+    for i, n in enumerate(shape):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            _fail("bad_field", f"array '{name}' shape {_short(shape)}: dimension {i} is {_short(n)}; each "
+                               "dimension must be a non-negative integer", request_id)
+    # A zero dimension makes the frame empty whatever the others say, so the byte count alone would let
+    # [0, 10**30] through to numpy, which cannot build it. The product of the other dimensions is bounded by
+    # what a message can carry: that refuses no shape a non-empty array in such a message could have.
+    items = math.prod(n for n in shape if n)
+    limit = max_bytes // _ITEMSIZE[dtype]
+    if items > limit:
+        _fail("bad_field", f"array '{name}' shape {_short(shape)} is too large: its non-zero dimensions multiply to "
+                           f"{_short(items)} {dtype} items; at most {limit} fit in the {max_bytes} bytes a message "
+                           "may carry", request_id)
 
 
 # --- per-type field checks -----------------------------------------------------------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from server_support import ROOT
+from server_support import ROOT, mutated_messages
 from shared import protocol as P
 
 
@@ -62,13 +63,44 @@ def test_encode_refuses_dtypes_off_the_whitelist():
      "malformed", "3 bytes"),
     ([b'{"v": 1, "type": "ping"}', b"stray"], "malformed", "1 array frames"),
     ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [1, 1, 1, 1, 1]}]}', b"\0"],
-     "bad_field", "shape"),
+     "bad_field", "5 dimensions; at most 4"),
+    # Shapes numpy cannot build, or that no message could carry: a zero dimension empties the frame, so the
+    # byte count alone does not catch them.
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [0, 1000000000000000000000000000000]}]}', b""],
+     "bad_field", "non-zero dimensions multiply to 1000000000000000000000000000000 uint8 items; at most"),
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "float32", "shape": [4611686018427387904, 0]}]}', b""],
+     "bad_field", "shape [4611686018427387904, 0] is too large"),
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "int32", "shape": [0, 1099511627776, 1099511627776]}]}', b""],
+     "bad_field", "too large"),
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [0, -1]}]}', b""],
+     "bad_field", "dimension 1 is -1; each dimension must be a non-negative integer"),
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [2, 1.5]}]}', b"\0\0\0"],
+     "bad_field", "dimension 1 is 1.5"),
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": [true]}]}', b"\0"],
+     "bad_field", "dimension 0 is True"),
+    ([b'{"v": 1, "type": "ping", "arrays": [{"name": "a", "dtype": "uint8", "shape": "3"}]}', b"\0\0\0"],
+     "bad_field", "shape must be a list"),
 ])
 def test_decode_names_the_problem(frames, code, words):
     with pytest.raises(P.ProtocolError) as info:
         P.decode(frames)
     assert info.value.code == code
     assert words.lower() in info.value.message.lower()
+
+
+def test_ten_thousand_mutated_messages_decode_or_get_a_named_protocol_error():
+    # The server answers any other exception from decoding with "internal"; here no exception but
+    # ProtocolError may leave decode and check_fields, and every refusal has a client-side code and a text.
+    refused = 0
+    for i, frames in enumerate(mutated_messages(random.Random(23), 10_000)):
+        try:
+            P.check_fields(P.decode(frames, P.MAX_SERVER_INBOUND_BYTES), "c2s")
+        except P.ProtocolError as exc:
+            assert exc.code in P.ERROR_CODES and exc.code != "internal" and exc.message, (i, frames[0][:200])
+            refused += 1
+        except Exception as exc:
+            raise AssertionError(f"case {i}: {type(exc).__name__}: {exc} from {[f[:200] for f in frames]}") from exc
+    assert refused > 9000  # the mutations do break messages; a generator gone tame would check little
 
 
 def test_decode_enforces_the_size_limit():

@@ -8,8 +8,10 @@ the CPU through its test hook, which exercises the same handling (the exception 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import random
 import pickle
 import signal
 import subprocess
@@ -21,8 +23,8 @@ import numpy as np
 import pytest
 import zmq
 
-from server_support import (LONG, QUIET_STREAM, ROOT, TINY, ServerProcess, client, drain, free_port, run_to_end,
-                            submit, wait_for)
+from server_support import (LONG, QUIET_STREAM, ROOT, TINY, ServerProcess, client, drain, free_port,
+                            mutated_messages, run_to_end, submit, wait_for)
 from shared import protocol as P
 from shared.client import Client
 
@@ -204,6 +206,58 @@ def test_pings_stay_under_100ms_while_a_job_exports_at_mesh_resolution_256(tmp_p
         pinger.close()
 
 
+# Runs before anything else in every Python process of the server under test; only the worker's command line
+# waits, while the gate file exists: the worker is spawned but cannot say _ready until the test removes it.
+_HOLD_WORKER = """
+import os, sys, time
+gate = os.environ.get("TBSD_TEST_WORKER_GATE")
+if gate and "backend.server.worker" in sys.orig_argv:
+    open(gate + ".held", "w").close()
+    while os.path.exists(gate):
+        time.sleep(0.05)
+"""
+
+
+def test_a_job_cancelled_before_its_worker_is_ready_is_recorded_cancelled_and_the_next_job_runs(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOLD_WORKER)
+    gate, held = tmp_path / "worker-gate", tmp_path / "worker-gate.held"
+    gate.touch()
+    results, port = tmp_path / "results", free_port()
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    s = ServerProcess(results, port).start(env={"PYTHONPATH": path, "TBSD_TEST_WORKER_GATE": str(gate)})
+    try:
+        deadline = time.monotonic() + 30
+        while not held.exists():
+            assert time.monotonic() < deadline, "the worker never reached the gate:\n" + s.log()
+            time.sleep(0.05)
+        c = client(s, "early")
+        # The server hands the job to the executor at once; the executor keeps it until the worker is ready.
+        job = submit(c, settings=MINI).job
+        c.send_cancel(job)
+        cancelled = wait_for(c, lambda m: m.job == job and m.type == "cancelled", 30)
+        assert cancelled["step"] == 0 and cancelled["reason"] == "cancel", cancelled.header
+        assert gate.exists() and _worker_pids(s)  # the worker was held, alive and not ready, throughout
+        record = json.loads((results / job / "job.json").read_text())
+        assert record["status"] == "cancelled" and record["stop_reason"] == "cancel", record
+        assert record["steps_done"] == 0 and record["ended"], record
+        assert _listed(c)[job]["status"] == "cancelled"
+        gate.unlink()
+        after = submit(c, settings=MINI).job
+        assert run_to_end(c, after, 180)[-1].type == "finished"
+        assert _listed(c)[job]["status"] == "cancelled"
+        c.close()
+    finally:
+        s.stop()
+    # A restarted server reads the record as written: cancelled, not lost.
+    with ServerProcess(results, port) as s:
+        c = client(s, "early")
+        listed = _listed(c)
+        assert listed[job]["status"] == "cancelled" and listed[after]["status"] == "finished", listed
+        c.close()
+
+
 # --- files ------------------------------------------------------------------------------------------------------
 
 class _Exploit:
@@ -287,6 +341,88 @@ def test_a_server_killed_at_each_write_of_a_jobs_end_leaves_a_finished_job_or_a_
     # just after job.json: finished, with every file, though the client never heard "finished".
     lost = [p for p, o in outcomes.items() if o == "lost"]
     assert len(lost) >= 9 and list(outcomes.values())[-1] == "finished", outcomes
+
+
+# --- malformed messages -----------------------------------------------------------------------------------------
+
+# Job events and the replies to the fuzz's own cancels arrive between the replies it waits for; not replies.
+_JOB_EVENTS = ("started", "progress", "preview", "mesh", "finished", "cancelled")
+
+
+def _raw_socket(server: ServerProcess) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.endpoint)
+    return sock
+
+
+def _reply(sock: zmq.Socket, timeout: float = 10) -> P.Message:
+    """The next reply to a request on ``sock``: heartbeats, job events and answers to "fuzzcancel" skipped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not sock.poll(100):
+            continue
+        m = P.decode(sock.recv_multipart())
+        if m.type == "heartbeat" or m.get("id") == "fuzzcancel" or m.type in _JOB_EVENTS \
+                or (m.type == "error" and m.get("job") is not None):
+            continue
+        return m
+    raise AssertionError(f"no reply within {timeout} s")
+
+
+# Array descriptors numpy cannot build or no message could carry, with the words their error must hold: what
+# is wrong and what is allowed.
+ABSURD_ARRAYS = [
+    ({"dtype": "uint8", "shape": [0, 10**30]}, b"",
+     "shape [0, 1000000000000000000000000000000] is too large: its non-zero dimensions multiply to "
+     "1000000000000000000000000000000 uint8 items; at most 1048576 fit"),
+    ({"dtype": "float32", "shape": [2**62, 0]}, b"", "is too large: its non-zero dimensions multiply to "
+                                                     "4611686018427387904 float32 items; at most 262144 fit"),
+    ({"dtype": "int32", "shape": [0, 2**40, 2**40]}, b"", "too large"),
+    ({"dtype": "uint8", "shape": [0, -5]}, b"", "dimension 1 is -5; each dimension must be a non-negative integer"),
+    ({"dtype": "uint8", "shape": [2, 1.5]}, b"\0\0\0", "dimension 1 is 1.5; each dimension must be"),
+    ({"dtype": "uint8", "shape": ["3"]}, b"\0\0\0", "dimension 0 is '3'; each dimension must be"),
+    ({"dtype": "uint8", "shape": [1, 1, 1, 1, 1]}, b"\0", "shape has 5 dimensions; at most 4 are allowed"),
+    ({"dtype": "float64", "shape": [1]}, b"\0" * 8, "dtype 'float64'; allowed: uint8, int32"),
+    ({"dtype": "object", "shape": [0]}, b"", "dtype 'object'; allowed"),
+]
+
+
+def test_absurd_array_shapes_and_dtypes_get_bad_field_naming_them_and_the_server_keeps_serving(tmp_path):
+    with ServerProcess(tmp_path / "results") as s:
+        sock = _raw_socket(s)
+        for i, (descriptor, frame, words) in enumerate(ABSURD_ARRAYS):
+            head = {"v": 1, "type": "ping", "id": f"a{i}", "t": 1.0, "arrays": [{"name": "a", **descriptor}]}
+            sock.send_multipart([json.dumps(head).encode(), frame])
+            reply = _reply(sock)
+            assert reply.type == "error" and reply["code"] == "bad_field" and reply.get("id") == f"a{i}", reply.header
+            assert words in reply["message"], reply["message"]
+        sock.send_multipart(P.encode({"type": "ping", "id": "after", "t": 1.0}))
+        assert _reply(sock).type == "pong"
+        sock.close()
+        assert "handler failed" not in s.log(), s.log()[-3000:]
+
+
+def test_ten_thousand_mutated_messages_get_no_internal_error_then_a_job_finishes(tmp_path):
+    cases = mutated_messages(random.Random(2007), 10_000)
+    with ServerProcess(tmp_path / "results") as s:
+        sock = _raw_socket(s)
+        answers: collections.Counter[str] = collections.Counter()
+        for i, frames in enumerate(cases):
+            sock.send_multipart(frames)
+            reply = _reply(sock)
+            answers[reply["code"] if reply.type == "error" else reply.type] += 1
+            assert not (reply.type == "error" and reply["code"] == "internal"), (i, frames[0][:300], reply.header)
+            assert reply.type != "shutting_down", (i, frames[0][:300])
+            if reply.type == "accepted":  # a mutation that stayed a valid submit: keep the worker free
+                sock.send_multipart(P.encode({"type": "cancel", "id": "fuzzcancel", "job": reply["job"]}))
+        sock.close()
+        assert answers["internal"] == 0 and sum(answers.values()) == len(cases), answers
+        assert answers["bad_field"] > 1000 and answers["malformed"] > 1000, answers  # the mutations did break things
+        assert "handler failed" not in s.log(), s.log()[-3000:]
+        c = client(s, "after-fuzz")
+        assert run_to_end(c, submit(c, settings=MINI).job)[-1].type == "finished"
+        c.close()
 
 
 # --- memory -----------------------------------------------------------------------------------------------------

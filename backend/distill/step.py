@@ -29,7 +29,6 @@ class StepResult:
     # Method-specific figures (TBSD's mu and factor, Bridge's stage, ...), detached; tensors stay on the device
     # (reading them is the caller's choice: it waits for the GPU).
     info: dict[str, Any] = field(default_factory=dict)
-    grad_norm: Tensor | float = 0.0
 
 
 def prompt_set(prompt: str, settings: Mapping[str, Any]) -> PromptSet:
@@ -73,4 +72,4 @@ def distillation_loss(
     target = (x - g).detach()
     loss = 0.5 * (x - target).pow(2).sum() / b
     info = {k: (v.detach().float().mean() if isinstance(v, Tensor) else v) for k, v in info.items()}
-    return StepResult(loss=loss, t=t, branches=branches, info=info, grad_norm=g.flatten(1).norm(dim=-1).mean())
+    return StepResult(loss=loss, t=t, branches=branches, info=info)

@@ -15,6 +15,7 @@ and is replaced at once, so the next job finds a warm worker.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -35,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Client events a worker may send; anything else from it is dropped (a worker is trusted, but a bug in it
 # must not put arbitrary message types on the wire).
 CLIENT_EVENTS = ("started", "progress", "preview", "mesh", "finished", "cancelled", "error")
+
+log = logging.getLogger("backend.server")
 
 
 @dataclass
@@ -93,6 +96,21 @@ def interrupted(store: ResultStore, job: JobSpec, message: str) -> list[Event | 
     store.fail_unfinished(job.id, job.record("interrupted", stop_reason="shutdown", error=message))
     header = {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"}
     return [Event(job.id, header, P.encode(header)), Ended(job.id, "interrupted")]
+
+
+def cancelled_before_start(store: ResultStore, job: JobSpec, reason: str,
+                           refined_by: str | None = None) -> list[Event | Ended]:
+    """A job cancelled while no worker held it: the record and ``cancelled`` event a worker stopping it at step
+    0 would have written and sent (``interrupted`` when the server is shutting down)."""
+    status = "interrupted" if reason == "shutdown" else "cancelled"
+    try:
+        store.fail_unfinished(job.id, job.record(status, stop_reason=reason, steps_done=0))
+    except OSError as exc:  # the client still hears it ended; a restarted server will call it lost
+        log.warning("could not record job %s as %s: %s", job.id, status, exc)
+    header: dict[str, Any] = {"type": "cancelled", "job": job.id, "step": 0, "reason": reason}
+    if refined_by:
+        header["refined_by"] = refined_by
+    return [Event(job.id, header, P.encode(header)), Ended(job.id, status)]
 
 
 def _signal_name(code: int) -> str:
@@ -182,12 +200,10 @@ class ProcessExecutor:
 
     def cancel(self, job: str, reason: str, refined_by: str | None = None, requested_step: int | None = None) -> None:
         if self._waiting is not None and self._waiting.id == job:
-            # Not yet handed over: the worker never saw it. Report it as a worker would.
+            # Not yet handed over (the worker is not ready): the worker never saw it, so its "queued" record is
+            # ours to replace, as the worker would have.
             spec, self._waiting = self._waiting, None
-            header = {"type": "cancelled", "job": job, "step": 0, "reason": reason}
-            if refined_by:
-                header["refined_by"] = refined_by
-            self._out += [Event(job, header, P.encode(header)), Ended(job, "cancelled")]
+            self._out += cancelled_before_start(self.store, spec, reason, refined_by)
             return
         if self.running is not None and self.running.id == job:
             self._send({"type": "stop", "job": job, "reason": reason, "refined_by": refined_by,
@@ -292,4 +308,4 @@ class ProcessExecutor:
         return out
 
 
-__all__ = ["Executor", "ProcessExecutor", "JobSpec", "Event", "Ended", "CLIENT_EVENTS"]
+__all__ = ["Executor", "ProcessExecutor", "JobSpec", "Event", "Ended", "CLIENT_EVENTS", "cancelled_before_start"]

@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from backend.server.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec, interrupted
+from backend.server.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec, cancelled_before_start, interrupted
 from backend.server.results import ResultStore
 from shared import protocol as P
 
@@ -237,12 +237,7 @@ class RayExecutor:
         for spec in list(self.retry):
             if spec.id == job:  # between attempts: no actor has it; report it as a worker would
                 self.retry.remove(spec)
-                status = "interrupted" if reason == "shutdown" else "cancelled"
-                self.store.fail_unfinished(job, spec.record(status, stop_reason=reason, steps_done=0))
-                header: dict[str, Any] = {"type": "cancelled", "job": job, "step": 0, "reason": reason}
-                if refined_by:
-                    header["refined_by"] = refined_by
-                self._out += [Event(job, header, P.encode(header)), Ended(job, status)]
+                self._out += cancelled_before_start(self.store, spec, reason, refined_by)
                 return
         for slot in self.slots:
             if slot.job is not None and slot.job.id == job and slot.actor is not None:

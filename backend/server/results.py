@@ -1,8 +1,9 @@
 """The results folder: one folder per job id holding job.json, the meshes, preview.png and checkpoint.pt.
 
 Every file is written durably (backend/files.py: temporary name, fsync, rename) and job.json last, by the
-worker process that ran the job; the server writes a record itself only when that worker died (``failed``) or
-at start-up for a job a dead server left ``running`` (``lost``). A folder whose job.json does not say
+worker process that ran the job; the server writes a record itself only when no worker can: the job is queued
+or cancelled before a worker took it (``queued``, ``cancelled``), its worker died (``failed``), or a dead server
+left it ``running`` (``lost``, at start-up). A folder whose job.json does not say
 ``finished`` never offers a mesh, whatever a killed writer left behind, so list and fetch agree with the disk.
 A restarted server reads the folder once into an index that answers ``list`` without touching the disk.
 """
