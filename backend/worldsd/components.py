@@ -9,6 +9,7 @@ scaled-linear training schedule with epsilon prediction. About 26 M parameters, 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,11 +121,8 @@ def save_folder(parts: Components, folder: Path, card: dict[str, Any]) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("unet", "vae", "text_encoder"):
-        module = getattr(parts, name)
-        dtype = next(module.parameters()).dtype
-        module.to(torch.float16)
-        module.save_pretrained(folder / name, safe_serialization=True)
-        module.to(dtype)
+        # A half-precision copy: casting the live module would round the weights a run goes on training.
+        copy.deepcopy(getattr(parts, name)).to(torch.float16).save_pretrained(folder / name, safe_serialization=True)
     parts.tokenizer.save_pretrained(folder / "tokenizer")
     parts.scheduler.save_pretrained(folder / "scheduler")
     index = {
