@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from backend import records
 from backend.batch_input import Row
 from backend.server.executor import Ended, Event, Executor, JobSpec
 from backend.server.results import ResultStore
 from shared import protocol as P
+from shared.status import JobStatus
 
 # Nothing watches a batch's jobs while they train: no streamed previews, one progress beat per step.
 STREAM = P.check_stream({"progress_every": 1000, "preview_size": 16, "preview_views": 1, "mesh_every": 0})
@@ -28,13 +30,8 @@ STREAM = P.check_stream({"progress_every": 1000, "preview_size": 16, "preview_vi
 
 def finished_record(folder: Path, row: Row) -> dict[str, Any] | None:
     """The row's job.json when it is finished for this prompt and these settings with every file on disk."""
-    import json
-
-    try:
-        record = json.loads((folder / "job.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("status") != "finished" or record.get("prompt") != row.prompt:
+    record = records.read_record(folder)
+    if record is None or record.get("status") != JobStatus.FINISHED or record.get("prompt") != row.prompt:
         return None
     done = record.get("settings") or {}
     if any(done.get(k) != v for k, v in row.settings.items()):
@@ -48,7 +45,8 @@ class Outcome:
     """What happened to one row in this run."""
 
     row: Row
-    status: str = "pending"  # pending, running, finished, failed, cancelled, interrupted
+    # "pending" (not a job status: no job exists for the row yet), then its job's status
+    status: JobStatus | str = "pending"
     skipped: bool = False  # finished by an earlier run
     wall_seconds: float | None = None
     error: str | None = None
@@ -94,7 +92,7 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
     todo: list[Row] = []
     for row in rows:
         if finished_record(store.job_dir(row.name), row) is not None:
-            outcomes[row.name].status, outcomes[row.name].skipped = "finished", True
+            outcomes[row.name].status, outcomes[row.name].skipped = JobStatus.FINISHED, True
         else:
             todo.append(row)
     if todo:
@@ -112,9 +110,9 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
                 while queue and executor.idle():
                     row = queue.pop(0)
                     outcome = outcomes[row.name]
-                    outcome.status, outcome.started, outcome.step = "running", time.monotonic(), 0
+                    outcome.status, outcome.started, outcome.step = JobStatus.RUNNING, time.monotonic(), 0
                     spec = _spec(row)
-                    store.write_record(row.name, spec.record("queued", ended=None))
+                    store.write_record(row.name, spec.record(JobStatus.QUEUED, ended=None))
                     executor.submit(spec)
                     running[row.name] = executor
             for executor in executors:
@@ -139,11 +137,12 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
         bar.close()
         for executor in executors if todo else []:
             for event in executor.shutdown(0.0):
-                if isinstance(event, Ended) and event.job in outcomes and outcomes[event.job].status == "running":
-                    outcomes[event.job].status = event.status
+                stopped = outcomes.get(event.job)
+                if isinstance(event, Ended) and stopped is not None and stopped.status == JobStatus.RUNNING:
+                    stopped.status = event.status
         for name in running:
-            if outcomes[name].status == "running":
-                outcomes[name].status = "interrupted"
+            if outcomes[name].status == JobStatus.RUNNING:
+                outcomes[name].status = JobStatus.INTERRUPTED
     return [outcomes[row.name] for row in rows], interrupted
 
 
@@ -167,7 +166,7 @@ def _event(outcome: Outcome, event: Event, bar: ProgressBar) -> None:
 def _ended(outcome: Outcome, event: Ended, store: ResultStore) -> None:
     outcome.status = event.status
     outcome.wall_seconds = time.monotonic() - outcome.started
-    if event.status != "finished" and outcome.error is None:
+    if event.status != JobStatus.FINISHED and outcome.error is None:
         record = store.read_record(outcome.row.name) or {}
         outcome.error = record.get("error")
 

@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from backend import records
 from backend.batch import Outcome
 from backend.files import write_bytes, write_json
+from shared.status import JobStatus
 
 FIGURES = ("voxel_iou", "chamfer", "colour_error_mean", "wrong_colour_share", "components")
 TILE_HEIGHT = 64
@@ -46,12 +48,12 @@ def row_summary(outcome: Outcome, folder: Path, record: dict[str, Any] | None) -
         "row": row.index, "folder": row.name, "prompt": row.prompt, "status": outcome.status,
         "skipped": outcome.skipped, "method": row.settings["method"], "representation": row.settings["representation"],
         "quality": row.settings["quality"], "seed": row.settings["seed"], "steps": row.settings["steps"],
-        "seconds": round(recorded, 3) if outcome.status == "finished" else None,
+        "seconds": round(recorded, 3) if outcome.status == JobStatus.FINISHED else None,
         "wall_seconds": None if outcome.wall_seconds is None else round(outcome.wall_seconds, 3),
         "worker": record.get("worker") or record.get("worker_pid"), "attempt": record.get("attempt", 1),
-        "error": outcome.error if outcome.status != "finished" else None, "figures": {},
+        "error": outcome.error if outcome.status != JobStatus.FINISHED else None, "figures": {},
     }
-    if outcome.status == "finished":
+    if outcome.status == JobStatus.FINISHED:
         out["figures"] = _figures(folder, row.prompt, record)
     return out
 
@@ -88,7 +90,7 @@ def contact_sheet(results: list[dict[str, Any]], out: Path) -> bytes:
     tiles = []
     for r in results:
         preview = out / r["folder"] / "preview.png"
-        if r["status"] == "finished" and preview.is_file():
+        if r["status"] == JobStatus.FINISHED and preview.is_file():
             strip = Image.open(preview).convert("RGB")
             strip = strip.resize((max(1, strip.width * TILE_HEIGHT // strip.height), TILE_HEIGHT))
         else:
@@ -114,19 +116,13 @@ def contact_sheet(results: list[dict[str, Any]], out: Path) -> bytes:
 
 def write_report(outcomes: list[Outcome], out: Path, prompts: Path, executor: str) -> dict[str, Any]:
     """summary.json, summary.md and contact_sheet.png in ``out``; returns the summary."""
-    import json
-
     results = []
     for outcome in outcomes:
         folder = out / outcome.row.name
-        try:
-            record = json.loads((folder / "job.json").read_text())
-        except (OSError, ValueError):
-            record = None
-        results.append(row_summary(outcome, folder, record))
+        results.append(row_summary(outcome, folder, records.read_record(folder)))
     summary = {"prompts": str(prompts), "executor": executor, "rows": len(results),
-               "finished": sum(r["status"] == "finished" for r in results),
-               "failed": sum(r["status"] == "failed" for r in results), "results": results}
+               "finished": sum(r["status"] == JobStatus.FINISHED for r in results),
+               "failed": sum(r["status"] == JobStatus.FAILED for r in results), "results": results}
     write_json(out / "summary.json", summary)
     write_bytes(out / "summary.md", markdown(summary).encode())
     write_bytes(out / "contact_sheet.png", contact_sheet(results, out))

@@ -21,7 +21,8 @@ import torch
 
 from backend.export import export_mesh, extract_mesh
 from backend.export.field import DEFAULT_BOUND
-from backend.files import publish_folder, remove_leftovers, write_json
+from backend import records
+from backend.files import publish_folder, remove_leftovers
 from backend.images import save_png
 from backend.priors.base import DiffusionPrior
 from backend.scene.cameras import eval_views
@@ -117,13 +118,8 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
     remove_leftovers(out_dir)
     device = trainer.device
     out: dict[str, Any] = {
-        "prompt": trainer.prompt,
-        "status": "finished",
-        "settings": trainer.settings,
-        "device": str(device),
-        "steps_done": trainer.step,
-        "total": trainer.total,
-        **dict(record or {}),
+        **records.finished_record(record, prompt=trainer.prompt, settings=trainer.settings, device=str(device),
+                                  steps_done=trainer.step, total=trainer.total),
         "mesh": {k: v for k, v in result["extract"].items() if k != "seconds"},
         "extract_seconds": result["extract"].get("seconds", {}),
         "files": {k: Path(v).name for k, v in result["export"].get("files", {}).items()},
@@ -137,7 +133,7 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
         out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     if trainer.prior.name == "procedural":
         out["figures"] = procedural_figures(trainer.prompt, trainer, result["mesh"])
-    write_json(out_dir / "job.json", out)
+    records.write_record(out_dir, out)
     return out
 
 

@@ -19,12 +19,14 @@ import bpy
 from . import connection, local_backend, preferences, preview, scene_mesh
 from ._vendor.shared.client import Client, load_curve_keys
 from ._vendor.shared.protocol import Message
+from ._vendor.shared.status import JobStatus
 from .props import job_settings
 
 JOB_KEY = "tbsd_job"  # custom properties on a generated object: the job whose run it shows, and what made it
 PROMPT_KEY = "tbsd_prompt"
 SETTINGS_KEY = "tbsd_settings"
-RUNNING = ("submitting", "queued", "running", "cancelling")
+# The add-on's own states around the job's: "submitting" (no id yet), "cancelling" (asked, not yet heard).
+RUNNING = ("submitting", JobStatus.QUEUED, JobStatus.RUNNING, "cancelling")
 BATCH_SPACING = 1.5  # metres between a batch's objects along X (each fits a box of about +-0.55)
 
 
@@ -83,11 +85,11 @@ class Session:
         return not (silent and not getattr(self.client, "transport_up", False))
 
     def _lost(self, state: Any, why: str) -> None:
-        if state.connection != "lost":
-            state.connection = "lost"
+        if state.connection != "lost":  # not a JobStatus: the connection's state (props.py)
+            state.connection = "lost"  # not a JobStatus: the connection's state (props.py)
             state.last_error = f"Backend lost: {why}"
             if state.job_state in RUNNING:
-                state.job_state = "lost"
+                state.job_state = JobStatus.LOST
 
     def handle(self, context: Any, m: Message) -> None:
         handler = getattr(self, f"on_{m.type}", None)
@@ -137,7 +139,7 @@ class Session:
     @staticmethod
     def _follow(state: Any, view: JobView, phase: str) -> None:
         """Make ``view`` the job the panel's progress, preview and object name follow."""
-        state.job_id, state.job_state, state.phase = view.job_id, "queued", phase
+        state.job_id, state.job_state, state.phase = view.job_id, JobStatus.QUEUED, phase
         state.progress, state.step, state.steps, state.eta_s = 0.0, 0, int(view.settings.get("steps", 0)), 0.0
         state.object_name = view.object_name
 
@@ -157,15 +159,15 @@ class Session:
     def on_started(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
             state = connection.state(context)
-            state.job_state, state.phase = "running", "training"
+            state.job_state, state.phase = JobStatus.RUNNING, "training"
             state.step, state.steps = int(m.get("step", 0)), int(m.get("total", state.steps))
 
     def on_progress(self, context: Any, m: Message) -> None:
         if not self._is_current(context, m):
             return
         state = connection.state(context)
-        if state.job_state in ("queued", "lost"):  # "lost": the backend was silent for a while, not gone
-            state.job_state = "running"
+        if state.job_state in (JobStatus.QUEUED, JobStatus.LOST):  # lost: the backend was silent a while, not gone
+            state.job_state = JobStatus.RUNNING
         total = int(m.get("total", state.steps) or 1)
         state.step, state.steps = int(m.get("step", 0)), total
         state.progress = min(1.0, state.step / max(total, 1))
@@ -207,7 +209,8 @@ class Session:
     def on_finished(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
             state = connection.state(context)
-            state.job_state = "done" if m.get("status", "finished") == "finished" else str(m.get("status"))
+            status = m.get("status", JobStatus.FINISHED)
+            state.job_state = "done" if status == JobStatus.FINISHED else str(status)
             state.progress, state.eta_s, state.phase = 1.0, 0.0, ""
             state.step = state.steps
         self._batch_job_ended(context, m)
@@ -216,7 +219,7 @@ class Session:
     def on_cancelled(self, context: Any, m: Message) -> None:
         if self._is_current(context, m):
             state = connection.state(context)
-            state.job_state = "cancelled"
+            state.job_state = JobStatus.CANCELLED
             state.eta_s = 0.0
             state.phase = str(m.get("reason") or "")
         self._batch_job_ended(context, m)
@@ -230,9 +233,9 @@ class Session:
         if refused is not None and refused.batch:  # a batch line the server would not queue
             state.batch_ended += 1
         if m.get("fatal") and self._is_current(context, m):
-            state.job_state = "failed"
+            state.job_state = JobStatus.FAILED
         elif m.get("id") and state.job_state == "submitting":
-            state.job_state = "failed"
+            state.job_state = JobStatus.FAILED
         if m.get("fatal"):
             self._batch_job_ended(context, m)
 
@@ -318,7 +321,7 @@ def connect(context: Any) -> Session:
 
 def _session(context: Any) -> Session:
     s = connection.session()
-    if s is None or connection.state(context).connection == "lost":
+    if s is None or connection.state(context).connection == "lost":  # not a JobStatus: a connection state
         s = connect(context)
     return s
 
@@ -421,7 +424,7 @@ def cancel(context: Any) -> None:
     if session is None or not state.job_id:
         raise ValueError("no job is running")
     session.client.send_cancel(state.job_id)
-    if state.job_state in ("queued", "running"):
+    if state.job_state in (JobStatus.QUEUED, JobStatus.RUNNING):
         state.job_state = "cancelling"
 
 

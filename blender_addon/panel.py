@@ -7,6 +7,7 @@ from typing import Any
 import bpy
 
 from . import preview
+from ._vendor.shared.status import JobStatus
 from .schema_ui import BASIC, prompt_settings, sections
 
 CATEGORY = "TBSD"
@@ -50,7 +51,7 @@ class TBSD_PT_main(bpy.types.Panel):
 
         row = layout.row(align=True)
         row.scale_y = 1.4
-        running = state.job_state in ("submitting", "queued", "running", "cancelling")
+        running = state.job_state in ("submitting", JobStatus.QUEUED, JobStatus.RUNNING, "cancelling")
         row.operator("tbsd.generate", icon="PLAY")
         row.operator("tbsd.refine", icon="MODIFIER")
         sub = row.row(align=True)
@@ -62,7 +63,7 @@ class TBSD_PT_main(bpy.types.Panel):
         if state.batch_total:
             layout.label(text=f"Batch: {state.batch_ended} of {state.batch_total} jobs ended")
 
-        if running or state.job_state in ("done", "failed", "cancelled"):
+        if running or state.job_state in ("done", JobStatus.FAILED, JobStatus.CANCELLED):
             text = f"{state.job_state}: step {state.step}/{state.steps}"
             if running and state.eta_s > 0:
                 text += f", ETA {_eta_text(state.eta_s)}"

@@ -190,7 +190,7 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
         ("disconnected", "Not connected", ""),
         ("connecting", "Connecting", ""),
         ("connected", "Connected", ""),
-        ("lost", "Backend lost", ""),
+        ("lost", "Backend lost", ""),  # not a JobStatus: the connection's state
     ], default="disconnected")
     device: StringProperty(name="Device")
     gpu: StringProperty(name="GPU")

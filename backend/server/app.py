@@ -34,6 +34,7 @@ from backend.server.results import ResultStore
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import protocol as P
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, SettingsError, validate
+from shared.status import LIVE_STATUSES, JobStatus
 
 log = logging.getLogger("backend.server")
 
@@ -61,7 +62,7 @@ class Job:
     spec: JobSpec
     identity: bytes  # ROUTER identity its events go to (the owner's newest connection)
     connection: bytes  # the connection that queued it (per-connection queue limit)
-    status: str = "queued"  # queued, running, finished, cancelled, failed, interrupted
+    status: JobStatus | str = JobStatus.QUEUED  # a str only as a worker's "finished" event carried it
     stop_reason: str | None = None
     step: int = 0
 
@@ -258,10 +259,11 @@ class Server:
             kind = event.header["type"]
             if kind in ("progress", "_beat"):
                 job.step = event.header["step"]
-            ended = {"finished": "finished", "cancelled": "cancelled", "error": "failed"}.get(kind)
+            ended = {"finished": JobStatus.FINISHED, "cancelled": JobStatus.CANCELLED,
+                     "error": JobStatus.FAILED}.get(kind)
             if ended is not None and (kind != "error" or event.header.get("fatal")):
                 # The record is on disk before its terminal event is sent: list agrees from this moment on.
-                job.status = "interrupted" if event.header.get("reason") == "shutdown" else ended
+                job.status = JobStatus.INTERRUPTED if event.header.get("reason") == "shutdown" else ended
                 self.store.refresh(job.id)
             if event.frames:
                 self.send_frames(job.identity, event.frames)
@@ -275,7 +277,7 @@ class Server:
                 return
             self.pending.remove(job)
             self.running[job.id] = job
-            job.status = "running"
+            job.status = JobStatus.RUNNING
             self.executor.submit(job.spec)
 
     def _heartbeat(self) -> None:
@@ -305,9 +307,9 @@ class Server:
             self.send(job.identity, {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"})
 
     def _cancel_queued(self, job: Job, reason: str) -> None:
-        job.status = "cancelled"
+        job.status = JobStatus.CANCELLED
         try:
-            self.store.write_record(job.id, job.spec.record("cancelled", stop_reason=reason, steps_done=0))
+            self.store.write_record(job.id, job.spec.record(JobStatus.CANCELLED, stop_reason=reason, steps_done=0))
         except OSError as exc:  # the restarted server will call it lost
             log.warning("could not record job %s as cancelled: %s", job.id, exc)
 
@@ -421,7 +423,7 @@ class Server:
     def _queue(self, identity: bytes, spec: JobSpec, first: bool = False) -> Job:
         # On disk before "accepted": a server killed from here on leaves a record (then "lost"), never nothing.
         try:
-            self.store.write_record(spec.id, spec.record("queued", ended=None))
+            self.store.write_record(spec.id, spec.record(JobStatus.QUEUED, ended=None))
         except OSError as exc:
             raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was queued")
         job = Job(spec, identity, identity)
@@ -528,10 +530,10 @@ class Server:
         owner = self.owner(identity)
         listed = {s["job"]: s for s in self.store.summaries(owner)}
         for job in self.jobs.values():
-            if job.owner == owner and job.status in ("queued", "running"):
+            if job.owner == owner and job.status in LIVE_STATUSES:
                 listed[job.id] = {"job": job.id, "status": job.status, "prompt": job.spec.prompt,
                                   "parent": job.spec.parent, "created": job.spec.created, "steps_done": job.step,
-                                  "position": self._position(job) if job.status == "queued" else None}
+                                  "position": self._position(job) if job.status == JobStatus.QUEUED else None}
         results = sorted(listed.values(), key=lambda s: s.get("created") or "")
         self.reply(identity, m, {"type": "results", "results": results})
 
@@ -543,7 +545,7 @@ class Server:
                 raise P.ProtocolError("bad_state", f"job {job_id} has not finished; nothing to fetch yet", rid)
             raise self._unknown(job_id, rid)
         glb = self.store.job_dir(job_id) / "mesh.glb"
-        if record.get("status") != "finished" or not glb.is_file():
+        if record.get("status") != JobStatus.FINISHED or not glb.is_file():
             raise P.ProtocolError("bad_state", f"job {job_id} has no final mesh (status {record.get('status')})", rid)
         # Checked before reading the mesh: a client that does not read should not make the server decode more.
         if self._unread_bytes(identity) + TRACK_MIN_BYTES > self.max_unread_bytes:

@@ -29,12 +29,14 @@ from typing import Any, Protocol
 
 import zmq
 
+from backend import records
 from backend.server.results import ResultStore
 from shared import protocol as P
+from shared.status import JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 # Client events a worker may send; anything else from it is dropped (a worker is trusted, but a bug in it
-# must not put arbitrary message types on the wire).
+# must not put arbitrary message types on the wire). Message types, not a JobStatus, though two share a word.
 CLIENT_EVENTS = ("started", "progress", "preview", "mesh", "finished", "cancelled", "error")
 
 log = logging.getLogger("backend.server")
@@ -54,13 +56,11 @@ class JobSpec:
     source_checkpoint: str | None = None
     refine_steps: int = 0
 
-    def record(self, status: str, **extra: Any) -> dict[str, Any]:
+    def record(self, status: JobStatus, **extra: Any) -> dict[str, Any]:
         """The job.json the server writes for a job whose worker could not (it died or was killed)."""
-        return {"job": self.id, "owner": self.owner, "status": status, "prompt": self.prompt, "parent": self.parent,
-                "created": self.created, "settings": self.settings, "stream": self.stream,
-                "representation": self.settings.get("representation"), "method": self.settings.get("method"),
-                "model": self.settings.get("model"), "prior_loaded": None,
-                "ended": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+        return records.job_record(status, job=self.id, owner=self.owner, prompt=self.prompt, parent=self.parent,
+                                  created=self.created, settings=self.settings, stream=self.stream,
+                                  **{"ended": records.now(), **extra})
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Ended:
     """Job ``job`` is over; ``status`` is what its record says."""
 
     job: str
-    status: str
+    status: JobStatus | str  # a member, or the string a worker's "finished" event carried
 
 
 class Executor(Protocol):
@@ -93,16 +93,16 @@ class Executor(Protocol):
 def interrupted(store: ResultStore, job: JobSpec, message: str) -> list[Event | Ended]:
     """A job whose worker was killed at shutdown: its ``interrupted`` record (unless it finished) and the client's
     ``cancelled`` event."""
-    store.fail_unfinished(job.id, job.record("interrupted", stop_reason="shutdown", error=message))
+    store.fail_unfinished(job.id, job.record(JobStatus.INTERRUPTED, stop_reason="shutdown", error=message))
     header = {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"}
-    return [Event(job.id, header, P.encode(header)), Ended(job.id, "interrupted")]
+    return [Event(job.id, header, P.encode(header)), Ended(job.id, JobStatus.INTERRUPTED)]
 
 
 def cancelled_before_start(store: ResultStore, job: JobSpec, reason: str,
                            refined_by: str | None = None) -> list[Event | Ended]:
     """A job cancelled while no worker held it: the record and ``cancelled`` event a worker stopping it at step
     0 would have written and sent (``interrupted`` when the server is shutting down)."""
-    status = "interrupted" if reason == "shutdown" else "cancelled"
+    status = JobStatus.INTERRUPTED if reason == "shutdown" else JobStatus.CANCELLED
     try:
         store.fail_unfinished(job.id, job.record(status, stop_reason=reason, steps_done=0))
     except OSError as exc:  # the client still hears it ended; a restarted server will call it lost
@@ -174,12 +174,12 @@ class ProcessExecutor:
             message = f"job {job.id} failed: its worker process {why}; the job's state is lost, the next job runs " \
                       "in a fresh worker"
             try:
-                self.store.fail_unfinished(job.id, job.record("failed", error=message))
+                self.store.fail_unfinished(job.id, job.record(JobStatus.FAILED, error=message))
             except OSError as exc:
                 message += f" (its record could not be written: {exc})"
             header = P.error_header("job_failed", message, job=job.id, fatal=True)
             self._out.append(Event(job.id, header, P.encode(header)))
-            self._out.append(Ended(job.id, "failed"))
+            self._out.append(Ended(job.id, JobStatus.FAILED))
         self.start()
 
     # --- the interface ---------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class ProcessExecutor:
             return
         if kind == "_done":
             self.running = None
-            self._out.append(Ended(job, header.get("status", "failed")))
+            self._out.append(Ended(job, header.get("status", JobStatus.FAILED)))
             self.store.refresh(job)
             if header.get("restart"):
                 self._replace_idle()

@@ -36,6 +36,7 @@ import zmq
 from backend.server.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec, cancelled_before_start, interrupted
 from backend.server.results import ResultStore
 from shared import protocol as P
+from shared.status import JobStatus
 
 log = logging.getLogger("backend.server.ray")
 
@@ -311,7 +312,7 @@ class RayExecutor:
         if kind == "_done":
             slot.job, slot.run_ref = None, None
             self.attempts.pop(job, None)
-            self._out.append(Ended(job, header.get("status", "failed")))
+            self._out.append(Ended(job, header.get("status", JobStatus.FAILED)))
             self.store.refresh(job)
             if header.get("restart"):  # after a GPU out-of-memory: a fresh process for the next job
                 self._kill(slot)
@@ -334,7 +335,7 @@ class RayExecutor:
                        f"(attempt {attempts + 1} of {self.max_retries + 1})")
             log.warning("%s", message)
             # The dead attempt's files go; the record says queued until the next actor takes it.
-            self.store.fail_unfinished(job.id, job.record("queued", ended=None, error=message))
+            self.store.fail_unfinished(job.id, job.record(JobStatus.QUEUED, ended=None, error=message))
             header = P.error_header("job_retry", message, job=job.id, fatal=False)
             self._out.append(Event(job.id, header, P.encode(header)))
             self.retry.append(job)
@@ -343,11 +344,11 @@ class RayExecutor:
         message = f"job {job.id} failed: its Ray actor {why}" + (
             f" (attempt {attempts} of {self.max_retries + 1})" if retry else "") + "; the next job runs on a fresh actor"
         try:
-            self.store.fail_unfinished(job.id, job.record("failed", error=message, attempts=attempts))
+            self.store.fail_unfinished(job.id, job.record(JobStatus.FAILED, error=message, attempts=attempts))
         except OSError as exc:
             message += f" (its record could not be written: {exc})"
         header = P.error_header("job_failed", message, job=job.id, fatal=True)
-        self._out += [Event(job.id, header, P.encode(header)), Ended(job.id, "failed")]
+        self._out += [Event(job.id, header, P.encode(header)), Ended(job.id, JobStatus.FAILED)]
 
     # --- the end -------------------------------------------------------------------------------------------------
     def shutdown(self, grace_s: float) -> list[Event | Ended]:

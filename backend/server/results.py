@@ -6,23 +6,24 @@ or cancelled before a worker took it (``queued``, ``cancelled``), its worker die
 left it ``running`` (``lost``, at start-up). A folder whose job.json does not say
 ``finished`` never offers a mesh, whatever a killed writer left behind, so list and fetch agree with the disk.
 A restarted server reads the folder once into an index that answers ``list`` without touching the disk.
+Records are built and written by backend/records.py; the store only says which folder, and keeps the index.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from backend.files import remove_leftovers, write_json
+from backend import records
+from backend.files import remove_leftovers
 from shared.protocol import ID_PATTERN
+from shared.status import LIVE_STATUSES, JobStatus
 
-LIVE_STATUSES = ("queued", "running")  # on disk at a restart: the server that had them died
 SUMMARY_KEYS = ("job", "status", "prompt", "parent", "created", "ended", "steps_done", "total", "error",
                 "representation", "method")
 # What a job that did not finish may keep: its record and its (atomically written) checkpoint.
-UNFINISHED_KEEP = ("job.json", "checkpoint.pt")
+UNFINISHED_KEEP = (records.RECORD_FILE, "checkpoint.pt")
 
 
 class ResultsRefused(ValueError):
@@ -41,19 +42,16 @@ class ResultStore:
         return self.root / job_id
 
     def write_record(self, job_id: str, record: dict[str, Any]) -> Path:
-        folder = self.job_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = write_json(folder / "job.json", record)
+        path = records.write_record(self.job_dir(job_id), record)
         self.refresh(job_id, record)
         return path
 
     def read_record(self, job_id: str) -> dict[str, Any] | None:
         try:
-            path = self.job_dir(job_id) / "job.json"
-            record = json.loads(path.read_text())
-        except (ValueError, OSError):
+            folder = self.job_dir(job_id)
+        except ValueError:
             return None
-        return record if isinstance(record, dict) else None
+        return records.read_record(folder)
 
     def refresh(self, job_id: str, record: dict[str, Any] | None = None) -> None:
         """Re-read one job's record into the index (after its worker wrote it)."""
@@ -82,7 +80,7 @@ class ResultStore:
             if record is None:
                 continue
             if record.get("status") in LIVE_STATUSES:
-                record["status"] = "lost"
+                record["status"] = JobStatus.LOST
                 record["error"] = (f"the server stopped while this job was {record['status']} (killed or crashed); "
                                    "no final mesh")
                 self.fail_unfinished(folder.name, record)
@@ -119,7 +117,7 @@ def summary(job_id: str, record: dict[str, Any], folder: Path | None) -> dict[st
     s["job"] = job_id
     if folder is not None:
         # Only a finished record vouches for its mesh: a killed job's leftovers are never offered.
-        s["has_mesh"] = record.get("status") == "finished" and (folder / "mesh.glb").is_file()
+        s["has_mesh"] = record.get("status") == JobStatus.FINISHED and (folder / "mesh.glb").is_file()
         s["has_checkpoint"] = (folder / "checkpoint.pt").is_file()
     return s
 

@@ -33,8 +33,10 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
+from backend import records
 from backend.server.meshfile import read_glb
 from shared import protocol as P
+from shared.status import JobStatus
 
 PR_SET_PDEATHSIG = 1
 
@@ -45,10 +47,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # elsewhere the poll loop's parent check ends it
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class Stop(Exception):
@@ -144,16 +142,15 @@ class WorkerProcess:
                         return 0  # a fresh process for the next job (after a GPU out-of-memory)
 
     # --- one job -------------------------------------------------------------------------------------------
-    def base_record(self, spec: dict[str, Any], status: str, settings: dict[str, Any]) -> dict[str, Any]:
+    def base_record(self, spec: dict[str, Any], status: JobStatus, settings: dict[str, Any]) -> dict[str, Any]:
         # A Ray actor's name, and the attempt when an earlier one's actor died (backend/server/ray_executor.py).
-        extra = {"worker": self.name} if self.name else {}
+        head = {"worker": self.name} if self.name else {}
         if spec.get("attempt", 1) > 1:
-            extra["attempt"] = spec["attempt"]
-        return {**extra, "job": spec["id"], "owner": spec["owner"], "status": status, "prompt": spec["prompt"],
-                "parent": spec.get("parent"), "created": spec["created"], "settings": settings,
-                "stream": spec["stream"], "representation": settings.get("representation"),
-                "method": settings.get("method"), "device": str(self.device), "worker_pid": os.getpid(),
-                "model": settings.get("model"), "prior_loaded": self.prior_loaded}
+            head["attempt"] = spec["attempt"]
+        return records.job_record(status, job=spec["id"], owner=spec["owner"], prompt=spec["prompt"],
+                                  parent=spec.get("parent"), created=spec["created"], settings=settings,
+                                  stream=spec["stream"], prior_loaded=self.prior_loaded, head=head,
+                                  process={"device": str(self.device), "worker_pid": os.getpid()})
 
     def run_job(self, spec: dict[str, Any]) -> bool:
         """Run one job to its end; False when this process should be replaced afterwards."""
@@ -163,10 +160,10 @@ class WorkerProcess:
         self._claim_fault()
         folder = self.results.job_dir(spec["id"])
         trainer = None
-        status, restart = "failed", False
+        status, restart = JobStatus.FAILED, False
         try:
             # Written first, so a server killed mid-job leaves a record a restarted server reports as "lost".
-            self.results.write_record(spec["id"], self.base_record(spec, "running", spec["settings"]))
+            self.results.write_record(spec["id"], self.base_record(spec, JobStatus.RUNNING, spec["settings"]))
             t0 = time.perf_counter()
             settings = spec["settings"]
             prior, self.prior_loaded = self.priors.get(settings["model"], settings["procedural_resolution"])
@@ -178,7 +175,7 @@ class WorkerProcess:
             train_seconds = time.perf_counter() - t1
             if completed:
                 self._finish(spec, trainer, folder, load_seconds, train_seconds)
-                status = "finished"
+                status = JobStatus.FINISHED
             else:
                 status = self._stopped(spec, trainer, folder)
         except Exception as exc:  # noqa: BLE001 - any failure ends this job only
@@ -262,13 +259,13 @@ class WorkerProcess:
                 old.unlink(missing_ok=True)
         self.send({"type": "mesh", "step": step, "final": False}, arrays)
 
-    def _stopped(self, spec: dict[str, Any], trainer: Any, folder: Path) -> str:
+    def _stopped(self, spec: dict[str, Any], trainer: Any, folder: Path) -> JobStatus:
         trainer.save_checkpoint(folder / "checkpoint.pt")
         stop = self.stop or {}
         reason = stop.get("reason") or "cancel"
-        status = "interrupted" if reason == "shutdown" else "cancelled"
+        status = JobStatus.INTERRUPTED if reason == "shutdown" else JobStatus.CANCELLED
         record = self.base_record(spec, status, trainer.settings)
-        record.update(steps_done=trainer.step, total=trainer.total, ended=_now(), stop_reason=reason,
+        record.update(steps_done=trainer.step, total=trainer.total, ended=records.now(), stop_reason=reason,
                       refined_by=stop.get("refined_by"), checkpoint="checkpoint.pt")
         self.results.write_record(spec["id"], record)
         header: dict[str, Any] = {"type": "cancelled", "step": trainer.step, "reason": reason}
@@ -283,16 +280,16 @@ class WorkerProcess:
                 train_seconds: float) -> None:
         from backend.generate import finish_job
 
-        record = self.base_record(spec, "finished", trainer.settings)
+        record = self.base_record(spec, JobStatus.FINISHED, trainer.settings)
         record.update(seconds={"load_prior": load_seconds, "train": train_seconds},
-                      steps_per_second=trainer.step / max(train_seconds, 1e-9), ended=_now(),
+                      steps_per_second=trainer.step / max(train_seconds, 1e-9), ended=records.now(),
                       checkpoint="checkpoint.pt")
         # Meshes, preview, checkpoint, then job.json: all on disk before the client hears "finished".
         record = finish_job(trainer, folder, record)
         self.send({"type": "mesh", "step": trainer.step, "final": True}, read_glb(folder / "mesh.glb"))
         summary = {k: record[k] for k in ("steps_done", "total", "seconds", "mesh", "figures") if k in record}
-        files = sorted([*record["all_files"], "job.json"])
-        self.send({"type": "finished", "status": "finished", "record": summary, "files": files})
+        files = sorted([*record["all_files"], records.RECORD_FILE])
+        self.send({"type": "finished", "status": JobStatus.FINISHED, "record": summary, "files": files})
 
     def _failed(self, spec: dict[str, Any], trainer: Any, exc: BaseException) -> None:
         import torch
@@ -301,8 +298,8 @@ class WorkerProcess:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             text = ("GPU out of memory: " + text + " (try fewer views_per_step, a lower render resolution or "
                     "quality draft); the worker process is restarted for the next job")
-        record = self.base_record(spec, "failed", trainer.settings if trainer is not None else spec["settings"])
-        record.update(error=text, traceback=traceback.format_exc()[-4000:], ended=_now(),
+        record = self.base_record(spec, JobStatus.FAILED, trainer.settings if trainer is not None else spec["settings"])
+        record.update(error=text, traceback=traceback.format_exc()[-4000:], ended=records.now(),
                       steps_done=trainer.step if trainer is not None else 0)
         try:
             self.results.fail_unfinished(spec["id"], record)
