@@ -67,7 +67,8 @@ def test_backend_started_from_blender_reports_device_and_model(run):
 
 def test_the_model_drop_down_offers_the_backends_models_and_a_missing_one_is_refused_in_words(run):
     report, results = run
-    assert report["model_items"] == ["procedural", report["sd_folder"]]  # procedural, then the models folder's
+    # procedural, the shipped world-SD, then the models folder's
+    assert report["model_items"] == ["procedural", "world-sd", report["sd_folder"]]
     assert report["model_after_choice"] == report["sent_model"] == report["sd_folder"]
     assert report["choice_after_typing"] == "procedural"
     # Sent although it is the schema's default: a backend started with another --model must not override it.

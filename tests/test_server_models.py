@@ -47,7 +47,7 @@ def test_hello_lists_procedural_the_hf_cache_and_the_models_folder(setup):
     welcome = wait_for(c, lambda m: m.type == "welcome", 10)
     models = welcome["capabilities"]["models"]
     assert [(m["name"], m["kind"]) for m in models] == [
-        ("procedural", "procedural"), (HUB_ID, "hub"), (str(folder.resolve()), "folder")]
+        ("procedural", "procedural"), ("world-sd", "shipped"), (HUB_ID, "hub"), (str(folder.resolve()), "folder")]
     assert welcome["capabilities"]["model"] == "procedural"  # what a job naming no model gets
     c.close()
 
@@ -76,7 +76,7 @@ def test_one_server_switches_between_procedural_and_a_stable_diffusion_folder(se
 @pytest.mark.parametrize("model, words", [
     ("nobody/no-such-model", ["'nobody/no-such-model'", "not in the Hugging Face cache", "hf download nobody/no-such-model"]),
     ("/nowhere/sd-folder", ["'/nowhere/sd-folder'", "does not exist", "--local-dir /nowhere/sd-folder"]),
-    ("half-copied", ["'half-copied'", "neither 'procedural', a diffusers folder nor a hub id"]),
+    ("half-copied", ["'half-copied'", "neither 'procedural', a shipped model (world-sd), a diffusers folder nor a hub id"]),
 ])
 def test_a_missing_model_is_refused_before_it_queues_naming_it_and_how_to_fetch_it(setup, model, words):
     server, folder = setup
@@ -86,7 +86,7 @@ def test_a_missing_model_is_refused_before_it_queues_naming_it_and_how_to_fetch_
     for word in words:
         assert word in reply["message"], reply["message"]
     # The models that are here, so the artist can pick one.
-    assert f"on this machine: procedural, {HUB_ID}, {folder.resolve()}" in reply["message"]
+    assert f"on this machine: procedural, world-sd, {HUB_ID}, {folder.resolve()}" in reply["message"]
     rid = c.send_list()
     listed = wait_for(c, lambda m: m.get("id") == rid, 10)
     assert listed["results"] == []  # nothing queued, nothing ran
