@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 RandomSize = Literal["tiny", "sd21-base"]
 
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+# The subfolders of a Stable Diffusion diffusers folder that the prior loads.
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _SUPPORTED_PREDICTIONS = ("epsilon", "v_prediction")
 
 
@@ -172,7 +174,7 @@ class StableDiffusionPrior(DiffusionPrior):
                 errors.append(err)
         else:
             cause = errors[-1]
-            missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / p).is_dir()]
+            missing = [p for p in PARTS if not (path / p).is_dir()]
             if is_folder and not missing:
                 # Every part is there, so a file in one is missing, truncated or corrupt: the cause names it.
                 where = f"a file in the folder {path.resolve()} is missing or cannot be read (truncated or corrupt)"
@@ -516,14 +518,20 @@ def save_random_pipeline(
     seed: int = 0,
 ) -> Path:
     """Write random SD components in the diffusers folder layout, loadable by ``from_pretrained(folder)``."""
-    import diffusers
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     parts = build_random_pipeline_components(size, prediction_type=prediction_type, seed=seed)
     for name, part in parts.items():
         part.save_pretrained(folder / name)
-    # What a StableDiffusionPipeline writes, so diffusers' own pipeline loader accepts the folder too.
+    write_pipeline_index(folder)
+    return folder
+
+
+def write_pipeline_index(folder: Path) -> None:
+    """``model_index.json`` as a StableDiffusionPipeline writes it, so diffusers' own pipeline loader accepts a folder
+    whose parts were saved one by one."""
+    import diffusers
+
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
@@ -538,7 +546,6 @@ def save_random_pipeline(
         "requires_safety_checker": False,
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return folder
 
 
 def build_random_sd21_base(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,6 @@ from backend.worldsd.data import vocabulary_words
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
-PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
 
 @dataclass(frozen=True)
 class Architecture:
@@ -50,9 +47,6 @@ class Architecture:
     def latent_size(self) -> int:
         return self.image_size // 2 ** (len(self.vae_channels) - 1)
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Architecture":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
@@ -67,7 +61,6 @@ class Components:
     text_encoder: "CLIPTextModel"
     tokenizer: "CLIPTokenizer"
     scheduler: "DDPMScheduler"
-    trained: dict[str, Any] = field(default_factory=dict)
 
 
 def build_tokenizer() -> "CLIPTokenizer":
@@ -117,7 +110,7 @@ def build_components(arch: Architecture, seed: int = 0, device: torch.device | s
 def save_folder(parts: Components, folder: Path, card: dict[str, Any]) -> Path:
     """Write the parts as a diffusers Stable Diffusion folder in fp16 safetensors (what ``from_pretrained`` and
     diffusers' own pipeline loader read), with ``training.json`` holding how it was made."""
-    import diffusers
+    from backend.priors.stable_diffusion import write_pipeline_index
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("unet", "vae", "text_encoder"):
@@ -125,13 +118,6 @@ def save_folder(parts: Components, folder: Path, card: dict[str, Any]) -> Path:
         copy.deepcopy(getattr(parts, name)).to(torch.float16).save_pretrained(folder / name, safe_serialization=True)
     parts.tokenizer.save_pretrained(folder / "tokenizer")
     parts.scheduler.save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_pipeline_index(folder)
     (folder / "training.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return folder

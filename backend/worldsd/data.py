@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.priors.procedural import world
-from backend.scene.cameras import Views, sample_orbit_views, view_suffix
+from backend.scene.cameras import sample_orbit_views, view_suffix
 from shared.settings import BSD_NEGATIVE, CSD_NEGATIVE, NFSD_NEGATIVE, TARGET_NEGATIVE_DESCRIPTORS, defaults
 
 # The product's negative texts, which world-SD must know as it knows any descriptor.
@@ -139,9 +139,7 @@ def compose_items(coverage: Float[Tensor, "N 1 H W"], shading: Float[Tensor, "N 
         degraded = world.DEGRADATIONS[name](images[idx])
         std = world.DEGRADATION_STD.get(name, 0.0)
         if std > 0:
-            noise = torch.randn(degraded.shape, generator=generator, device="cpu" if generator is None
-                                else generator.device).to(device)
-            degraded = degraded + std * noise
+            degraded = degraded + std * torch.randn(degraded.shape, generator=generator, device=device)
         out[idx] = degraded
     return out
 

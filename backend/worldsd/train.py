@@ -83,10 +83,6 @@ class RunState:
     started_from: str | None = None  # a folder the UNet phase was initialised from (--init-from)
 
 
-def _lerp_ema(ema: list[Tensor], live: list[Tensor], decay: float) -> None:
-    torch._foreach_lerp_(ema, live, 1.0 - decay)
-
-
 class WorldSDTrainer:
     """One training run's state; ``run`` advances it phase by phase until done or out of time."""
 
@@ -104,12 +100,11 @@ class WorldSDTrainer:
         self.alphas_cumprod = self.parts.scheduler.alphas_cumprod.to(device, torch.float32)
         self._token_cache: dict[str, Tensor] = {}
         self.vae_opt = torch.optim.AdamW(self.parts.vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
-        self.unet_opt = torch.optim.AdamW(self._unet_params(), lr=config.unet_lr, weight_decay=config.weight_decay)
-        self.ema = [p.detach().clone().float() for p in self._unet_params()]
+        # The UNet phase trains the UNet and the text encoder together; the EMA follows both.
+        self.unet_params = list(self.parts.unet.parameters()) + list(self.parts.text_encoder.parameters())
+        self.unet_opt = torch.optim.AdamW(self.unet_params, lr=config.unet_lr, weight_decay=config.weight_decay)
+        self.ema = [p.detach().clone().float() for p in self.unet_params]
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def _unet_params(self) -> list[Tensor]:
-        return list(self.parts.unet.parameters()) + list(self.parts.text_encoder.parameters())
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -160,7 +155,7 @@ class WorldSDTrainer:
                                         .state_dict())
         self.parts.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)
                                                 .state_dict())
-        for e, p in zip(self.ema, self._unet_params()):
+        for e, p in zip(self.ema, self.unet_params):
             e.copy_(p.detach())
         done = card["run"]
         self.state = RunState(phase="unet", step=int(done["step"]) if done["phase"] == "unet" else 0,
@@ -242,10 +237,10 @@ class WorldSDTrainer:
             g["lr"] = lr
         self.unet_opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._unet_params(), c.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.unet_params, c.grad_clip)
         self.unet_opt.step()
         with torch.no_grad():
-            _lerp_ema(self.ema, [p.detach().float() for p in self._unet_params()], c.ema_decay)
+            torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.unet_params], 1.0 - c.ema_decay)
         return float(loss.detach())
 
     # ------------------------------------------------------------------ the run
@@ -295,25 +290,24 @@ class WorldSDTrainer:
                     self.write_folder(extra_card, finished=False)
                     self.log(f"paused in phase {phase} at step {self.state.step}: --resume continues")
                     return phase
-            self.state.phase, self.state.step = PHASES[PHASES.index(phase) + 1], 0
-            if phase == "unet":
-                self.state.step = total  # the card records how many UNet steps the weights had
-                self.state.phase = "done"
+            self.state.phase = PHASES[PHASES.index(phase) + 1]
+            # Once done, the step stays at the total: the card records how many UNet steps the weights had.
+            self.state.step = total if self.state.phase == "done" else 0
             self.save_checkpoint()
         self.write_folder(extra_card, finished=True)
         return "done"
 
     def write_folder(self, extra_card: dict[str, Any] | None, finished: bool) -> Path:
         """The diffusers folder from the EMA weights, its card, and the loss curve."""
-        live = [p.detach().clone() for p in self._unet_params()]
+        live = [p.detach().clone() for p in self.unet_params]
         with torch.no_grad():
-            for p, e in zip(self._unet_params(), self.ema):
+            for p, e in zip(self.unet_params, self.ema):
                 p.copy_(e)
         card = {"config": self.config.as_dict(), "run": asdict(self.state), "finished": finished,
                 **(extra_card or {})}
         folder = save_folder(self.parts, self.out / "world-sd", card)
         with torch.no_grad():
-            for p, saved in zip(self._unet_params(), live):
+            for p, saved in zip(self.unet_params, live):
                 p.copy_(saved)
         log = self.out / "train_log.jsonl"
         if log.exists():
