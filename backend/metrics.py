@@ -131,6 +131,30 @@ def voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
 # Figures of an exported mesh (what the artist gets) against the procedural world's true object
 # ---------------------------------------------------------------------------------------------
 
+# Scales tried by scale_aligned_iou: log-spaced so a mesh half or twice the true size is found alike.
+ALIGN_SCALES = np.exp(np.linspace(np.log(0.5), np.log(2.0), 29))
+
+
+def scale_aligned_iou(vertices: np.ndarray, faces: np.ndarray, shape: str, resolution: int = 64,
+                      scales: np.ndarray = ALIGN_SCALES) -> tuple[float, float]:
+    """The best voxel IoU of the mesh scaled about the origin by one of ``scales``, and that scale.
+
+    IoU(s M, T) = IoU(M, T / s), so the mesh is voxelised once, on a grid that holds it and every scaled truth
+    (T / s reaches 0.45 / s), and the truth is resampled per scale.
+    """
+    extent = max(float(np.abs(vertices).max()), 0.45 / float(scales.min())) * 1.02
+    axis = np.linspace(-extent, extent, resolution)
+    grid = torch.as_tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
+    occupied = mesh_occupancy(vertices, faces, axis)
+    best = (0.0, 1.0)
+    for s in scales:
+        truth = (world.sdf(shape, grid * float(s)) < 0).numpy().reshape((resolution,) * 3)
+        iou = voxel_iou(occupied, truth)
+        if iou > best[0]:
+            best = (iou, float(s))
+    return best
+
+
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` points uniform over the surface's area: (points [n, 3], face index [n], barycentrics [n, 3])."""
@@ -185,6 +209,10 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     object ``prompt`` names in the procedural world:
 
     - ``voxel_iou``: with the true solid on a ``resolution``^3 grid (the mesh voxelised by ray parity);
+    - ``scaled_iou`` / ``best_scale``: the voxel IoU after scaling the mesh about the centre by the factor (0.5-2)
+      that maximises it, and that factor: shape apart from size. A prior that is not told the camera's distance
+      (Stable Diffusion) does not fix an object's size, so this tells "the right object, too small" from "the wrong
+      object" (docs/METHODS.md, world-SD);
     - ``excess_volume`` / ``missing_volume``: the mesh's solid outside the true solid / the true solid outside the
       mesh's, each as a share of the true volume;
     - ``chamfer``: mean of the two one-sided mean distances (world units; the object spans about 0.7) between
@@ -205,13 +233,14 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
     if len(faces) == 0:
         return {"voxel_iou": 0.0, "chamfer": float("inf"), "colour_error_mean": float("inf"),
                 "colour_error_median": float("inf"), "wrong_colour_share": 1.0, "nearest_colour": None,
-                "components": 0, "faces": 0}
+                "components": 0, "faces": 0, "scaled_iou": 0.0, "best_scale": None}
     rng = np.random.default_rng(seed)
     axis = np.linspace(-0.55, 0.55, resolution)
     grid = torch.as_tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
     truth = (world.sdf(shape, grid) < 0).numpy().reshape((resolution,) * 3)
     occupied = mesh_occupancy(vertices, faces, axis)
     iou = voxel_iou(occupied, truth)
+    scaled_iou, best_scale = scale_aligned_iou(vertices, faces, shape, resolution + resolution // 4)
 
     points, face, bary = sample_surface(vertices, faces, samples, rng)
     to_truth = np.abs(world.sdf(shape, torch.as_tensor(points)).numpy())
@@ -238,6 +267,8 @@ def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, 
         by_facing[part] = {"area": float(sel.mean()), "wrong": float(wrong[sel].mean()) if sel.any() else 0.0}
     return {
         "voxel_iou": iou,
+        "scaled_iou": scaled_iou,
+        "best_scale": best_scale,
         # What the IoU lost, split: solid outside the true object (bulges, floaters, a filled hole) and true solid
         # the mesh lacks, each as a share of the true volume.
         "excess_volume": float((occupied & ~truth).sum() / truth.sum()),

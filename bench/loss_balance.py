@@ -47,15 +47,14 @@ def balance(model: str, prompt: str, settings: dict, steps: int, progress: float
             result = distillation_loss(prior, x[idx], prompts, settings, progress, trainer.generator,
                                        views.select(idx) if prior.camera_aware else None)
             distill = distill + result.loss * len(idx) / len(angles)
-        terms = {"distillation": distill, "sample_elements": None}
+        terms = {"distillation": distill}
         if "orientation" in out.losses:
             terms["orientation"] = orientation_weight(progress, settings) * out.losses["orientation"]
         for name in ("sparsity", "translucency"):
             if settings[f"lambda_{name}"] > 0 and name in out.losses:
                 terms[name] = settings[f"lambda_{name}"] * out.losses[name]
         for name, loss in terms.items():
-            if loss is not None:
-                norms.setdefault(name, []).append(_grad_norm(loss, params))
+            norms.setdefault(name, []).append(_grad_norm(loss, params))
     row = {name: statistics.mean(v) for name, v in norms.items()}
     row["sample_elements"] = int(torch.tensor(prior.sample_shape).prod())
     row["render_res"] = render_resolution(progress, settings, prior.image_size)

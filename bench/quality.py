@@ -99,6 +99,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "failed": len(group) - len(ok),
              "iou_median": statistics.median(iou), "iou_min": min(iou),
              "chamfer_median": statistics.median(r["chamfer"] for r in ok),
+             # Shape apart from size (backend.metrics.scale_aligned_iou); absent from runs measured before it.
+             "scaled_iou_median": statistics.median(r.get("scaled_iou", float("nan")) for r in ok),
+             "best_scale_median": statistics.median(r.get("best_scale") or float("nan") for r in ok),
              "colour_median": statistics.median(colour), "colour_max": max(colour),
              "wrong_share_median": statistics.median(wrong), "wrong_share_max": max(wrong),
              "named_colour": f"{named}/{len(ok)}",
@@ -121,13 +124,15 @@ def _fmt(value: Any) -> str:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Quality suite: {result['preset']} preset on {result['device']}", "",
              f"Command: `{result['command']}`", "", "## Per method and representation", ""]
-    cols = ["variant", "method", "representation", "runs", "failed", "iou_median", "iou_min", "chamfer_median", "colour_median",
+    cols = ["variant", "method", "representation", "runs", "failed", "iou_median", "iou_min", "scaled_iou_median",
+            "best_scale_median", "chamfer_median", "colour_median",
             "colour_max", "wrong_share_median", "wrong_share_max", "named_colour", "components_max",
             "train_seconds_median", "meets_bars"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(s.get(c, "")) for c in cols) + " |" for s in result["summary"]]
     lines += ["", "## Runs", ""]
-    cols = ["variant", "prompt", "method", "representation", "voxel_iou", "chamfer", "colour_error_mean", "colour_error_median",
+    cols = ["variant", "prompt", "method", "representation", "voxel_iou", "scaled_iou", "best_scale", "chamfer",
+            "colour_error_mean", "colour_error_median",
             "wrong_colour_share", "nearest_colour", "mean_albedo", "components", "wall_seconds"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["runs"]:
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = future.result()
                 done[index[future]] = row
                 brief = {k: row.get(k) for k in ("variant", "prompt", "method", "representation", "voxel_iou",
-                                                  "colour_error_mean", "nearest_colour", "wrong_colour_share",
+                                                  "scaled_iou", "colour_error_mean", "nearest_colour", "wrong_colour_share",
                                                   "components", "wall_seconds", "error")}
                 print(json.dumps(brief), flush=True)
                 rows = [done[i] for i in sorted(done)]

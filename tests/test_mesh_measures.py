@@ -160,3 +160,16 @@ def test_excess_and_missing_volume_tell_a_swollen_mesh_from_a_shrunken_one():
     shrunk = mesh_figures({**sphere, "vertices": sphere["vertices"] * 0.8}, "a blue sphere", samples=2000)
     assert abs(swollen["excess_volume"] - 0.728) < 0.08 and swollen["missing_volume"] < 0.02, swollen
     assert abs(shrunk["missing_volume"] - 0.488) < 0.06 and shrunk["excess_volume"] < 0.02, shrunk
+
+
+def test_scaled_iou_tells_a_small_right_object_from_a_wrong_one():
+    """A true cone at 0.7 of its size: poor raw IoU, near-perfect scaled IoU at scale 1/0.7; a torus stays poor."""
+    from backend.metrics import mesh_figures
+
+    small = _textured_mesh("cone", world.COLOURS["red"])
+    small["vertices"] = small["vertices"] * 0.7
+    fig = mesh_figures(small, "a red cone", samples=2000)
+    assert fig["voxel_iou"] < 0.45, fig
+    assert fig["scaled_iou"] > 0.93 and abs(fig["best_scale"] - 1 / 0.7) < 0.08, fig
+    wrong = mesh_figures(small, "a red torus", samples=2000)
+    assert wrong["scaled_iou"] < 0.6, wrong
