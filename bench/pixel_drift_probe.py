@@ -46,13 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's step on pixel values.")
     parser.add_argument("--progress", type=float, default=0.6, help="The run fraction the timestep schedule sees.")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    prior = load_prior(args.model, "cpu")
+    prior = load_prior(args.model, args.device)
     azimuths, elevations = [0.0, 90.0, 180.0, -90.0], [15.0, 30.0, 15.0, 45.0]
     views = orbit_views(azimuths, elevations, [1.9] * 4, [42.5] * 4)
     truth, _ = world.ground_truth(args.prompt, views, prior.image_size)
-    truth = truth.clamp(0, 1)
+    truth = truth.clamp(0, 1).to(prior.device)
+    views = views.to(prior.device)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = {"model": args.model, "prompt": args.prompt, "steps": args.steps, "lr": args.lr,
             "truth": {"high_frequency": high_frequency(truth), "mean_rgb": truth.mean(dim=(0, 2, 3)).tolist()}}
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "pixel_drift.json").write_text(json.dumps(rows, indent=1))
     from PIL import Image
 
-    grid = torch.cat([torch.cat(list(s), dim=-1) for s in strips], dim=-2)  # rows: truth, then each method
+    grid = torch.cat([torch.cat(list(s), dim=-1) for s in strips], dim=-2).cpu()  # rows: truth, then each method
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(args.out / "pixel_drift.png")
     return 0
 

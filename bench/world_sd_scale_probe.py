@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noises", type=int, default=4, help="Noise draws per view and timestep.")
     parser.add_argument("--timesteps", default="100,200,300,400,500,600,700,800,900")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    prior = load_prior(args.model, "cpu")
+    prior = load_prior(args.model, args.device)
     settings = defaults()
     scales = [float(s) for s in args.scales.split(",")]
     timesteps = [int(t) for t in args.timesteps.split(",")]
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     views, angles = sample_orbit_views(args.views, settings, gen)
     # Distances back from the camera positions (sample_orbit_views draws them inside).
     distances = views.origins.norm(dim=-1)
+    dev_views = views.to(prior.device)
     result = {"model": args.model, "scales": scales, "timesteps": timesteps, "views": args.views,
               "noises": args.noises, "prompts": {}}
     for prompt in [p.strip() for p in args.prompts.split(";") if p.strip()]:
@@ -66,27 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         for s in scales:
             image, _ = world.ground_truth(prompt, scaled_views(views, angles, distances, s), prior.image_size)
             with torch.no_grad():
-                latents.append(prior.encode(image.clamp(0, 1)))
+                latents.append(prior.encode(image.clamp(0, 1).to(prior.device)))
         losses = torch.zeros(len(scales), len(timesteps))
-        noise = torch.randn((args.noises,) + tuple(latents[0].shape), generator=gen)
+        noise = torch.randn((args.noises,) + tuple(latents[0].shape), generator=gen).to(prior.device)
         with torch.no_grad():
             for j, t in enumerate(timesteps):
                 abar = prior.alphas_cumprod[t].float()
-                tt = torch.full((latents[0].shape[0],), t, dtype=torch.long)
+                tt = torch.full((latents[0].shape[0],), t, dtype=torch.long, device=prior.device)
                 for i, x0 in enumerate(latents):
                     for k in range(args.noises):
                         eps = noise[k].to(x0.dtype)
                         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-                        err = torch.zeros(())
+                        err = 0.0
                         # One call per view-word group, as the trainer makes them.
                         groups: dict[str, list[int]] = {}
                         for v, (az, el) in enumerate(angles):
                             groups.setdefault(view_suffix(az, el), []).append(v)
                         for suffix, idx in groups.items():
                             pred = prior.predict_noise(xt[idx], tt[idx], PromptSet(prompt + suffix), ["target"],
-                                                       views.select(idx) if prior.camera_aware else None)["target"]
-                            err = err + ((pred.float() - eps[idx].float()) ** 2).sum()
-                        losses[i, j] += float(err) / (args.noises * eps.numel())
+                                                       dev_views.select(idx) if prior.camera_aware else None)["target"]
+                            err += float(((pred.float() - eps[idx].float()) ** 2).sum())
+                        losses[i, j] += err / (args.noises * eps.numel())
         total = losses.mean(dim=1)
         best = scales[int(total.argmin())]
         result["prompts"][prompt] = {"loss_by_scale": [round(float(v), 5) for v in total],
