@@ -27,7 +27,7 @@ from backend.files import publish, tmp_name
 from backend.distill.step import distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
-from backend.scene.cameras import Views, eval_views, sample_orbit_views, view_suffix
+from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
 
@@ -118,6 +118,7 @@ class Trainer:
         self.settings = dict(settings)
         self.prompt = prompt
         self.prompts = prompt_set(prompt, settings)
+        self.cameras = CameraConfig.from_settings(settings)
         prior.check_prompts(self.prompts)
         if representation is None:
             # Initial weights follow the run's seed, without disturbing the caller's global RNG.
@@ -153,12 +154,12 @@ class Trainer:
         n = self.settings["views_per_step"]
         bank_size = self._bank_size()
         if bank_size == 0:
-            views, angles = sample_orbit_views(n, self.settings, self.generator)
+            views, angles = sample_orbit_views(n, self.cameras, self.generator)
             return views.to(self.device), angles
         if self._bank is None:
             # The bank has its own generator so resuming a run rebuilds the same cameras.
             bank_gen = torch.Generator().manual_seed(self.settings["seed"] + 7919)
-            views, angles = sample_orbit_views(bank_size, self.settings, bank_gen)
+            views, angles = sample_orbit_views(bank_size, self.cameras, bank_gen)
             self._bank = (views.to(self.device), angles)
         idx = torch.randint(0, bank_size, (n,), generator=self.generator).tolist()
         views, angles = self._bank
@@ -294,8 +295,8 @@ class Trainer:
                         prompt: str | None = None, settings: Mapping[str, Any] | None = None,
                         cadence: Cadence | None = None) -> "Trainer":
         """Resume a run at its step, to its total (``extend`` trains further); a new prompt or settings continue
-        from its state (refine); ``cadence`` as in ``Trainer``. Loads with ``weights_only=True``: anything but tensors and plain containers is
-        refused, so a planted checkpoint cannot run code."""
+        from its state (refine); ``cadence`` as in ``Trainer``. Loads with ``weights_only=True``: anything but
+        tensors and plain containers is refused, so a planted checkpoint cannot run code."""
         state = load_checkpoint(path, device)
         merged = dict(state["settings"], **(settings or {}))
         scene = representation_class(state["representation"]).from_checkpoint(

@@ -16,7 +16,7 @@ from backend.export.writers import WRITERS
 from backend.generate import export_result
 from backend.scene.registry import REPRESENTATIONS as REPRESENTATION_TABLE
 from backend.scene.registry import representation_class
-from shared.settings import METHODS, REPRESENTATIONS, SCHEMA
+from shared.settings import METHODS, REPRESENTATIONS, SCHEMA, settings_for
 
 
 def test_representations_are_the_registry():
@@ -54,3 +54,13 @@ def test_export_formats_are_the_writer_table(tmp_path):
     for name in FORMATS:
         assert (tmp_path / f"mesh.{name}").stat().st_size > 0, name
         assert figures["files"][name] == str(tmp_path / f"mesh.{name}")
+
+
+def test_settings_name_only_known_methods_and_representations():
+    for setting in SCHEMA.values():
+        assert set(setting.methods or ()) <= set(METHODS), setting.name
+        assert set(setting.representations or ()) <= set(REPRESENTATIONS), setting.name
+    on_gaussians = {s.name for s in settings_for("tbsd", "gaussians")}
+    on_nerf = {s.name for s in settings_for("tbsd", "nerf")}
+    assert "gaussian_points" in on_gaussians - on_nerf and "nerf_grid_levels" in on_nerf - on_gaussians
+    assert {s.name for s in settings_for("tbsd")} == on_gaussians | on_nerf

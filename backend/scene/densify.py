@@ -133,7 +133,8 @@ class DensifyStrategy(Strategy):
         assert state.grad_sum is not None and state.grad_count is not None
         # gsplat's normalisation: pixels -> NDC (x width/2) and undo the loss's mean over views (x views).
         # (Python scalars, not a small tensor: building one on the host would be a copy that syncs every step.)
-        scaled = torch.stack([grad[..., 0] * (info.width / 2), grad[..., 1] * (info.height / 2)], dim=-1) * grad.shape[0]
+        scaled = torch.stack([grad[..., 0] * (info.width / 2), grad[..., 1] * (info.height / 2)], dim=-1)
+        scaled = scaled * grad.shape[0]
         norm = scaled.norm(dim=-1) * info.visible  # B N
         state.grad_sum += norm.sum(0)
         state.grad_count += info.visible.sum(0)
