@@ -3,6 +3,10 @@
 On CUDA the clock records events on the stream and reads their elapsed times only when asked (or when a
 backlog builds up), so timing a loop does not insert the host synchronisations that would serialise it. On the
 CPU it reads the wall clock. Either way a phase's figure is the device time from its start mark to its end mark.
+
+A step is ``start()`` then ``mark(name)`` at the end of each phase, in the order of ``names``: a phase runs from
+the previous mark to its own. Callers name the phase they end, so a reordered or forgotten mark raises instead of
+booking one phase's time under another's name.
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ class PhaseClock:
     def start(self) -> None:
         self._marks = [self._mark()]
 
-    def mark(self) -> None:
-        """End of the next phase, in the order of ``names``."""
+    def mark(self, name: str) -> None:
+        """End of phase ``name``, which must be the step's next phase in the order of ``names``."""
+        if not self._marks:
+            raise RuntimeError(f"phase {name!r} marked before start()")
+        expected = self.names[len(self._marks) - 1]
+        if name != expected:
+            raise ValueError(f"phase {name!r} marked where {expected!r} ends (phases in order: {self.names})")
         self._marks.append(self._mark())
         if len(self._marks) == len(self.names) + 1:
             self._close_step()

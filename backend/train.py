@@ -1,10 +1,11 @@
 """The 3D training loop: a method (backend/distill) on a representation (backend/scene) with a prior.
 
-`Trainer` holds one run's state (representation, optimiser, step, generator) so a run can be
-checkpointed, resumed, cancelled between steps and continued with new settings (`extend`: the CLI's
-resume and the server's refine). The trainer owns the cadence (`Cadence`, read from the settings: when to
-report progress, draw a preview, export an intermediate mesh, write a checkpoint); callers only pass sinks
-(`TrainEvents`), so the CLI, the server's worker and the tests share one loop.
+`Trainer` holds one run's state (representation, its strategy's state, optimiser, step, generator) so a run
+can be checkpointed, resumed, cancelled between steps and continued with new settings (`extend`: the CLI's
+resume and the server's refine). The trainer owns the cadence (`Cadence`: when to report progress, draw a
+preview, export an intermediate mesh, write a checkpoint), read from the settings or given at construction (a
+server job's stream options); callers only pass sinks (`TrainEvents`), so the CLI, the server's worker and the
+tests share one loop.
 
 Checkpoints hold only tensors, dicts, lists, strings and numbers (the generator state is a uint8 tensor), so
 they load with ``torch.load(weights_only=True)``: a planted checkpoint cannot run code.
@@ -26,7 +27,8 @@ from backend.files import publish, tmp_name
 from backend.distill.step import distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
-from backend.scene.cameras import Views, eval_views, sample_orbit_views, view_suffix
+from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
+from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
 
 CAMERA_BANK_AUTO = 96
@@ -84,28 +86,8 @@ class TrainEvents:
 
 def build_representation(kind: str, settings: Mapping[str, Any], prior: DiffusionPrior,
                          device: torch.device) -> Representation:
-    """A fresh NeRF or Gaussian scene sized by the settings, with the prior's background when it has one."""
-    if kind == "nerf":
-        from backend.scene.nerf import NeRFScene
-
-        scene: Representation = NeRFScene(
-            grid_levels=settings["nerf_grid_levels"],
-            grid_log2_table=settings["nerf_grid_log2_table"],
-            samples_per_ray=settings["nerf_samples_per_ray"],
-            background=prior.background,
-            normal_eps=settings["nerf_normal_eps"],
-        )
-    elif kind == "gaussians":
-        from backend.scene.gaussians import GaussianConfig, GaussianScene
-
-        config = GaussianConfig(num_points=settings["gaussian_points"], max_points=settings["gaussian_max_points"],
-                                opacity_reset_at=(0.3,) if settings["gaussian_opacity_reset"] else (),
-                                antialiased=settings["gaussian_antialiased"],
-                                supersample=settings["gaussian_supersample"])
-        scene = GaussianScene(config, background=prior.background or (0.5, 0.5, 0.5), seed=settings["seed"])
-    else:
-        raise ValueError(f"unknown representation '{kind}'; allowed: nerf, gaussians")
-    return scene.to(device)
+    """A fresh representation ``kind`` sized by the settings, with the prior's background when it has one."""
+    return representation_class(kind).from_settings(settings, prior.background).to(device)
 
 
 def render_resolution(progress: float, settings: Mapping[str, Any], prior_resolution: int | None = None) -> int:
@@ -127,12 +109,16 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
 
 class Trainer:
     def __init__(self, prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
-                 representation: Representation | None = None, device: torch.device | str = "cpu") -> None:
+                 representation: Representation | None = None, device: torch.device | str = "cpu",
+                 cadence: Cadence | None = None) -> None:
+        """A run at step 0 (or on ``representation``, e.g. a checkpoint's); ``cadence`` defaults to the
+        settings' (``Cadence.from_settings``)."""
         self.prior = prior
         self.device = torch.device(device)
         self.settings = dict(settings)
         self.prompt = prompt
         self.prompts = prompt_set(prompt, settings)
+        self.cameras = CameraConfig.from_settings(settings)
         prior.check_prompts(self.prompts)
         if representation is None:
             # Initial weights follow the run's seed, without disturbing the caller's global RNG.
@@ -141,10 +127,14 @@ class Trainer:
                 representation = build_representation(settings["representation"], settings, prior, self.device)
         self.scene = representation
         self.optimiser = torch.optim.AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
+        # Not checkpointed: a resumed run starts its strategy afresh (Gaussians: gradient statistics since the
+        # last densification round), as it always has.
+        self.strategy = self.scene.strategy()
+        self.strategy_state = self.strategy.initialize_state()
         self.generator = torch.Generator().manual_seed(settings["seed"])
         self.step = 0
         self.total = settings["steps"]
-        self.cadence = Cadence.from_settings(self.settings)
+        self.cadence = cadence or Cadence.from_settings(self.settings)
         self._bank: tuple[Views, list[tuple[float, float]]] | None = None
         self.clock = PhaseClock(PHASES, self.device)
 
@@ -164,12 +154,12 @@ class Trainer:
         n = self.settings["views_per_step"]
         bank_size = self._bank_size()
         if bank_size == 0:
-            views, angles = sample_orbit_views(n, self.settings, self.generator)
+            views, angles = sample_orbit_views(n, self.cameras, self.generator)
             return views.to(self.device), angles
         if self._bank is None:
             # The bank has its own generator so resuming a run rebuilds the same cameras.
             bank_gen = torch.Generator().manual_seed(self.settings["seed"] + 7919)
-            views, angles = sample_orbit_views(bank_size, self.settings, bank_gen)
+            views, angles = sample_orbit_views(bank_size, self.cameras, bank_gen)
             self._bank = (views.to(self.device), angles)
         idx = torch.randint(0, bank_size, (n,), generator=self.generator).tolist()
         views, angles = self._bank
@@ -204,9 +194,9 @@ class Trainer:
         res = render_resolution(progress, s, self.prior.image_size)
         self.clock.start()
         out = self.scene.render(views, res, res, self._shading())
-        self.clock.mark()
+        self.clock.mark("render")
         x = self.prior.encode(out.rgb)
-        self.clock.mark()
+        self.clock.mark("encode")
         loss = torch.zeros((), device=x.device)
         info: dict[str, Any] = {}
         for prompts, idx in self._prompt_groups(angles):
@@ -215,7 +205,7 @@ class Trainer:
                                        sub_views if self.prior.camera_aware else None)
             loss = loss + result.loss * len(idx) / len(angles)
             info.update(result.info)
-        self.clock.mark()
+        self.clock.mark("prior_and_method")
         if "orientation" in out.losses:
             loss = loss + orientation_weight(progress, s) * out.losses["orientation"]
         for name in ("sparsity", "translucency"):  # each representation offers the terms that apply to it
@@ -224,10 +214,11 @@ class Trainer:
                 loss = loss + weight * out.losses[name]
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        self.clock.mark()
+        self.clock.mark("backward")
         self.optimiser.step()
-        self.scene.after_step(self.step, self.total, self.optimiser)
-        self.clock.mark()
+        self.strategy.step_post_optimiser(self.scene, self.optimiser, self.strategy_state, self.step, self.total,
+                                          out.info)
+        self.clock.mark("optimiser")
         self.step += 1
         # Tensors, not floats: reading them here would stall the loop on the GPU every step (Progress reads lazily).
         return {"loss": loss.detach(), "resolution": res, **info}
@@ -301,20 +292,16 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(cls, path: Path, prior: DiffusionPrior, device: torch.device | str = "cpu",
-                        prompt: str | None = None, settings: Mapping[str, Any] | None = None) -> "Trainer":
+                        prompt: str | None = None, settings: Mapping[str, Any] | None = None,
+                        cadence: Cadence | None = None) -> "Trainer":
         """Resume a run at its step, to its total (``extend`` trains further); a new prompt or settings continue
-        from its state (refine). Loads with ``weights_only=True``: anything but tensors and plain containers is
-        refused, so a planted checkpoint cannot run code."""
+        from its state (refine); ``cadence`` as in ``Trainer``. Loads with ``weights_only=True``: anything but
+        tensors and plain containers is refused, so a planted checkpoint cannot run code."""
         state = load_checkpoint(path, device)
         merged = dict(state["settings"], **(settings or {}))
-        if state["representation"] == "gaussians":
-            from backend.scene.gaussians import GaussianScene
-
-            scene: Representation = GaussianScene.from_state(state["scene_state"], state["scene_extra"]).to(device)
-        else:
-            scene = build_representation(state["representation"], merged, prior, torch.device(device))
-            scene.load_state_dict(state["scene_state"])
-        trainer = cls(prior, prompt or state["prompt"], merged, scene, device)
+        scene = representation_class(state["representation"]).from_checkpoint(
+            state["scene_state"], state["scene_extra"], merged, prior.background).to(device)
+        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence)
         trainer.optimiser.load_state_dict(state["optimiser"])
         trainer.step = int(state["step"])
         trainer.total = int(state.get("total", state["settings"]["steps"]))

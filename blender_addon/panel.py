@@ -96,7 +96,7 @@ class TBSD_PT_main(bpy.types.Panel):
             row = layout.row(align=True)
             row.prop(props, "stream_meshes")
             row.prop(props, "preview_size")
-        for title, names in sections(props.method):
+        for title, names in sections(props.method, props.representation):
             if title.startswith("Advanced") and not props.show_advanced:
                 continue
             sub = layout.box()

@@ -1,13 +1,14 @@
 """Which schema settings the panel shows, and where: a pure function of the shared schema (no bpy).
 
 The panel draws exactly what `sections` returns, so a setting added to shared/settings.py shows up in the
-N-panel without an edit here; tests/test_addon_schema.py checks every setting is drawn for some method or is in
+N-panel without an edit here, for the methods and representations it applies to (a Gaussians job shows no NeRF
+knobs); tests/blender/addon_lifecycle.py checks every setting is drawn for some method and representation or is in
 `HIDDEN` with a reason.
 """
 
 from __future__ import annotations
 
-from ._vendor.shared.settings import SCHEMA, Setting, settings_for_method
+from ._vendor.shared.settings import SCHEMA, Setting, settings_for
 
 # Deliberately not in the panel, with the reason. The image_* settings drive the 2D image experiment
 # (`python -m backend image`), which is a research tool, not a 3D job the add-on can start.
@@ -22,8 +23,8 @@ BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed"
 PROMPT_GROUP = "prompt"
 
 
-def _visible(method: str) -> list[Setting]:
-    return [s for s in settings_for_method(method) if s.name not in HIDDEN]
+def _visible(method: str, representation: str | None = None) -> list[Setting]:
+    return [s for s in settings_for(method, representation) if s.name not in HIDDEN]
 
 
 def prompt_settings(method: str) -> list[str]:
@@ -31,12 +32,13 @@ def prompt_settings(method: str) -> list[str]:
     return [s.name for s in _visible(method) if s.group == PROMPT_GROUP]
 
 
-def sections(method: str) -> list[tuple[str, list[str]]]:
-    """(title, setting names) below the basic fields: the non-advanced "Settings", then advanced groups.
+def sections(method: str, representation: str) -> list[tuple[str, list[str]]]:
+    """(title, setting names) below the basic fields: the non-advanced "Settings", then advanced groups, each with
+    the settings ``method`` on ``representation`` uses.
 
     Advanced sections are titled "Advanced: <group>" and sit in the panel's collapsible advanced box.
     """
-    rest = [s for s in _visible(method) if s.name not in BASIC and s.group != PROMPT_GROUP]
+    rest = [s for s in _visible(method, representation) if s.name not in BASIC and s.group != PROMPT_GROUP]
     out: list[tuple[str, list[str]]] = [("Settings", [s.name for s in rest if not s.advanced])]
     by_group: dict[str, list[str]] = {}
     for s in rest:
@@ -46,9 +48,9 @@ def sections(method: str) -> list[tuple[str, list[str]]]:
     return [(title, names) for title, names in out if names]
 
 
-def drawn_names(method: str) -> set[str]:
-    """Every setting the panel draws for ``method``."""
+def drawn_names(method: str, representation: str) -> set[str]:
+    """Every setting the panel draws for ``method`` on ``representation``."""
     names = set(BASIC) | set(prompt_settings(method))
-    for _, group in sections(method):
+    for _, group in sections(method, representation):
         names.update(group)
     return names

@@ -63,6 +63,7 @@ class Setting:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None  # None: used by every method
+    representations: tuple[str, ...] | None = None  # None: used by every representation
     advanced: bool = False
     max_length: int = MAX_PROMPT_CHARS
 
@@ -237,43 +238,46 @@ _ALL: tuple[Setting, ...] = (
     _s("render_res_switch_at", float, 0.5, "Fraction of the run at which the resolution rises.", "optimise",
        0.0, 1.0, advanced=True),
     _s("lambda_orientation_start", float, 10.0, "NeRF orientation-loss weight at the start (threestudio: 10).",
-       "optimise", 0.0, 1e5, advanced=True),
+       "optimise", 0.0, 1e5, representations=("nerf",), advanced=True),
     _s("lambda_orientation_end", float, 1000.0,
        "Orientation-loss weight reached at half the run (threestudio: 1000 at step 5000).", "optimise",
-       0.0, 1e5, advanced=True),
+       0.0, 1e5, representations=("nerf",), advanced=True),
     _s("lambda_sparsity", float, 1.0,
        "Weight of the NeRF's sparsity loss sqrt(opacity^2 + 0.01) (the Gaussians have none).", "optimise",
-       0.0, 1e4, advanced=True),
+       0.0, 1e4, representations=("nerf",), advanced=True),
     _s("lambda_translucency", float, 0.0,
        "Weight of the Gaussians' translucency loss, 4 a (1 - a) of the rendered alpha summed over a view: a "
        "see-through white over the grey background looks like a shaded white face (docs/METHODS.md, session 10).",
        "optimise",
-       0.0, 1e4, advanced=True),
+       0.0, 1e4, representations=("gaussians",), advanced=True),
     _s("nerf_samples_per_ray", int, 128, "NeRF samples per ray before empty-space skipping.", "nerf", 8, 1024,
+       representations=("nerf",), advanced=True),
+    _s("nerf_grid_levels", int, 16, "Hash-grid levels (threestudio: 16).", "nerf", 1, 32, representations=("nerf",),
        advanced=True),
-    _s("nerf_grid_levels", int, 16, "Hash-grid levels (threestudio: 16).", "nerf", 1, 32, advanced=True),
     _s("nerf_grid_log2_table", int, 19, "log2 of the hash table size per level (threestudio: 19).", "nerf",
-       8, 24, advanced=True),
+       8, 24, representations=("nerf",), advanced=True),
     _s("nerf_normal_eps", float, 0.01,
        "Step of the central differences giving NeRF normals (0: analytic density gradient, which carries the "
-       "hash grid's cell-scale noise and needs a double backward).", "nerf", 0.0, 0.1, advanced=True),
+       "hash grid's cell-scale noise and needs a double backward).", "nerf", 0.0, 0.1, representations=("nerf",),
+       advanced=True),
     _s("gaussian_points", int, 5000, "Initial number of Gaussians (DreamGaussian: 5000).", "gaussians",
-       100, 1000000, advanced=True),
+       100, 1000000, representations=("gaussians",), advanced=True),
     _s("gaussian_max_points", int, 200000, "Cap on the number of Gaussians after densification.", "gaussians",
-       100, 5000000, advanced=True),
+       100, 5000000, representations=("gaussians",), advanced=True),
     _s("gaussian_antialiased", bool, True,
        "Compensate splat opacity for the renderer's one-pixel widening (gsplat's antialiased mode), so the "
-       "renders' silhouette is the Gaussians' 3D extent (docs/METHODS.md).", "gaussians", advanced=True),
+       "renders' silhouette is the Gaussians' 3D extent (docs/METHODS.md).", "gaussians",
+       representations=("gaussians",), advanced=True),
     _s("gaussian_supersample", int, 2,
        "Rasterise splats at this many times the render size and average down (a pixel's area, as the procedural "
        "world renders its truth), so the renderer's widening of each splat stays under a pixel. 2 raised the "
        "suite's voxel IoU median 0.964 -> 0.980 (GPU standard) and 0.893 -> 0.941 (CPU draft), and lowered the "
        "draft white cube (docs/METHODS.md).",
-       "gaussians", 1, 4, advanced=True),
+       "gaussians", 1, 4, representations=("gaussians",), advanced=True),
     _s("gaussian_opacity_reset", bool, True,
        "Reset opacities to their initial value once, at 30% of the run, so floaters must earn their opacity again "
        "(3DGS). Off lowered the quality suite's voxel IoU median 0.81 -> 0.78 (docs/METHODS.md).", "gaussians",
-       advanced=True),
+       representations=("gaussians",), advanced=True),
     _s("procedural_resolution", int, 64, "Working resolution of the procedural prior.", "job", 16, 256,
        advanced=True),
     # --- outputs ------------------------------------------------------------------------------------
@@ -376,8 +380,10 @@ def resolved_weighting(settings: Mapping[str, Any]) -> str:
     return DEFAULT_WEIGHTING_BY_METHOD[settings["method"]] if w == "auto" else w
 
 
-def settings_for_method(method: str) -> list[Setting]:
-    return [s for s in _ALL if s.methods is None or method in s.methods]
+def settings_for(method: str, representation: str | None = None) -> list[Setting]:
+    """The settings a job of ``method`` uses, on ``representation`` (None: on any)."""
+    return [s for s in _ALL if (s.methods is None or method in s.methods)
+            and (representation is None or s.representations is None or representation in s.representations)]
 
 
 def groups() -> Iterable[str]:
@@ -389,6 +395,6 @@ def groups() -> Iterable[str]:
 
 __all__ = [
     "METHODS", "REPRESENTATIONS", "SCHEMA", "PRESETS", "REPRESENTATION_PRESETS", "preset_values", "Setting", "SettingsError", "defaults", "validate",
-    "resolved_negative_prompt", "resolved_weighting", "settings_for_method", "groups",
+    "resolved_negative_prompt", "resolved_weighting", "settings_for", "groups",
     "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",
 ]

@@ -60,6 +60,17 @@ def test_every_schema_setting_is_in_the_panel_or_deliberately_hidden(report):
     assert len(schema["drawn"]) == schema["n_schema"] - len(schema["hidden"])
 
 
+def test_the_panel_shows_each_representation_its_own_knobs_only(report):
+    shown = report["schema"]["by_representation"]
+    nerf_only = {"nerf_samples_per_ray", "nerf_grid_levels", "nerf_grid_log2_table", "nerf_normal_eps",
+                 "lambda_orientation_start", "lambda_orientation_end", "lambda_sparsity"}
+    gaussians_only = {"gaussian_points", "gaussian_max_points", "gaussian_antialiased", "gaussian_supersample",
+                      "gaussian_opacity_reset", "lambda_translucency"}
+    assert nerf_only <= set(shown["nerf"]) and not nerf_only & set(shown["gaussians"])
+    assert gaussians_only <= set(shown["gaussians"]) and not gaussians_only & set(shown["nerf"])
+    assert {"steps", "lr", "camera_fovy_min", "mesh_resolution"} <= set(shown["nerf"]) & set(shown["gaussians"])
+
+
 def test_panel_is_in_its_own_sidebar_tab(report):
     assert report["panel_region"] == "UI" and report["panel_category"] == "TBSD"
 

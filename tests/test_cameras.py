@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from backend.scene.cameras import sample_orbit_views
+from backend.scene.cameras import CameraConfig, sample_orbit_views
 from shared.settings import SettingsError, validate
 
 # A face counts as seen by a camera that looks at it from at least this far above its plane with the light on it.
@@ -22,7 +22,7 @@ FACES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "
 
 def _bank(settings: dict, n: int = 4800) -> tuple[torch.Tensor, torch.Tensor]:
     """Many training views (so shares are the distribution's): each one's unit direction to the camera and light."""
-    views, _ = sample_orbit_views(n, settings, torch.Generator().manual_seed(0))
+    views, _ = sample_orbit_views(n, CameraConfig.from_settings(settings), torch.Generator().manual_seed(0))
     return torch.nn.functional.normalize(views.c2w[:, :3, 3], dim=-1), views.light_dir
 
 

@@ -323,15 +323,40 @@ def test_albedo_is_weighted_by_density():
     torch.testing.assert_close(colours[3], torch.tensor([0.1, 0.1, 0.9]), atol=1e-4, rtol=0)  # far: the nearest
 
 
-def _train_step(scene, opt, views, size=16, step=0, total=10):
-    scene.before_step(step, total)
+def _train_step(scene, opt, views, state, size=16, step=0, total=10):
+    """One step toward red; returns the densification round's counts (None when none ran)."""
     out = scene.render(views, size, size, "albedo")
     loss = ((out.rgb - torch.tensor([1.0, 0.0, 0.0])[:, None, None]) ** 2).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    scene.after_step(step, total, opt)
-    return loss.item()
+    return scene.strategy().step_post_optimiser(scene, opt, state, step, total, out.info)
+
+
+def test_the_strategy_counts_the_gradients_of_the_render_it_is_handed():
+    """The statistics are gsplat's: per Gaussian, the sum over views that see it of |d loss / d means2d| in NDC
+    of a view-summed loss (pixels x size / 2, times the number of views), and the count of those views. A render
+    made after the step's (a preview that kept its graph) is not the step's and changes nothing."""
+    scene = small_scene(60, densify=False, supersample=2)
+    with torch.no_grad():
+        scene.means[:5] = torch.tensor([0.0, 0.0, 30.0])  # far above both cameras' fields of view
+    views = orbit_views([0.0, 90.0], [20.0] * 2, [2.0] * 2, [40.0] * 2)
+    opt = torch.optim.AdamW(scene.optimiser_groups(0.01))
+    out = scene.render(views, 12, 10, "albedo")
+    ((out.rgb - torch.tensor([1.0, 0.0, 0.0])[:, None, None]) ** 2).mean().backward()
+    other = scene.render(orbit_views([45.0], [10.0], [2.0], [40.0]), 12, 10, "albedo")
+    other.rgb.mean().backward()
+    grad, visible = out.info.means2d.grad, out.info.visible
+    assert (out.info.width, out.info.height) == (20, 24)  # the rasterised size, twice the asked one
+    ndc = grad * torch.tensor([20 / 2, 24 / 2]) * 2  # 2 views
+    expected_sum = (ndc.norm(dim=-1) * visible).sum(0)
+    strategy = scene.strategy()
+    state = strategy.initialize_state()
+    opt.step()
+    assert strategy.step_post_optimiser(scene, opt, state, 0, 10, out.info) is None  # densify=False: no round
+    assert expected_sum.sum() > 0 and not visible[:, :5].any()
+    torch.testing.assert_close(state.grad_sum, expected_sum)
+    torch.testing.assert_close(state.grad_count, visible.sum(0).float())
 
 
 def test_densify_prune_keeps_optimiser_consistent():
@@ -341,10 +366,10 @@ def test_densify_prune_keeps_optimiser_consistent():
         scene.opacity_logits[140:] = -8.0
     opt = torch.optim.AdamW(scene.optimiser_groups(0.01))
     views = orbit_views([0.0, 120.0, 240.0], [20.0] * 3, [2.0] * 3, [40.0] * 3)
-    _train_step(scene, opt, views, step=0, total=100)  # no densification at step 0
+    densify_state = scene.strategy().initialize_state()
+    assert _train_step(scene, opt, views, densify_state, step=0, total=100) is None  # no densification at step 0
     assert scene.num_points == 150
-    _train_step(scene, opt, views, step=9, total=100)  # step 10 of 100: first round
-    info = scene.last_densify
+    info = _train_step(scene, opt, views, densify_state, step=9, total=100)  # step 10 of 100: first round
     assert info["split"] > 0 and info["cloned"] > 0 and info["pruned"] >= 10
     assert scene.num_points == 150 + info["cloned"] + info["split"] - info["pruned"] != 150
     groups = {g["name"]: g["params"][0] for g in opt.param_groups}
@@ -355,12 +380,12 @@ def test_densify_prune_keeps_optimiser_consistent():
         assert state["exp_avg"].shape == p.shape and state["exp_avg_sq"].shape == p.shape
     # Training continues on the new tensors, and the optimiser updates them.
     before = scene.means.detach().clone()
-    _train_step(scene, opt, views, step=10, total=100)
+    _train_step(scene, opt, views, densify_state, step=10, total=100)
     assert not torch.equal(before, scene.means.detach())
     # Growth respects the cap.
     capped = small_scene(100, grad_threshold=0.0, max_growth=1.0, max_points=120)
     opt2 = torch.optim.AdamW(capped.optimiser_groups(0.01))
-    _train_step(capped, opt2, views, step=9, total=100)
+    _train_step(capped, opt2, views, capped.strategy().initialize_state(), step=9, total=100)
     assert capped.num_points <= 120
 
 
@@ -370,7 +395,7 @@ def test_opacity_reset_and_lr_decay():
         scene.opacity_logits.fill_(3.0)
     opt = torch.optim.AdamW(scene.optimiser_groups(0.01))
     views = orbit_views([0.0], [20.0], [2.0], [40.0])
-    _train_step(scene, opt, views, step=4, total=10)  # step 5 of 10: the reset
+    _train_step(scene, opt, views, scene.strategy().initialize_state(), step=4, total=10)  # step 5 of 10: the reset
     assert scene.opacities().max().item() <= 0.1 + 1e-6
     assert opt.state[scene.opacity_logits]["exp_avg"].abs().max() == 0
     means_group = next(g for g in opt.param_groups if g["name"] == "means")
@@ -381,7 +406,7 @@ def test_checkpoint_roundtrip_after_densification():
     scene = small_scene(120, grad_threshold=0.0, max_growth=0.5)
     opt = torch.optim.AdamW(scene.optimiser_groups(0.01))
     views = orbit_views([0.0, 180.0], [20.0] * 2, [2.0] * 2, [40.0] * 2)
-    _train_step(scene, opt, views, step=9, total=100)
+    _train_step(scene, opt, views, scene.strategy().initialize_state(), step=9, total=100)
     assert scene.num_points != 120
     state, extra = scene.state_dict(), scene.extra_state()
     rebuilt = GaussianScene.from_state(state, extra)
@@ -394,7 +419,7 @@ def test_checkpoint_roundtrip_after_densification():
     assert other.num_points == scene.num_points
     # And the rebuilt scene trains.
     opt3 = torch.optim.AdamW(rebuilt.optimiser_groups(0.01))
-    _train_step(rebuilt, opt3, views, step=20, total=100)
+    _train_step(rebuilt, opt3, views, rebuilt.strategy().initialize_state(), step=20, total=100)
 
 
 def test_short_optimisation_fits_a_red_disc():
@@ -411,15 +436,16 @@ def test_short_optimisation_fits_a_red_disc():
     total = 100
     scene = GaussianScene(GaussianConfig(num_points=150, max_points=300), seed=0)
     opt = torch.optim.AdamW(scene.optimiser_groups(0.05))
+    strategy = scene.strategy()
+    state = strategy.initialize_state()
     losses = []
     for step in range(total):
-        scene.before_step(step, total)
         out = scene.render(views, size, size, "albedo")
         loss = ((out.rgb - target) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        scene.after_step(step, total, opt)
+        strategy.step_post_optimiser(scene, opt, state, step, total, out.info)
         losses.append(loss.item())
     with torch.no_grad():
         final = ((scene.render(views, size, size, "albedo").rgb - target) ** 2).mean().item()

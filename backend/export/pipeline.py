@@ -13,10 +13,10 @@ from backend.export.field import DEFAULT_BOUND, FieldFn, SurfaceFn, density_grid
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
 from backend.export.texture import bake_texture, rasterise_uv, vertex_colours
 from backend.export.uv import unwrap_uvs
-from backend.export.writers import write_glb, write_obj, write_ply
+from backend.export.writers import WRITERS, Surface
 from backend.scene.cameras import Views
 
-FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
+FORMATS: tuple[str, ...] = tuple(WRITERS)
 # Openings in a surface shell narrower than about twice this (world units; the objects span about 0.7) are closed
 # before the inside is filled (`fill_enclosed`): where a splat or two is missing, so the flood from the border
 # reached the whole inside and the mesh came out hollow with a hole (draft Gaussians: a green cylinder 0.725 ->
@@ -95,9 +95,10 @@ def export_mesh(
 ) -> dict:
     """Unwrap, bake and write ``mesh`` as ``out_dir/<stem>.{glb,obj,ply}`` (OBJ with .mtl and PNG).
 
-    GLB and OBJ carry the baked texture (no vertex colours: glTF would multiply them into it); PLY carries
-    per-vertex colours. Returns JSON-ready figures: ``files`` (format -> path), vertex/face counts, texture
-    coverage (fraction of texels covered by a triangle before dilation) and ``seconds`` per phase.
+    Textured formats (GLB, OBJ: ``WRITERS``) carry the baked texture (no vertex colours: glTF would multiply them
+    into it); the others (PLY) carry per-vertex colours. Unwrap and bake run only when a textured format is asked
+    for. Returns JSON-ready figures: ``files`` (key -> path), vertex/face counts, texture coverage (fraction of
+    texels covered by a triangle before dilation) and ``seconds`` per phase.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -108,7 +109,9 @@ def export_mesh(
     files: dict[str, str] = {}
     result: dict = {"vertices": mesh.n_vertices, "faces": mesh.n_faces, "files": files, "seconds": seconds}
 
-    if "glb" in formats or "obj" in formats:
+    textured = [name for name, writer in WRITERS.items() if name in formats and writer.textured]
+    plain = [name for name, writer in WRITERS.items() if name in formats and not writer.textured]
+    if textured:
         t = time.perf_counter()
         uv_mesh, uvs = unwrap_uvs(mesh, texture_size)
         seconds["unwrap"] = time.perf_counter() - t
@@ -119,17 +122,17 @@ def export_mesh(
         result.update(uv_vertices=uv_mesh.n_vertices, texture_size=int(texture_size),
                       texture_coverage=raster.coverage)
         t = time.perf_counter()
-        if "glb" in formats:
-            files["glb"] = str(write_glb(out_dir / f"{stem}.glb", uv_mesh, uvs, texture, name=stem))
-        if "obj" in formats:
-            written = write_obj(out_dir / f"{stem}.obj", uv_mesh, uvs, texture)
-            files.update({key: str(value) for key, value in written.items()})
+        surface = Surface(uv_mesh, uvs=uvs, texture=texture)
+        for name in textured:
+            files.update({key: str(path) for key, path in WRITERS[name].write(out_dir, stem, surface).items()})
         seconds["write_textured"] = time.perf_counter() - t
-    if "ply" in formats:
+    coloured: Surface | None = None
+    for name in plain:  # each under its own name; the first also evaluates the vertex colours
         t = time.perf_counter()
-        colours = vertex_colours(mesh, colour_fn, device=device)
-        files["ply"] = str(write_ply(out_dir / f"{stem}.ply", mesh, colours))
-        seconds["ply"] = time.perf_counter() - t
+        if coloured is None:
+            coloured = Surface(mesh, vertex_colours=vertex_colours(mesh, colour_fn, device=device))
+        files.update({key: str(path) for key, path in WRITERS[name].write(out_dir, stem, coloured).items()})
+        seconds[name] = time.perf_counter() - t
     return result
 
 

@@ -1,4 +1,5 @@
-"""File writers: glTF 2.0 binary (.glb), Wavefront OBJ (+ .mtl + PNG) and binary PLY.
+"""File writers: glTF 2.0 binary (.glb), Wavefront OBJ (+ .mtl + PNG) and binary PLY, and the table of export
+formats (``WRITERS``).
 
 Axes. The backend's world is +Z up (Blender's). glTF is +Y up by specification, so the GLB stores
 (x, y, z)_glTF = (x, z, -y)_world, a proper rotation (-90 deg about X) that keeps winding and handedness;
@@ -15,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -275,12 +278,46 @@ def write_ply(path: str | Path, mesh: Mesh, vertex_colors: np.ndarray | None = N
     return path
 
 
+@dataclass(frozen=True)
+class Surface:
+    """What a writer is given: the mesh with per-vertex colours, or the UV-unwrapped mesh (its seams split) with
+    its UVs and baked texture, as the writer's ``textured`` asks."""
+
+    mesh: Mesh
+    uvs: np.ndarray | None = None
+    texture: np.ndarray | None = None
+    vertex_colours: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One export format: whether it carries the baked texture (else per-vertex colours), and how it is written
+    as ``folder/<stem>.<ext>`` (and any side files); returns the written paths by key (the job record's files)."""
+
+    textured: bool
+    write: Callable[[Path, str, Surface], dict[str, Path]]
+
+
+# The export formats by name, in the order their files are written. Adding one: its writer (here or in a module of
+# its own) and an entry here; ``formats`` arguments and FORMATS follow.
+WRITERS: dict[str, Writer] = {
+    "glb": Writer(True, lambda folder, stem, s: {"glb": write_glb(folder / f"{stem}.glb", s.mesh, s.uvs, s.texture,
+                                                                  name=stem)}),
+    "obj": Writer(True, lambda folder, stem, s: write_obj(folder / f"{stem}.obj", s.mesh, s.uvs, s.texture)),
+    "ply": Writer(False, lambda folder, stem, s: {"ply": write_ply(folder / f"{stem}.ply", s.mesh,
+                                                                   s.vertex_colours)}),
+}
+
+
 __all__ = [
     "GENERATOR",
     "GLTF_FROM_WORLD",
-    "world_to_yup",
-    "texture_to_uint8",
+    "WRITERS",
+    "Surface",
+    "Writer",
     "png_bytes",
+    "texture_to_uint8",
+    "world_to_yup",
     "write_glb",
     "write_obj",
     "write_ply",

@@ -11,12 +11,15 @@ glTF export turns +Z up into glTF's +Y up (backend/export, issue 3).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from backend.config import config_from_settings
 from backend.transfer import host_to_device
 
 
@@ -126,10 +129,32 @@ def ray_bundle(views: Views, height: int, width: int) -> tuple[Float[Tensor, "B 
     return origins, dirs
 
 
-__all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "ray_bundle"]
+__all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "ray_bundle", "CameraConfig",
+           "sample_orbit_views", "eval_views", "view_suffix"]
 
 
-def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tuple[Views, list[tuple[float, float]]]:
+@dataclass(frozen=True)
+class CameraConfig:
+    """The training cameras' and their lights' ranges: the settings of these names (shared/settings.py has their
+    meaning, defaults and ranges). Degrees and world units."""
+
+    camera_elevation_min: float
+    camera_elevation_max: float
+    camera_distance_min: float
+    camera_distance_max: float
+    camera_fovy_min: float
+    camera_fovy_max: float
+    light_azimuth_spread: float
+    light_elevation_offset_min: float
+    light_elevation_offset_max: float
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> CameraConfig:
+        return config_from_settings(cls, settings)
+
+
+def sample_orbit_views(n: int, cameras: CameraConfig,
+                       generator: torch.Generator) -> tuple[Views, list[tuple[float, float]]]:
     """Random training cameras around the object, azimuths stratified over the batch.
 
     Each view carries a random light within ``light_azimuth_spread`` deg (azimuth) of its camera, raised
@@ -141,12 +166,12 @@ def sample_orbit_views(n: int, settings: dict, generator: torch.Generator) -> tu
 
     strata = (torch.arange(n) + torch.rand(n, generator=generator)) / n
     azimuth = (strata * 360.0 + float(torch.rand(1, generator=generator)) * 360.0) % 360.0 - 180.0
-    elevation = uniform(settings["camera_elevation_min"], settings["camera_elevation_max"], n)
-    distance = uniform(settings["camera_distance_min"], settings["camera_distance_max"], n)
-    fovy = uniform(settings["camera_fovy_min"], settings["camera_fovy_max"], n)
-    spread = settings["light_azimuth_spread"]
+    elevation = uniform(cameras.camera_elevation_min, cameras.camera_elevation_max, n)
+    distance = uniform(cameras.camera_distance_min, cameras.camera_distance_max, n)
+    fovy = uniform(cameras.camera_fovy_min, cameras.camera_fovy_max, n)
+    spread = cameras.light_azimuth_spread
     light_az = azimuth + uniform(-spread, spread, n)
-    light_el = elevation + uniform(settings["light_elevation_offset_min"], settings["light_elevation_offset_max"], n)
+    light_el = elevation + uniform(cameras.light_elevation_offset_min, cameras.light_elevation_offset_max, n)
     light_el = light_el.clamp(-89.0, 89.0)
     light = orbit_position(light_az, light_el, torch.ones(n))
     views = orbit_views(azimuth, elevation, distance, fovy, light_dir=light)

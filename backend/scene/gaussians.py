@@ -1,4 +1,4 @@
-"""3D Gaussians as a `Representation`: parameters, shading, densification and pruning, checkpoints.
+"""3D Gaussians as a `Representation`: parameters, shading, fields for export, checkpoints.
 
 Parameters (the names matter for checkpoints and optimiser groups):
 - ``means`` [N, 3] world positions,
@@ -12,16 +12,14 @@ Rendering uses gsplat on CUDA and the dense torch splatting of ``splatting.py`` 
 background colour given at construction (grey 0.5 by default, the procedural world's background): a
 learnable background would let SDS explain the object with the background.
 
-Densification follows 3DGS/gsplat's DefaultStrategy, with the schedule expressed as fractions of the run
-(``GaussianConfig``) so that it scales to 500-2000 step runs, and a growth budget per round (see
-``GaussianConfig.max_growth``). The training loop calls ``after_step(step, total, optimiser)`` after
-``optimiser.step()``; the parameter tensors are then replaced and the optimiser's param groups and Adam
-moments are rebuilt in place, so the loop must not keep its own references to the parameters.
+Densification, pruning, opacity resets and the position lr decay are the scene's strategy (``strategy()``, a
+``DensifyStrategy`` in ``densify.py``): the training loop keeps its state and hands it each step's render info.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -31,7 +29,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from backend.scene.cameras import Views
-from backend.scene.representation import SHADINGS, Representation, RenderOutput
+from backend.scene.densify import DensifyStrategy, SplatInfo, logit
+from backend.scene.representation import SHADINGS, RenderOutput, Representation
 from backend.scene.splatting import quat_to_rotmat, rasterize, views_to_opencv
 
 PARAMETER_NAMES: tuple[str, ...] = ("means", "log_scales", "quats", "opacity_logits", "albedo_logits")
@@ -127,10 +126,6 @@ class GaussianConfig:
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
 
 
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
 def _morton_order(points: Float[Tensor, "N 3"], bits: int = 10) -> Int[Tensor, "N"]:
     """A permutation that sorts points along a Z-order curve over their bounding box (2^bits cells per axis)."""
     lo = points.min(dim=0).values
@@ -157,35 +152,6 @@ def mean_nearest_neighbour_distance(points: Float[Tensor, "N 3"], chunk: int = 2
     return float(torch.cat(nearest).mean())
 
 
-def replace_optimiser_param(
-    optimiser: torch.optim.Optimizer, old: Tensor, new: Tensor, source: Int[Tensor, "M"]
-) -> None:
-    """Put ``new`` in place of ``old`` in the optimiser; row ``i`` of ``new`` takes the state of row
-    ``source[i]`` of ``old``, or zero state where ``source[i] < 0`` (new Gaussians).
-
-    Works for Adam/AdamW (exp_avg, exp_avg_sq, max_exp_avg_sq): every per-element state tensor with ``old``'s
-    leading size is remapped; scalars such as ``step`` are kept.
-    """
-    for group in optimiser.param_groups:
-        for i, p in enumerate(group["params"]):
-            if p is old:
-                group["params"][i] = new
-    state = optimiser.state.pop(old, None)
-    if not state:
-        return
-    fresh = source < 0
-    src = source.clamp(min=0).to(new.device)
-    remapped: dict[str, Any] = {}
-    for key, value in state.items():
-        if torch.is_tensor(value) and value.dim() > 0 and value.shape == old.shape:
-            v = value[src]
-            v[fresh.to(v.device)] = 0
-            remapped[key] = v
-        else:
-            remapped[key] = value
-    optimiser.state[new] = remapped
-
-
 class GaussianScene(Representation):
     """A cloud of anisotropic 3D Gaussians with albedo colour (see the module docstring)."""
 
@@ -210,12 +176,6 @@ class GaussianScene(Representation):
         self.albedo_logits = nn.Parameter(torch.zeros(n, 3))
         if initialise:
             self._initialise(seed)
-        # Densification statistics: render() keeps the projected means of renders that need gradients;
-        # after_step() reads their gradients once backward has run.
-        self._pending: list[tuple[Tensor, Tensor, int, int]] = []
-        self._grad_sum: Tensor | None = None
-        self._grad_count: Tensor | None = None
-        self.last_densify: dict[str, int] = {}
 
     # ------------------------------------------------------------------ init / activations
 
@@ -238,9 +198,26 @@ class GaussianScene(Representation):
         self.log_scales.fill_(math.log(scale))
         self.quats.zero_()
         self.quats[:, 0] = 1.0  # identity rotation (the initial Gaussians are isotropic anyway)
-        self.opacity_logits.fill_(_logit(cfg.init_opacity))
+        self.opacity_logits.fill_(logit(cfg.init_opacity))
         albedo = 0.5 + cfg.init_color_spread * (2 * torch.rand(n, 3, generator=gen) - 1)
         self.albedo_logits.copy_(torch.logit(albedo))
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any],
+                      background: tuple[float, float, float] | None) -> GaussianScene:
+        """Sized by the settings; over grey when the prior has no background, since a learnable one would let SDS
+        explain the object with it."""
+        config = GaussianConfig(num_points=settings["gaussian_points"], max_points=settings["gaussian_max_points"],
+                                opacity_reset_at=(0.3,) if settings["gaussian_opacity_reset"] else (),
+                                antialiased=settings["gaussian_antialiased"],
+                                supersample=settings["gaussian_supersample"])
+        return cls(config, background=background or (0.5, 0.5, 0.5), seed=settings["seed"])
+
+    @classmethod
+    def from_checkpoint(cls, state_dict: dict[str, Tensor], extra: dict[str, Any], settings: Mapping[str, Any],
+                        background: tuple[float, float, float] | None) -> GaussianScene:
+        """The saved count (after densification), configuration and background, whatever the settings say."""
+        return cls.from_state(state_dict, extra)
 
     @property
     def num_points(self) -> int:
@@ -290,8 +267,6 @@ class GaussianScene(Representation):
             height * k, backgrounds=self.background.to(self.means.dtype).expand(B, 3), backend=self.config.splatting,
             antialiased=self.config.antialiased,
         )
-        if out.means2d.requires_grad:
-            self._pending.append((out.means2d, out.visible, width * k, height * k))
         rgb, alpha, depth = (t.permute(0, 3, 1, 2) for t in (out.rgb, out.alpha, out.depth))
         # 4 a (1 - a) on the rasterised samples (before the pixel mean, so that an edge pixel half covered by an
         # opaque surface costs nothing), summed over the image's pixels and averaged over views like the
@@ -303,7 +278,8 @@ class GaussianScene(Representation):
             # Depth is a mean over what was hit, so its samples are weighted by their alpha.
             depth = F.avg_pool2d(depth * alpha, k) / pixel_alpha.clamp(min=1e-10)
             rgb, alpha = F.avg_pool2d(rgb, k), pixel_alpha
-        return RenderOutput(rgb=rgb, opacity=alpha, depth=depth, losses=losses)
+        return RenderOutput(rgb=rgb, opacity=alpha, depth=depth, losses=losses,
+                            info=SplatInfo(out.means2d, out.visible, width * k, height * k))
 
     # ------------------------------------------------------------------ fields for mesh export
 
@@ -461,138 +437,8 @@ class GaussianScene(Representation):
             for name in PARAMETER_NAMES
         ]
 
-    def before_step(self, step: int, total: int) -> None:
-        # Renders since the last after_step that were never backpropagated (previews) carry no gradient.
-        self._pending.clear()
-
-    def after_step(self, step: int, total: int, optimiser: torch.optim.Optimizer) -> None:
-        """Accumulate positional gradients; densify/prune and reset opacity on schedule; decay the position lr.
-
-        ``step`` counts from 0 and ``total`` is the run's number of steps.
-        """
-        cfg = self.config
-        self._accumulate_gradients()
-        done = step + 1
-        if cfg.densify and total > 0:
-            every = max(1, round(cfg.densify_every * total))
-            if cfg.densify_from * total <= done <= cfg.densify_until * total and done % every == 0:
-                self.densify_and_prune(optimiser)
-            if any(done == max(1, round(f * total)) for f in cfg.opacity_reset_at):
-                self.reset_opacity(optimiser)
-        progress = min(1.0, done / max(1, total))
-        for group in optimiser.param_groups:
-            if group.get("name") == "means" and "base_lr" in group:
-                group["lr"] = group["base_lr"] * cfg.lr_means_final**progress
-
-    @torch.no_grad()
-    def _accumulate_gradients(self) -> None:
-        n = self.num_points
-        if self._grad_sum is None or self._grad_sum.shape[0] != n:
-            self._grad_sum = torch.zeros(n, device=self.means.device)
-            self._grad_count = torch.zeros(n, device=self.means.device)
-        for means2d, visible, width, height in self._pending:
-            grad = means2d.grad
-            if grad is None or grad.shape[1] != n:
-                continue
-            # gsplat's normalisation: pixels -> NDC (x width/2) and undo the loss's mean over views (x views).
-            # (Python scalars, not a small tensor: building one on the host would be a copy that syncs every step.)
-            scaled = torch.stack([grad[..., 0] * (width / 2), grad[..., 1] * (height / 2)], dim=-1) * grad.shape[0]
-            norm = scaled.norm(dim=-1) * visible  # B N
-            self._grad_sum += norm.sum(0)
-            self._grad_count += visible.sum(0)
-        self._pending.clear()
-
-    def _reset_stats(self) -> None:
-        self._grad_sum = torch.zeros(self.num_points, device=self.means.device)
-        self._grad_count = torch.zeros(self.num_points, device=self.means.device)
-
-    @torch.no_grad()
-    def reset_opacity(self, optimiser: torch.optim.Optimizer | None = None) -> None:
-        """Clamp opacities to ``opacity_reset_value`` and clear their Adam moments (3DGS's reset)."""
-        cap = _logit(self.config.opacity_reset_value)
-        self.opacity_logits.clamp_(max=cap)
-        if optimiser is not None:
-            for value in optimiser.state.get(self.opacity_logits, {}).values():
-                if torch.is_tensor(value) and value.shape == self.opacity_logits.shape:
-                    value.zero_()
-
-    @torch.no_grad()
-    def densify_and_prune(self, optimiser: torch.optim.Optimizer | None = None) -> dict[str, int]:
-        """Clone small and split large high-gradient Gaussians, then prune transparent and huge ones.
-
-        Returns counts (also kept in ``last_densify``). The optimiser's params and Adam state follow.
-        """
-        cfg = self.config
-        n = self.num_points
-        if self._grad_sum is None or self._grad_sum.shape[0] != n:
-            self._reset_stats()
-        avg_grad = self._grad_sum / self._grad_count.clamp(min=1)
-        scales = self.scales()
-        max_scale = scales.max(dim=-1).values
-
-        # Growth: candidates above the threshold, best first, within the round's budget and the cap.
-        candidates = torch.nonzero(avg_grad > cfg.grad_threshold, as_tuple=True)[0]
-        candidates = candidates[torch.argsort(avg_grad[candidates], descending=True)]
-        budget = max(0, min(int(cfg.max_growth * n), cfg.max_points - n))
-        chosen = candidates[:budget]  # each clone or split adds one Gaussian net
-        is_large = max_scale[chosen] > cfg.split_scale
-        clone_idx, split_idx = chosen[~is_large], chosen[is_large]
-
-        # Split children: two samples from the parent Gaussian, scales / split_factor (3DGS).
-        rot = quat_to_rotmat(self.quats[split_idx])
-        offsets = torch.randn(2, split_idx.shape[0], 3, device=self.means.device) * scales[split_idx]
-        child_means = (self.means[split_idx][None] + (rot[None] @ offsets[..., None])[..., 0]).reshape(-1, 3)
-        child_log_scales = (self.log_scales[split_idx] - math.log(cfg.split_factor)).repeat(2, 1)
-
-        keep_mask = torch.ones(n, dtype=torch.bool, device=self.means.device)
-        keep_mask[split_idx] = False
-        kept = torch.nonzero(keep_mask, as_tuple=True)[0]
-        n_new = clone_idx.shape[0] + 2 * split_idx.shape[0]
-
-        def grow(name: str, children: Tensor | None = None) -> Tensor:
-            p = getattr(self, name)
-            child = children if children is not None else p[split_idx].repeat(2, *([1] * (p.dim() - 1)))
-            return torch.cat([p[kept], p[clone_idx], child])
-
-        values = {
-            "means": grow("means", child_means),
-            "log_scales": grow("log_scales", child_log_scales),
-            "quats": grow("quats"),
-            "opacity_logits": grow("opacity_logits"),
-            "albedo_logits": grow("albedo_logits"),
-        }
-        # Kept rows keep their Adam moments; clones and children start from zero state (3DGS, gsplat).
-        source = torch.cat([kept, torch.full((n_new,), -1, dtype=torch.long, device=kept.device)])
-
-        # Prune: transparent or huge; never everything.
-        opacity = torch.sigmoid(values["opacity_logits"])
-        huge = values["log_scales"].exp().max(dim=-1).values > cfg.prune_scale
-        survive = ~((opacity < cfg.prune_opacity) | huge)
-        if not survive.any():
-            survive[opacity.argmax()] = True
-        values = {k: v[survive] for k, v in values.items()}
-        source = source[survive]
-
-        self._replace_parameters(values, source, optimiser)
-        self.last_densify = {
-            "cloned": int(clone_idx.shape[0]),
-            "split": int(split_idx.shape[0]),
-            "pruned": int((~survive).sum()),
-            "count": self.num_points,
-        }
-        return self.last_densify
-
-    def _replace_parameters(
-        self, values: dict[str, Tensor], source: Int[Tensor, "M"], optimiser: torch.optim.Optimizer | None
-    ) -> None:
-        for name, value in values.items():
-            old = getattr(self, name)
-            new = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
-            if optimiser is not None:
-                replace_optimiser_param(optimiser, old, new, source)
-            setattr(self, name, new)
-        self._pending.clear()
-        self._reset_stats()
+    def strategy(self) -> DensifyStrategy:
+        return DensifyStrategy(self.config)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -607,7 +453,7 @@ class GaussianScene(Representation):
         }
 
     @classmethod
-    def from_state(cls, state_dict: dict[str, Tensor], extra: dict[str, Any]) -> "GaussianScene":
+    def from_state(cls, state_dict: dict[str, Tensor], extra: dict[str, Any]) -> GaussianScene:
         """A scene with the saved count (after densification) holding the saved parameters."""
         known = {f.name for f in fields(GaussianConfig)}
         config = GaussianConfig(**{k: v for k, v in extra.get("config", {}).items() if k in known})
@@ -627,17 +473,14 @@ class GaussianScene(Representation):
                 old = getattr(self, name)
                 empty = torch.empty(state_dict[key].shape, dtype=old.dtype, device=old.device)
                 setattr(self, name, nn.Parameter(empty, requires_grad=old.requires_grad))
-        self._pending.clear()
-        self._grad_sum = self._grad_count = None
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
 
 __all__ = [
-    "GaussianScene",
-    "GaussianConfig",
     "PARAMETER_NAMES",
-    "replace_optimiser_param",
+    "GaussianConfig",
+    "GaussianScene",
     "mean_nearest_neighbour_distance",
 ]

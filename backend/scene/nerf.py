@@ -10,6 +10,7 @@ the orientation loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,7 +21,6 @@ from torch import Tensor, nn
 from backend.scene.cameras import Views, ray_bundle
 from backend.scene.hashgrid import HashGrid
 from backend.scene.representation import RenderOutput, Representation
-
 
 # surface_albedo(): the viewing ray starts this far outside the surface point and ends as far inside (world units;
 # objects span about 0.7), with this many samples; below SURFACE_MIN_ALPHA accumulated opacity a point counts as
@@ -33,6 +33,12 @@ SURFACE_POINT_CHUNK = 8192
 
 class NeRFScene(Representation):
     kind = "nerf"
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], background: tuple[float, float, float] | None) -> NeRFScene:
+        return cls(grid_levels=settings["nerf_grid_levels"], grid_log2_table=settings["nerf_grid_log2_table"],
+                   samples_per_ray=settings["nerf_samples_per_ray"], background=background,
+                   normal_eps=settings["nerf_normal_eps"])
 
     def __init__(
         self,

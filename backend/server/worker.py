@@ -189,16 +189,15 @@ class WorkerProcess:
     def _trainer(self, spec: dict[str, Any], prior: Any) -> Any:
         from backend.train import Cadence, Trainer
 
-        if spec.get("source_checkpoint") is None:
-            trainer = Trainer(prior, spec["prompt"], spec["settings"], device=self.device)
-        else:
-            trainer = Trainer.from_checkpoint(Path(spec["source_checkpoint"]), prior, self.device, spec["prompt"],
-                                              spec["settings"])
-            trainer.extend(spec["refine_steps"])
         stream = spec["stream"]
-        trainer.cadence = Cadence.from_settings(
-            trainer.settings, progress_every=1, preview_views=stream["preview_views"],
-            preview_size=stream["preview_size"], mesh_every=stream["mesh_every"])
+        # A refine's settings are complete (the server validated them over its source's), so they are the run's.
+        cadence = Cadence.from_settings(spec["settings"], progress_every=1, preview_views=stream["preview_views"],
+                                        preview_size=stream["preview_size"], mesh_every=stream["mesh_every"])
+        if spec.get("source_checkpoint") is None:
+            return Trainer(prior, spec["prompt"], spec["settings"], device=self.device, cadence=cadence)
+        trainer = Trainer.from_checkpoint(Path(spec["source_checkpoint"]), prior, self.device, spec["prompt"],
+                                          spec["settings"], cadence=cadence)
+        trainer.extend(spec["refine_steps"])
         return trainer
 
     def _events(self, spec: dict[str, Any], folder: Path) -> Any:

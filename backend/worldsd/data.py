@@ -26,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.priors.procedural import world
-from backend.scene.cameras import sample_orbit_views, view_suffix
+from backend.scene.cameras import CameraConfig, sample_orbit_views, view_suffix
 from shared.settings import BSD_NEGATIVE, CSD_NEGATIVE, NFSD_NEGATIVE, TARGET_NEGATIVE_DESCRIPTORS, defaults
 
 # The product's negative texts, which world-SD must know as it knows any descriptor.
@@ -169,7 +169,7 @@ class WorldImages:
 
     def _render_pool(self, index: int) -> tuple[world.ShapeRender, list[tuple[float, float]]]:
         generator = torch.Generator().manual_seed(stream_seed(self.seed, 1, index))
-        views, angles = sample_orbit_views(self.pool_views, self.band.settings(), generator)
+        views, angles = sample_orbit_views(self.pool_views, CameraConfig.from_settings(self.band.settings()), generator)
         views = views.to(self.device)
         parts = [world.render_shapes(views.select(list(range(i, min(i + self.render_chunk, len(views))))),
                                      self.size)

@@ -25,9 +25,11 @@ def schema_report(mod) -> dict:
     settings = sys.modules[f"{h.MODULE}._vendor.shared.settings"]
     schema_ui = sys.modules[f"{h.MODULE}.schema_ui"]
     rna = bpy.types.Scene.bl_rna.properties["tbsd"].fixed_type.properties
-    drawn = set()
+    by_representation: dict[str, set[str]] = {r: set() for r in settings.REPRESENTATIONS}
     for method in settings.METHODS:
-        drawn |= schema_ui.drawn_names(method)
+        for representation in settings.REPRESENTATIONS:
+            by_representation[representation] |= schema_ui.drawn_names(method, representation)
+    drawn = set().union(*by_representation.values())
     problems = []
     for name, s in settings.SCHEMA.items():
         if name in schema_ui.HIDDEN:
@@ -38,7 +40,7 @@ def schema_report(mod) -> dict:
             problems.append(f"{name}: no property")
             continue
         if name not in drawn:
-            problems.append(f"{name}: not drawn for any method")
+            problems.append(f"{name}: not drawn for any method and representation")
         p = rna[name]
         if s.choices is not None:
             if p.type != "ENUM" or [i.identifier for i in p.enum_items] != list(s.choices):
@@ -60,7 +62,7 @@ def schema_report(mod) -> dict:
         elif p.default != s.default:
             problems.append(f"{name}: default {p.default!r} != {s.default!r}")
     return {"n_schema": len(settings.SCHEMA), "hidden": sorted(schema_ui.HIDDEN), "problems": problems,
-            "drawn": sorted(drawn)}
+            "drawn": sorted(drawn), "by_representation": {r: sorted(n) for r, n in by_representation.items()}}
 
 
 def ui_calls_report(mod) -> list[str]:

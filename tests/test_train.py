@@ -1,0 +1,57 @@
+"""The training loop's own contracts at toy sizes on the CPU: the cadence it is given, its phase timings, and the
+representation's strategy run after each optimiser step with the step's render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.priors.procedural.prior import ProceduralPrior
+from backend.train import PHASES, Cadence, Trainer, TrainEvents
+from shared.settings import validate
+
+
+@pytest.fixture(scope="module")
+def prior() -> ProceduralPrior:
+    return ProceduralPrior(resolution=32)
+
+
+def _settings(**extra):
+    return validate({"quality": "draft", "representation": "gaussians", "gaussian_points": 300,
+                     "camera_bank_size": 4, "preview_every": 0, "checkpoint_every": 0, **extra})
+
+
+def _preview_steps(trainer: Trainer) -> list[int]:
+    seen: list[int] = []
+    trainer.run(TrainEvents(on_preview=lambda step, strip: seen.append(step)))
+    return seen
+
+
+def test_a_cadence_given_at_construction_is_the_runs_and_survives_a_resume(prior, tmp_path: Path):
+    settings = _settings(steps=4)
+    assert _preview_steps(Trainer(prior, "a red cube", settings)) == []  # the settings': no previews
+    cadence = Cadence(preview_every=2, preview_views=1, preview_size=16)
+    trainer = Trainer(prior, "a red cube", settings, cadence=cadence)
+    assert _preview_steps(trainer) == [2, 4]
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior, cadence=Cadence(preview_every=1,
+                                                                                         preview_size=16))
+    resumed.extend(2)
+    assert _preview_steps(resumed) == [5, 6]
+
+
+def test_the_trainer_runs_the_gaussians_strategy_on_its_schedule(prior):
+    """Densification rounds every tenth of the run from 10% to 60% (GaussianConfig): a 20-step run densifies
+    after steps 2, 4, ..., 12 and never after; each round starts the gradient statistics afresh."""
+    trainer = Trainer(prior, "a red cube", _settings(steps=20, gaussian_max_points=100000))
+    counts, sums = [], []
+    for _ in range(20):
+        trainer.train_step()
+        counts.append(trainer.scene.num_points)
+        sums.append(float(trainer.strategy_state.grad_sum.sum()))
+    changed = [i + 1 for i in range(1, 20) if counts[i] != counts[i - 1]]
+    assert changed and set(changed) <= {2, 4, 6, 8, 10, 12}, counts
+    for step in changed:
+        assert sums[step - 1] == 0.0 and sums[step - 2] > 0.0
+    assert set(trainer.timings) == set(PHASES) and all(v > 0 for v in trainer.timings.values())
