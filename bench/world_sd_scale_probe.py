@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from backend.priors import load_prior  # noqa: E402
 from backend.priors.base import PromptSet  # noqa: E402
 from backend.priors.procedural import world  # noqa: E402
-from backend.scene.cameras import Views, orbit_views, sample_orbit_views, view_suffix  # noqa: E402
+from backend.scene.cameras import CameraConfig, Views, orbit_views, sample_orbit_views, view_suffix  # noqa: E402
 from shared.settings import defaults  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     scales = [float(s) for s in args.scales.split(",")]
     timesteps = [int(t) for t in args.timesteps.split(",")]
     gen = torch.Generator().manual_seed(args.seed)
-    views, angles = sample_orbit_views(args.views, settings, gen)
+    views, angles = sample_orbit_views(args.views, CameraConfig.from_settings(settings), gen)
     # Distances back from the camera positions (sample_orbit_views draws them inside).
     distances = views.origins.norm(dim=-1)
     dev_views = views.to(prior.device)
