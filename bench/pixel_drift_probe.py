@@ -26,7 +26,8 @@ from backend.distill.step import distillation_loss, prompt_set  # noqa: E402
 from backend.priors import load_prior  # noqa: E402
 from backend.priors.procedural import world  # noqa: E402
 from backend.scene.cameras import orbit_views, view_suffix  # noqa: E402
-from shared.settings import validate  # noqa: E402
+from backend.distill.timesteps import timestep_weight  # noqa: E402
+from shared.settings import resolved_weighting, validate  # noqa: E402
 
 LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's step on pixel values.")
     parser.add_argument("--progress", type=float, default=0.6, help="The run fraction the timestep schedule sees.")
+    parser.add_argument("--target", default="latent", choices=("latent", "image"),
+                        help="latent: the method's gradient pulled back through the encoder (what 3D runs do); image: "
+                             "the method's one-step estimate of the clean latent, z - sqrt((1 - abar) / abar) g, "
+                             "decoded, and the pixels pulled towards it (an image-space target, as HiFA does)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -67,14 +72,27 @@ def main(argv: list[str] | None = None) -> int:
         for step in range(args.steps):
             v = step % len(azimuths)
             prompts = prompt_set(args.prompt + view_suffix(azimuths[v], elevations[v]), settings)
-            x = prior.encode(image[v : v + 1].clamp(0, 1))
-            result = distillation_loss(prior, x, prompts, settings, args.progress, generator,
-                                       views.select([v]) if prior.camera_aware else None)
             optimiser.zero_grad(set_to_none=True)
-            result.loss.backward()
+            if args.target == "latent":
+                x = prior.encode(image[v : v + 1].clamp(0, 1))
+                result = distillation_loss(prior, x, prompts, settings, args.progress, generator,
+                                           views.select([v]) if prior.camera_aware else None)
+                result.loss.backward()
+            else:
+                with torch.no_grad():
+                    z = prior.encode(image[v : v + 1].clamp(0, 1)).float()
+                z.requires_grad_(True)
+                result = distillation_loss(prior, z, prompts, settings, args.progress, generator,
+                                           views.select([v]) if prior.camera_aware else None)
+                result.loss.backward()  # z.grad = w(t) g
+                with torch.no_grad():
+                    abar = prior.alphas_cumprod[result.t].float().view(-1, 1, 1, 1)
+                    g = z.grad / timestep_weight(resolved_weighting(settings), abar)
+                    clean = prior.decode(z - ((1 - abar) / abar).sqrt() * g).float()
+                (0.5 * (image[v : v + 1] - clean).pow(2).sum()).backward()
             optimiser.step()
         final = image.detach().clamp(0, 1)
-        rows[method] = {"settings": json.loads(args.settings), "high_frequency": high_frequency(final),
+        rows[method] = {"settings": json.loads(args.settings), "target": args.target, "high_frequency": high_frequency(final),
                         "rmse_to_truth": float((final - truth).pow(2).mean().sqrt()),
                         "mean_rgb": final.mean(dim=(0, 2, 3)).tolist()}
         print(json.dumps({"method": method, **rows[method]}), flush=True)
