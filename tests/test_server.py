@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 
-from backend.server.meshfile import read_glb
+from backend.export.meshfile import read_glb
 from server_support import (LONG, QUIET_STREAM, ROOT, STREAM, TINY, ServerProcess, client, drain, free_port,
                             owner_of, run_to_end, submit, wait_for)
 from shared import protocol as P

@@ -1,6 +1,6 @@
 """The server against hostile clients, dying workers and killed servers: real `python -m backend serve`
 processes (one per test where a test disturbs its server), real zmq sockets, worker faults injected through
-environment variables only a test sets (backend/server/worker.py, backend/files.py).
+environment variables only a test sets (backend/jobs/worker.py, backend/files.py).
 
 What was not run here: a real CUDA out-of-memory on a GPU. The worker raises torch.cuda.OutOfMemoryError on
 the CPU through its test hook, which exercises the same handling (the exception type, the record, the restart).
@@ -211,7 +211,7 @@ def test_pings_stay_under_100ms_while_a_job_exports_at_mesh_resolution_256(tmp_p
 _HOLD_WORKER = """
 import os, sys, time
 gate = os.environ.get("TBSD_TEST_WORKER_GATE")
-if gate and "backend.server.worker" in sys.orig_argv:
+if gate and "backend.jobs.worker" in sys.orig_argv:
     open(gate + ".held", "w").close()
     while os.path.exists(gate):
         time.sleep(0.05)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from backend.export.field import DEFAULT_BOUND, FieldFn, SurfaceFn, density_grid, fill_enclosed, level_from_renders
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
+from backend.export.meshfile import mesh_arrays
 from backend.export.texture import bake_texture, rasterise_uv, vertex_colours
 from backend.export.uv import unwrap_uvs
 from backend.export.writers import write_glb, write_obj, write_ply
@@ -121,6 +122,9 @@ def export_mesh(
         t = time.perf_counter()
         if "glb" in formats:
             files["glb"] = str(write_glb(out_dir / f"{stem}.glb", uv_mesh, uvs, texture, name=stem))
+            # Not JSON: what the GLB holds, as wire arrays (meshfile.py), which the server sends instead of reading
+            # the file back; callers that record the result leave it out.
+            result["arrays"] = mesh_arrays(uv_mesh, uvs, texture)
         if "obj" in formats:
             written = write_obj(out_dir / f"{stem}.obj", uv_mesh, uvs, texture)
             files.update({key: str(value) for key, value in written.items()})

@@ -23,7 +23,7 @@ from shared.status import LIVE_STATUSES, JobStatus
 SUMMARY_KEYS = ("job", "status", "prompt", "parent", "created", "ended", "steps_done", "total", "error",
                 "representation", "method")
 # What a job that did not finish may keep: its record and its (atomically written) checkpoint.
-UNFINISHED_KEEP = (records.RECORD_FILE, "checkpoint.pt")
+UNFINISHED_KEEP = (records.RECORD_FILE, records.CHECKPOINT_FILE)
 
 
 class ResultsRefused(ValueError):
