@@ -54,6 +54,7 @@ class JobRun:
         self.load_seconds = 0.0
         self.train_seconds = 0.0
         self.started: str | None = None
+        self.resumed_at: int | None = None  # the step this job's own checkpoint held (a restarted server's resume)
 
     def prepare(self) -> Trainer:
         plan, s = self.plan, self.plan.settings
@@ -63,6 +64,7 @@ class JobRun:
         self.load_seconds = time.perf_counter() - t0
         if plan.resume is not None:
             trainer = Trainer.from_checkpoint(plan.resume, prior, self.device)
+            self.resumed_at = trainer.step
         elif plan.source is not None:
             trainer = Trainer.from_checkpoint(plan.source, prior, self.device, plan.prompt, plan.overrides)
             if plan.more_steps is not None:
@@ -88,10 +90,13 @@ class JobRun:
         if self.plan.checkpoint:
             # Before the export: a job killed while exporting is finished from here, without training again.
             trainer.save_checkpoint(self.plan.folder / CHECKPOINT_FILE)
-        known = {"started": self.started, **dict(record or {}), "seconds": {"load_prior": self.load_seconds, "train": self.train_seconds},
+        known = {"started": self.started, **dict(record or {}),
+                 "seconds": {"load_prior": self.load_seconds, "train": self.train_seconds},
                  "steps_per_second": trainer.step / max(self.train_seconds, 1e-9), "ended": records.now()}
         if self.plan.checkpoint:
             known["checkpoint"] = CHECKPOINT_FILE
+        if self.resumed_at is not None:
+            known["resumed_at_step"] = self.resumed_at  # == steps_done: only the export ran again
         return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint)
 
 

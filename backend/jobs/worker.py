@@ -3,8 +3,9 @@
 Jobs never run in the server's process: whatever a job does (hold the GIL in xatlas for seconds, segfault in
 an extension, exhaust GPU memory, hang) the server's ROUTER loop keeps answering, and the server kills and
 replaces a worker that died or went silent (backend/jobs/executor.py). The worker talks to the server over a
-DEALER socket (``ZmqChannel``; a Ray actor gives the same runner an in-process ``Channel`` instead) on a private ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is
-pickled). It writes every file of its job, job.json last (backend/jobs/finish.py ``finish_job``). It holds the
+DEALER socket (``ZmqChannel``; a Ray actor gives the same runner an in-process ``Channel`` instead) on a private
+ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is pickled). It runs each job
+through the one runner (backend/jobs/runner.py) and writes every file of its job, job.json last. It holds the
 priors: the last job's stays loaded, and a job whose ``model`` setting names another switches to it
 (backend/jobs/models.py ``PriorCache``); the server only checks that the model is on the machine.
 
@@ -16,7 +17,7 @@ Messages from the server: ``run`` (``spec``: a JobSpec as JSON), ``stop`` (``job
 Test hook (never reachable from the wire): ``TBSD_TEST_WORKER_FAULTS="oom@2,segv@1,hang@1,..."`` with
 ``TBSD_TEST_FAULT_DIR``: the n-th job any worker of that server starts gets the n-th fault at that step
 (``oom`` raises torch.cuda.OutOfMemoryError, ``cuda_oom`` asks the GPU for 64 TiB, ``segv`` dereferences NULL,
-``hang`` sleeps forever).
+``hang`` sleeps forever). ``TBSD_TEST_KILL_AT_PUBLISH`` (backend/files.py) kills the server at a job's N-th write.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class WorkerProcess:
 
         spec = JobSpec.from_json(payload)
         self.job, self.stop, self.prior_loaded = spec, None, None
-        self._claim_fault()
+        self._claim_fault(spec)
         folder = self.results.job_dir(spec.id)
         run: JobRun | None = None
         status, restart = JobStatus.FAILED, False
@@ -297,8 +298,17 @@ class WorkerProcess:
         self.send({"type": "error", "code": "job_failed", "fatal": True, "message": f"job {spec.id} failed: {text}"})
 
     # --- test hook -----------------------------------------------------------------------------------------
-    def _claim_fault(self) -> None:
+    def _claim_fault(self, spec: JobSpec) -> None:
         self.fault = None
+        kill_at = os.environ.get("TBSD_TEST_KILL_AT_PUBLISH")
+        if kill_at:  # backend/files.py: "N[+][@R]", comma-separated: the publish to kill at in a job's R-th resumption
+            from backend.files import arm_kill_hook
+
+            points = {}
+            for item in kill_at.split(","):
+                point, _, run = item.partition("@")
+                points[int(run or 0)] = point
+            arm_kill_hook(points.get(spec.recovered))
         faults, folder = os.environ.get("TBSD_TEST_WORKER_FAULTS"), os.environ.get("TBSD_TEST_FAULT_DIR")
         if not faults or not folder:
             return
@@ -333,10 +343,6 @@ class WorkerProcess:
 def main(argv: list[str]) -> int:
     endpoint, identity, results, device = argv
     _die_with_parent()
-    if os.environ.get("TBSD_TEST_KILL_AT_PUBLISH"):  # test hook (backend/files.py); never set in production
-        from backend.files import arm_kill_hook
-
-        arm_kill_hook(os.environ["TBSD_TEST_KILL_AT_PUBLISH"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal goes to the server, which decides
     try:
         os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care

@@ -30,6 +30,7 @@ import zmq
 from backend.export.meshfile import read_glb
 from backend.jobs.admission import Admission, Refused
 from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
+from backend.jobs.recovery import recover
 from backend.jobs.models import local_models
 from backend.jobs.results import ResultStore
 from backend.jobs.scheduler import Scheduler
@@ -48,8 +49,11 @@ TRACK_MIN_BYTES = 64 * 1024  # messages above this count towards a connection's 
 SEND_HWM = 1000  # messages queued per connection; with the byte budget this bounds memory per slow reader
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _created() -> str:
+    """A job's ``created``, to the millisecond: jobs queued in one second keep their order in ``list`` and in the
+    queue a restarted server rebuilds (backend/jobs/recovery.py sorts by it)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 @dataclass
@@ -88,9 +92,8 @@ class Server:
         self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
-        lost = self.store.load()
-        if lost:
-            log.warning("jobs left running by a previous server are marked lost: %s", ", ".join(lost))
+        # A dead server's queued and running jobs, queued again under their ids (or lost: backend/jobs/recovery.py).
+        recovered = recover(self.store, self.store.load())
         self.identities = Identities(self.store.root / ".server_secret")
         self.curve = curve
         self.shutdown_grace_s = shutdown_grace_s
@@ -110,6 +113,9 @@ class Server:
             ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
         self.queue = Scheduler(executor)  # the order jobs start in; batch schedules through the same
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
+        for spec in recovered.resumed:  # their owners' events go to them once they say hello again
+            self.jobs[spec.id] = Job(spec, b"", b"")
+            self.queue.add(spec)
         self.sessions: dict[bytes, Session] = {}
         self.last_heartbeat = 0.0
         self.stopping: str | None = None
@@ -414,7 +420,8 @@ class Server:
         stream = P.check_stream(m.get("stream"), rid)
         settings = self._admit(prompt, m.get("settings"), None, rid)
         self._check_queue(identity, rid)
-        job = self._queue(identity, JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _now()))
+        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created())
+        job = self._queue(identity, spec)
         self.reply(identity, m, {"type": "accepted", "job": job.id, "position": self._position(job)})
 
     def _live_job(self, identity: bytes, job_id: str) -> Job | None:
@@ -477,7 +484,7 @@ class Server:
         settings = self._admit(prompt, given, base, rid)
         self._check_queue(identity, rid)
         stream = P.check_stream(m.get("stream") or source.get("stream"), rid)
-        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _now(), parent=source_id,
+        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created(), parent=source_id,
                        source_checkpoint=str(checkpoint), refine_steps=settings["steps"] if "steps" in given
                        else int(base.get("steps", 1)))
         # A running source stops after its step and checkpoints; its continuation runs next.
