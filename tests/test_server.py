@@ -197,6 +197,30 @@ def test_refine_continues_a_finished_job_with_a_new_prompt(server, finished_job)
     c.close()
 
 
+def test_steps_keep_their_message_meaning_and_a_refine_defaults_to_its_sources_own_count(server, finished_job):
+    """submit's steps are the run's total, refine's how many more (by default as many as its source was asked
+    for); job.json keeps the message's settings and counts the whole in total/steps_done, so a refine of a refine
+    adds the same again, not the cumulative count."""
+    accepted, _ = finished_job  # submitted with TINY's 8 steps
+    c = client(server, "streamer")
+    totals = []
+    source = accepted.job
+    for _ in range(2):
+        rid = c.send_refine(source, stream=QUIET_STREAM)  # no settings: every default from the source
+        refined = wait_for(c, lambda m: m.get("id") == rid, 10)
+        assert refined.type == "accepted", refined.header
+        messages = run_to_end(c, refined.job)
+        assert messages[-1].type == "finished", [m.header for m in messages]
+        started = next(m for m in messages if m.type == "started")
+        totals.append((started["step"], started["total"]))
+        record = json.loads((server.results / refined.job / "job.json").read_text())
+        assert record["settings"]["steps"] == TINY["steps"], record["settings"]  # the message's: 8 more
+        assert record["total"] == record["steps_done"] == started["total"]
+        source = refined.job
+    assert totals == [(8, 16), (16, 24)]
+    c.close()
+
+
 def test_refine_of_a_running_job_stops_it_and_continues_its_state(server):
     c = client(server, "live-refiner")
     source = submit(c, settings=LONG).job

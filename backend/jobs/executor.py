@@ -81,18 +81,19 @@ class JobSpec:
                            overrides=self.settings, more_steps=self.refine_steps)
         return JobPlan(self.prompt, self.settings, folder)
 
-    def record(self, status: JobStatus, *, settings: dict[str, Any] | None = None, prior_loaded: Any = None,
-               head: dict[str, Any] | None = None, process: dict[str, Any] | None = None,
-               **extra: Any) -> dict[str, Any]:
-        """This job's record (backend/records.py ``job_record``); ``ended`` is now unless given. It carries what
-        a restarted server needs to run the job again (backend/jobs/recovery.py)."""
+    def record(self, status: JobStatus, *, prior_loaded: Any = None, head: dict[str, Any] | None = None,
+               process: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """This job's record (backend/records.py ``job_record``); ``ended`` is now unless given. Its ``settings``
+        are the job's as its message gave them, so ``steps`` keeps the message's meaning (a refine's: how many
+        more); the cumulative count is ``total``/``steps_done``. It carries what a restarted server needs to run
+        the job again (backend/jobs/recovery.py)."""
         restart: dict[str, Any] = {}
         if self.source_checkpoint is not None:
             restart.update(source_checkpoint=self.source_checkpoint, refine_steps=self.refine_steps)
         if self.recovered:
             restart["recovered"] = self.recovered
         return records.job_record(status, job=self.id, owner=self.owner, prompt=self.prompt, parent=self.parent,
-                                  created=self.created, settings=settings or self.settings, stream=self.stream,
+                                  created=self.created, settings=self.settings, stream=self.stream,
                                   prior_loaded=prior_loaded, head=head, process=process,
                                   **{"ended": records.now(), **extra, **restart})
 

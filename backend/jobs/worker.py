@@ -148,12 +148,12 @@ class WorkerProcess:
         prior, self.prior_loaded = self.priors.get(model, procedural_resolution)
         return prior
 
-    def base_record(self, spec: JobSpec, status: JobStatus, settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def base_record(self, spec: JobSpec, status: JobStatus, **extra: Any) -> dict[str, Any]:
         # A Ray actor's name, and the attempt when an earlier one's actor died (backend/jobs/ray_executor.py).
         head: dict[str, Any] = {"worker": self.name} if self.name else {}
         if spec.attempt > 1:
             head["attempt"] = spec.attempt
-        return spec.record(status, settings=settings, prior_loaded=self.prior_loaded, head=head,
+        return spec.record(status, prior_loaded=self.prior_loaded, head=head,
                            process={"device": str(self.device), "worker_pid": os.getpid()}, **extra)
 
     def run_job(self, payload: dict[str, Any]) -> bool:
@@ -170,7 +170,7 @@ class WorkerProcess:
         status, restart = JobStatus.FAILED, False
         try:
             # Written first, so a server killed mid-job leaves a record a restarted server resumes from.
-            self.results.write_record(spec.id, self.base_record(spec, JobStatus.RUNNING, spec.settings, ended=None))
+            self.results.write_record(spec.id, self.base_record(spec, JobStatus.RUNNING, ended=None))
             run = JobRun(spec.plan(folder), self.device, self._load_prior)
             trainer = run.prepare()
             self._set_cadence(trainer, spec.stream)
@@ -259,7 +259,7 @@ class WorkerProcess:
         stop = self.stop or {}
         reason = stop.get("reason") or "cancel"
         status = JobStatus.INTERRUPTED if reason == "shutdown" else JobStatus.CANCELLED
-        record = self.base_record(spec, status, trainer.settings, steps_done=trainer.step, total=trainer.total,
+        record = self.base_record(spec, status, steps_done=trainer.step, total=trainer.total,
                                   stop_reason=reason, refined_by=stop.get("refined_by"), checkpoint=CHECKPOINT_FILE)
         self.results.write_record(spec.id, record)
         header: dict[str, Any] = {"type": "cancelled", "step": trainer.step, "reason": reason}
@@ -273,7 +273,7 @@ class WorkerProcess:
     def _finish(self, spec: JobSpec, run: Any) -> None:
         assert run.trainer is not None
         # Checkpoint, meshes, preview, then job.json: all on disk before the client hears "finished".
-        done = run.finish(self.base_record(spec, JobStatus.FINISHED, run.trainer.settings))
+        done = run.finish(self.base_record(spec, JobStatus.FINISHED))
         self.send({"type": "mesh", "step": run.trainer.step, "final": True}, done.arrays)
         record = done.record
         summary = {k: record[k] for k in ("steps_done", "total", "seconds", "mesh", "figures") if k in record}
@@ -287,8 +287,7 @@ class WorkerProcess:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             text = ("GPU out of memory: " + text + " (try fewer views_per_step, a lower render resolution or "
                     "quality draft); the worker process is restarted for the next job")
-        record = self.base_record(spec, JobStatus.FAILED, trainer.settings if trainer is not None else spec.settings,
-                                  error=text, traceback=traceback.format_exc()[-4000:],
+        record = self.base_record(spec, JobStatus.FAILED, error=text, traceback=traceback.format_exc()[-4000:],
                                   steps_done=trainer.step if trainer is not None else 0)
         try:
             self.results.fail_unfinished(spec.id, record)

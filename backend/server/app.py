@@ -30,8 +30,8 @@ import zmq
 from backend.export.meshfile import read_glb
 from backend.jobs.admission import Admission, Refused
 from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
-from backend.jobs.recovery import recover
 from backend.jobs.models import local_models
+from backend.jobs.recovery import recover
 from backend.jobs.results import ResultStore
 from backend.jobs.scheduler import Scheduler
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
@@ -471,8 +471,9 @@ class Server:
         if not running and not checkpoint.is_file():
             raise P.ProtocolError("bad_state", f"job {source_id} has no checkpoint to refine from "
                                                f"(status {(record or {}).get('status', live and live.status)})", rid)
-        source = {"settings": live.spec.settings, "prompt": live.spec.prompt, "stream": live.spec.stream} \
-            if live is not None else record
+        # One source of the defaults, live or not: the source's record, whose settings are the job's as given
+        # (written before it was accepted), so ``steps`` defaults to the source's own run length.
+        source = record or {}
         base = dict(source.get("settings") or {})
         given = m.get("settings") or {}
         for name in REFINE_FIXED:
@@ -484,9 +485,9 @@ class Server:
         settings = self._admit(prompt, given, base, rid)
         self._check_queue(identity, rid)
         stream = P.check_stream(m.get("stream") or source.get("stream"), rid)
+        # ``steps`` in a refine is how many more (validated over the source's: the source's own count by default).
         spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created(), parent=source_id,
-                       source_checkpoint=str(checkpoint), refine_steps=settings["steps"] if "steps" in given
-                       else int(base.get("steps", 1)))
+                       source_checkpoint=str(checkpoint), refine_steps=settings["steps"])
         # A running source stops after its step and checkpoints; its continuation runs next.
         job = self._queue(identity, spec, first=running)
         if running:
@@ -519,7 +520,8 @@ class Server:
         # Checked before reading the mesh: a client that does not read should not make the server decode more.
         if self._unread_bytes(identity) + TRACK_MIN_BYTES > self.max_unread_bytes:
             raise self._backlog(identity, rid)
-        public = {k: v for k, v in record.items() if k not in ("traceback", "owner")}
+        # Not the owner's hash, a traceback or a path on the server's disk (a refine's source checkpoint).
+        public = {k: v for k, v in record.items() if k not in ("traceback", "owner", "source_checkpoint")}
         self.reply(identity, m, {"type": "result", "job": job_id, "record": public}, read_glb(glb))
 
     def on_ping(self, identity: bytes, m: P.Message) -> None:
