@@ -70,16 +70,21 @@ class JobSpec:
         return json.loads(json.dumps(asdict(self)))
 
     def plan(self, folder: Path) -> "JobPlan":
-        """What the runner runs for this spec in ``folder``."""
+        """What the runner runs for this spec in ``folder``: progress every step (the worker beats on each, and
+        sends ``progress`` at the stream's rate), previews and intermediate meshes as the stream asks."""
         from backend.jobs.runner import JobPlan  # torch and the trainer: the worker's, not the server's imports
 
+        s = self.stream
+        plan = JobPlan(self.prompt, self.settings, folder, cadence={
+            "progress_every": 1, "preview_views": s["preview_views"], "preview_size": s["preview_size"],
+            "mesh_every": s["mesh_every"]})
         if self.resume_checkpoint is not None:
-            return JobPlan(self.prompt, self.settings, folder, resume=Path(self.resume_checkpoint))
-        if self.source_checkpoint is not None:
+            plan.resume = Path(self.resume_checkpoint)
+        elif self.source_checkpoint is not None:
             # A refine's settings are complete (validated over its source's), so all of them are laid over.
-            return JobPlan(self.prompt, self.settings, folder, source=Path(self.source_checkpoint),
-                           overrides=self.settings, more_steps=self.refine_steps)
-        return JobPlan(self.prompt, self.settings, folder)
+            plan.source, plan.overrides = Path(self.source_checkpoint), self.settings
+            plan.more_steps = self.refine_steps
+        return plan
 
     def record(self, status: JobStatus, *, prior_loaded: Any = None, head: dict[str, Any] | None = None,
                process: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

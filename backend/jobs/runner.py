@@ -23,7 +23,7 @@ import torch
 from backend import records
 from backend.jobs.finish import Finished, finish_job
 from backend.records import CHECKPOINT_FILE
-from backend.train import Trainer, TrainEvents
+from backend.train import Cadence, Trainer, TrainEvents
 
 # (model, procedural_resolution) -> the loaded prior
 PriorLoader = Callable[[str, int], Any]
@@ -41,6 +41,7 @@ class JobPlan:
     more_steps: int | None = None  # with ``source``: this many steps more (None: on to its run's end)
     resume: Path | None = None  # this job's own checkpoint: continue exactly (prompt and settings its own)
     checkpoint: bool = True  # keep checkpoint.pt beside the meshes (saved before the export)
+    cadence: Mapping[str, int] | None = None  # Cadence fields over the settings' (a server job's stream options)
 
 
 class JobRun:
@@ -71,6 +72,8 @@ class JobRun:
                 trainer.extend(plan.more_steps)
         else:
             trainer = Trainer(prior, plan.prompt, s, device=self.device)
+        if plan.cadence is not None:
+            trainer.cadence = Cadence.from_settings(trainer.settings, **plan.cadence)
         self.trainer = trainer
         return trainer
 

@@ -173,7 +173,6 @@ class WorkerProcess:
             self.results.write_record(spec.id, self.base_record(spec, JobStatus.RUNNING, ended=None))
             run = JobRun(spec.plan(folder), self.device, self._load_prior)
             trainer = run.prepare()
-            self._set_cadence(trainer, spec.stream)
             self.send({"type": "started", "step": trainer.step, "total": trainer.total})
             if run.train(self._events(spec, folder)):
                 self._finish(spec, run)
@@ -187,14 +186,6 @@ class WorkerProcess:
             self.send({"type": "_done", "status": status, "restart": restart})
             self.job = None
         return not restart
-
-    @staticmethod
-    def _set_cadence(trainer: Any, stream: dict[str, int]) -> None:
-        from backend.train import Cadence
-
-        trainer.cadence = Cadence.from_settings(
-            trainer.settings, progress_every=1, preview_views=stream["preview_views"],
-            preview_size=stream["preview_size"], mesh_every=stream["mesh_every"])
 
     def _events(self, spec: JobSpec, folder: Path) -> Any:
         from backend.train import TrainEvents
