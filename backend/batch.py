@@ -1,9 +1,9 @@
 """Many prompts, one command: ``python -m backend batch PROMPTS --out DIR [--executor local|ray]``.
 
-Each row runs as a job through the server's executors (backend/server/executor.py): ``local`` runs ``--workers``
-worker processes on this machine, ``ray`` one actor per GPU of a Ray cluster. Both run the worker's own job
-code, so a row's folder holds exactly what a server job's does (mesh.glb, mesh.obj, mesh.ply, preview.png,
-checkpoint.pt, job.json last, all written atomically). A row is finished only when its job.json says
+Each row runs as a job through the server's scheduler and executors (backend/jobs/scheduler.py, executor.py):
+``local`` runs ``--workers`` worker processes on this machine, ``ray`` one actor per GPU of a Ray cluster. Both
+run the worker's own job code (backend/jobs/runner.py), so a row's folder holds exactly what a server job's does
+(mesh.glb, mesh.obj, mesh.ply, preview.png, checkpoint.pt, job.json last, all written atomically). A row is finished only when its job.json says
 ``finished`` for the same prompt and settings and every file it lists exists; a rerun skips those, so an
 interrupted batch continues where it stopped. At the end (and after an interrupt) ``summary.json``,
 ``summary.md`` and ``contact_sheet.png`` describe every row (backend/batch_report.py).
@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 from backend import records
 from backend.batch_input import Row
-from backend.server.executor import Ended, Event, Executor, JobSpec
-from backend.server.results import ResultStore
+from backend.jobs.executor import Ended, Event, Executor, JobSpec
+from backend.jobs.results import ResultStore
+from backend.jobs.scheduler import PoolExecutor, Scheduler
 from shared import protocol as P
 from shared.status import JobStatus
 
@@ -84,10 +85,11 @@ class ProgressBar:
             self.bar.close()
 
 
-def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], quiet: bool = False,
+def run_rows(rows: list[Row], store: ResultStore, executor: Executor, quiet: bool = False,
              on_end: Callable[[Outcome], None] | None = None) -> tuple[list[Outcome], bool]:
-    """Run every unfinished row on ``executors`` (started here, shut down at the end or on a Ctrl-C).
-    Returns each row's outcome and whether the run was interrupted."""
+    """Run every unfinished row on ``executor`` (started here, shut down at the end or on a Ctrl-C), scheduled as
+    the server schedules its jobs (backend/jobs/scheduler.py). Returns each row's outcome and whether the run was
+    interrupted."""
     outcomes = {row.name: Outcome(row) for row in rows}
     todo: list[Row] = []
     for row in rows:
@@ -99,35 +101,31 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
         print(f"batch: {len(todo)} of {len(rows)} rows to run ({len(rows) - len(todo)} finished earlier)",
               file=sys.stderr)
     bar = ProgressBar(sum(r.settings["steps"] for r in todo), len(todo), quiet or not todo)
-    running: dict[str, Executor] = {}
+    queue = Scheduler(executor)
     interrupted = False
     try:
-        for executor in executors if todo else []:  # nothing to run: no worker, no Ray instance
-            executor.start()
-        queue = list(todo)
-        while queue or running:
-            for executor in executors:
-                while queue and executor.idle():
-                    row = queue.pop(0)
-                    outcome = outcomes[row.name]
-                    outcome.status, outcome.started, outcome.step = JobStatus.RUNNING, time.monotonic(), 0
-                    spec = _spec(row)
-                    store.write_record(row.name, spec.record(JobStatus.QUEUED, ended=None))
-                    executor.submit(spec)
-                    running[row.name] = executor
-            for executor in executors:
-                for event in executor.events():
-                    outcome = outcomes.get(event.job)
-                    if outcome is None:
-                        continue
-                    if isinstance(event, Ended):
-                        _ended(outcome, event, store)
-                        running.pop(event.job, None)
-                        bar.row_done()
-                        if on_end is not None:
-                            on_end(outcome)
-                    else:
-                        _event(outcome, event, bar)
+        if todo:  # nothing to run: no worker, no Ray instance
+            queue.start()
+        for row in todo:
+            spec = _spec(row)
+            # On disk before a worker can take it, as a server's queued job is.
+            store.write_record(row.name, spec.record(JobStatus.QUEUED, ended=None))
+            queue.add(spec)
+        while queue.pending or queue.running:
+            for spec in queue.dispatch():
+                outcome = outcomes[spec.id]
+                outcome.status, outcome.started, outcome.step = JobStatus.RUNNING, time.monotonic(), 0
+            for event in queue.events():
+                outcome = outcomes.get(event.job)
+                if outcome is None:
+                    continue
+                if isinstance(event, Ended):
+                    _ended(outcome, event, store)
+                    bar.row_done()
+                    if on_end is not None:
+                        on_end(outcome)
+                else:
+                    _event(outcome, event, bar)
             time.sleep(0.02)
     except KeyboardInterrupt:
         print("\nbatch: interrupted; the rows in progress are stopped (a rerun continues from there)",
@@ -135,12 +133,12 @@ def run_rows(rows: list[Row], store: ResultStore, executors: list[Executor], qui
         interrupted = True
     finally:
         bar.close()
-        for executor in executors if todo else []:
-            for event in executor.shutdown(0.0):
+        if todo:
+            for event in queue.shutdown(0.0):
                 stopped = outcomes.get(event.job)
                 if isinstance(event, Ended) and stopped is not None and stopped.status == JobStatus.RUNNING:
                     stopped.status = event.status
-        for name in running:
+        for name in queue.running:
             if outcomes[name].status == JobStatus.RUNNING:
                 outcomes[name].status = JobStatus.INTERRUPTED
     return [outcomes[row.name] for row in rows], interrupted
@@ -171,19 +169,19 @@ def _ended(outcome: Outcome, event: Ended, store: ResultStore) -> None:
         outcome.error = record.get("error")
 
 
-def make_executors(kind: str, store: ResultStore, device: str, workers: int = 1,
-                   ray: dict[str, Any] | None = None) -> list[Executor]:
-    """``workers`` local worker processes, or one Ray executor (its actors are its workers)."""
+def make_executor(kind: str, store: ResultStore, device: str, workers: int = 1,
+                  ray: dict[str, Any] | None = None) -> Executor:
+    """``workers`` local worker processes as one executor, or a Ray executor (its actors are its workers)."""
     if kind == "ray":
-        from backend.server.ray_executor import RayExecutor
+        from backend.jobs.ray_executor import RayExecutor
 
-        return [RayExecutor(store, device, **(ray or {}))]
+        return RayExecutor(store, device, **(ray or {}))
     import zmq
 
-    from backend.server.executor import ProcessExecutor
+    from backend.jobs.executor import ProcessExecutor
 
     ctx = zmq.Context.instance()
-    return [ProcessExecutor(ctx, store, device) for _ in range(workers)]
+    return PoolExecutor([ProcessExecutor(ctx, store, device) for _ in range(workers)])
 
 
-__all__ = ["run_rows", "finished_record", "make_executors", "Outcome", "STREAM"]
+__all__ = ["run_rows", "finished_record", "make_executor", "Outcome", "STREAM"]

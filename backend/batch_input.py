@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from shared.settings import MAX_PROMPT_CHARS, SCHEMA, SettingsError, validate
+from shared.settings import SCHEMA
 
 
 class BatchInputError(ValueError):
@@ -85,47 +85,25 @@ def _prompts_of_csv(path: Path) -> list[tuple[int, str, dict[str, Any]]]:
 
 
 def read_rows(path: Path, defaults: Mapping[str, Any]) -> list[Row]:
-    """The batch's rows, each with its validated settings (``defaults``: the command line's settings)."""
+    """The batch's rows, each with its validated settings (``defaults``: the command line's settings), each
+    admitted as the server admits a job (backend/jobs/admission.py): better before the first job than in the tenth."""
+    from backend.jobs.admission import Admission, Refused
+
     if not path.is_file():
         raise BatchInputError(f"prompts file {path} does not exist (give a text file with one prompt a line, or "
                               "a CSV with a 'prompt' column)")
     raw = _prompts_of_csv(path) if path.suffix.lower() == ".csv" else _prompts_of_text(path)
     if not raw:
         raise BatchInputError(f"{path} holds no prompts")
+    admission = Admission()
     rows = []
     for index, (line, prompt, given) in enumerate(raw, 1):
-        where = f"{path} line {line}"
-        if not prompt or len(prompt) > MAX_PROMPT_CHARS:
-            raise BatchInputError(f"{where}: the prompt must be 1-{MAX_PROMPT_CHARS} characters, got {len(prompt)}")
         try:
-            settings = validate({**defaults, **given})
-        except SettingsError as exc:
-            raise BatchInputError(f"{where}: {exc}") from None
+            settings = admission.admit(prompt, {**defaults, **given})
+        except Refused as exc:
+            raise BatchInputError(f"{path} line {line}: {exc}") from None
         rows.append(Row(index, line, prompt, given, settings))
-    _check_prompts(rows, path)
     return rows
-
-
-def _check_prompts(rows: list[Row], path: Path) -> None:
-    """The procedural prior refuses words outside its world: better before the first job than in the tenth."""
-    from backend.distill.step import prompt_set
-    from backend.priors.base import PriorError
-    from backend.priors.procedural.prior import ProceduralPrior
-    from backend.server.models import PROCEDURAL, ModelMissing, check_model
-
-    prior = None
-    for row in rows:
-        try:
-            check_model(row.settings["model"], None)
-        except ModelMissing as exc:
-            raise BatchInputError(f"{path} line {row.line}: {exc}") from None
-        if row.settings["model"] != PROCEDURAL:
-            continue
-        prior = prior or ProceduralPrior(resolution=16, device="cpu")
-        try:
-            prior.check_prompts(prompt_set(row.prompt, row.settings))
-        except PriorError as exc:
-            raise BatchInputError(f"{path} line {row.line}: {exc}") from None
 
 
 __all__ = ["Row", "BatchInputError", "read_rows"]

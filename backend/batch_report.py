@@ -25,9 +25,9 @@ MESH_SAMPLES = 5000  # enough for a summary's two decimals, a fraction of a seco
 
 
 def _figures(folder: Path, prompt: str, record: dict[str, Any]) -> dict[str, Any]:
+    from backend.export.meshfile import read_glb
     from backend.metrics import mesh_figures
     from backend.priors.procedural import world
-    from backend.server.meshfile import read_glb
 
     if (record.get("settings") or {}).get("model") != "procedural":
         return {}

@@ -119,14 +119,14 @@ def profile_steps(prior: DiffusionPrior, representation: str, method: str, devic
 def asset_seconds(prior: DiffusionPrior, representation: str, device: torch.device,
                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One `generate` job with the default preset: seconds per phase to a written GLB/OBJ/PLY."""
-    from backend.generate import run_job
+    from backend.jobs.runner import JobPlan, fixed_prior, run_job
 
     full = validate({"representation": representation, **(settings or {})})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        record = run_job(prior, "a red cube", full, Path(tmp), device)
+        record = run_job(JobPlan("a red cube", full, Path(tmp), checkpoint=False), device, fixed_prior(prior)).record
         total = time.perf_counter() - start
     out = {"prior": prior.name, "representation": representation, "steps": full["steps"],
            "seconds_total": total, "seconds": record["seconds"], "steps_per_second": record["steps_per_second"],

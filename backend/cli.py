@@ -13,7 +13,6 @@ from typing import Any, Sequence
 from shared.settings import SCHEMA, SettingsError, validate
 
 
-
 def _add_setting_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
     group = parser.add_argument_group("settings (shared schema; defaults in brackets)")
     for name, s in SCHEMA.items():
@@ -161,9 +160,9 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in SCHEMA if getattr(args, name, None) is not None}
 
 
-def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
-    """Validated settings, the device, the prior and the seconds its loading took."""
-    from backend.priors import load_prior, resolve_device
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """Validated settings and the device."""
+    from backend.priors import resolve_device
 
     given = _given_settings(args)
     device = resolve_device(args.device)
@@ -173,7 +172,14 @@ def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
         given["quality"] = "draft"
         print("no GPU: using --quality draft (sized for a CPU, minutes per asset); pass --quality standard to "
               "override", file=sys.stderr)
-    settings = validate(given)
+    return validate(given), device
+
+
+def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
+    """Validated settings, the device, the prior and the seconds its loading took."""
+    from backend.priors import load_prior
+
+    settings, device = _settings(args)
     t0 = time.perf_counter()
     prior = load_prior(settings["model"], device, settings["procedural_resolution"])
     return settings, device, prior, time.perf_counter() - t0
@@ -250,19 +256,20 @@ def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any) -> dict
 def run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from backend.generate import run_job
-    from backend.train import Trainer, TrainEvents
+    from backend.jobs.runner import JobPlan, JobRun
+    from backend.priors import load_prior
+    from backend.train import TrainEvents
 
-    settings, device, prior, load_seconds = _load(args)
+    settings, device = _settings(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    plan = JobPlan(args.prompt, settings, args.out)
     if args.resume is not None:
         given = _given_settings(args)
-        more = given.pop("steps", None)
-        trainer = Trainer.from_checkpoint(args.resume, prior, device, args.prompt, given or None)
-        if more is not None:  # --steps with --resume: that many more steps; without it, on to the run's end
-            trainer.extend(more)
-    else:
-        trainer = Trainer(prior, args.prompt, settings, device=device)
+        # --steps with --resume: that many more steps; without it, on to the run's end
+        plan.source, plan.more_steps, plan.overrides = args.resume, given.pop("steps", None), given or None
+    run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
+    trainer = run.prepare()
+    plan.checkpoint = trainer.settings["checkpoint_every"] > 0
     bar = None if args.quiet else tqdm(total=trainer.total, initial=trainer.step, unit="step", file=sys.stderr,
                                        desc=f"{trainer.settings['method']} {trainer.settings['representation']}")
 
@@ -272,15 +279,13 @@ def run_generate(args: argparse.Namespace) -> int:
             if p.step % 25 == 0 or p.step == p.total:  # reading the loss waits for the GPU
                 bar.set_postfix(loss=f"{p.loss:.3g}")
 
-    every = trainer.settings["checkpoint_every"]
-    checkpoint = args.out / "checkpoint.pt"
+    checkpoint = args.out / "checkpoint.pt" if plan.checkpoint else None
     try:
-        record = run_job(prior, args.prompt, trainer.settings, args.out, device,
-                         TrainEvents(on_progress=on_progress, checkpoint_path=checkpoint if every > 0 else None),
-                         trainer=trainer, load_seconds=load_seconds, checkpoint=every > 0)
+        run.train(TrainEvents(on_progress=on_progress, checkpoint_path=checkpoint))
     finally:
         if bar is not None:
             bar.close()
+    record = run.finish().record
     print(f"wrote {', '.join(record['files'].values())}, preview.png and job.json in {args.out}")
     if record.get("figures"):
         print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items() if isinstance(v, float)))
@@ -288,12 +293,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from backend.batch import make_executors, run_rows
+    from backend.batch import make_executor, run_rows
     from backend.batch_input import BatchInputError, read_rows
     from backend.batch_report import write_report
+    from backend.jobs.ray_executor import RayMissing, RayUnusable
+    from backend.jobs.results import ResultsRefused, ResultStore
     from backend.priors import resolve_device
-    from backend.server.ray_executor import RayMissing, RayUnusable
-    from backend.server.results import ResultsRefused, ResultStore
 
     given = _given_settings(args)
     # Nobody watches a batch train: no preview renders unless asked for (the final preview.png is always made).
@@ -308,12 +313,12 @@ def run_batch(args: argparse.Namespace) -> int:
     try:
         rows = read_rows(args.prompts, given)
         store = ResultStore(args.out)
-        executors = make_executors(args.executor, store, args.device, args.workers, ray_options(args))
+        executor = make_executor(args.executor, store, args.device, args.workers, ray_options(args))
     except (BatchInputError, ResultsRefused, RayMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        outcomes, interrupted = run_rows(rows, store, executors, quiet=args.quiet)
+        outcomes, interrupted = run_rows(rows, store, executor, quiet=args.quiet)
     except RayUnusable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -330,8 +335,8 @@ def run_batch(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from backend.server.ray_executor import RayMissing, RayUnusable
-    from backend.server.results import ResultsRefused
+    from backend.jobs.ray_executor import RayMissing, RayUnusable
+    from backend.jobs.results import ResultsRefused
     from backend.server.security import BindRefused, CurveConfig, check_bind
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

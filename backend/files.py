@@ -3,10 +3,12 @@
 A reader (or a server restarted after a crash) therefore sees either the old file or the complete new one,
 never a torn one, and a record that names a file is only published after the file itself is on disk.
 
-Test hook: a job worker started with ``TBSD_TEST_KILL_AT_PUBLISH=N`` (or ``N+``) arms ``arm_kill_hook``: its
-N-th ``publish`` SIGKILLs the server (its parent) and itself just before the rename (``N+``: just after it), so a test can stop the server
-at every write of a job's end. Only a worker arms it, and only from an environment variable a test sets;
-nothing on the wire reaches it.
+Test hook: a job worker started with ``TBSD_TEST_KILL_AT_PUBLISH=N`` (or ``N+``) arms ``arm_kill_hook`` at the
+start of each job's first run: that job's N-th ``publish`` SIGKILLs the server (its parent) and itself just before
+the rename (``N+``: just after it), so a test can stop the server at every write of a job. ``N@R`` applies to a
+job's R-th resumption by a restarted server instead (``3+,5@1``: both); a run no point names is not killed. Only
+a worker arms it (backend/jobs/worker.py), and only from an environment variable a test sets; nothing on the
+wire reaches it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ _publish_count = 0
 _kill_at: tuple[int, bool] | None = None  # (n-th publish, after the rename?)
 
 
-def arm_kill_hook(spec: str) -> None:
-    global _kill_at
-    _kill_at = (int(spec.rstrip("+")), spec.endswith("+"))
+def arm_kill_hook(spec: str | None) -> None:
+    """Count publishes from now and kill at ``spec``'s (None: disarmed)."""
+    global _kill_at, _publish_count
+    _publish_count = 0
+    _kill_at = None if spec is None else (int(spec.rstrip("+")), spec.endswith("+"))
 
 
 def fsync_dir(folder: Path) -> None:

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from backend.server.models import PROCEDURAL, ModelMissing, check_model
+from backend.jobs.models import PROCEDURAL, ModelMissing, check_model
 
 
 def main(argv: list[str]) -> int:

@@ -205,7 +205,7 @@ def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
 
 def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, seed: int = 0,
                  resolution: int = 64) -> dict[str, object]:
-    """Figures of a textured mesh (``backend.server.meshfile.read_glb``'s arrays, world +Z up) against the one
+    """Figures of a textured mesh (``backend.export.meshfile.read_glb``'s arrays, world +Z up) against the one
     object ``prompt`` names in the procedural world:
 
     - ``voxel_iou``: with the true solid on a ``resolution``^3 grid (the mesh voxelised by ray parity);

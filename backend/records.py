@@ -18,6 +18,7 @@ from backend.files import write_json
 from shared.status import JobStatus
 
 RECORD_FILE = "job.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # beside it: what a stopped, refined or restarted job continues from
 
 
 def now() -> str:
@@ -60,4 +61,4 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-__all__ = ["RECORD_FILE", "finished_record", "job_record", "now", "read_record", "write_record"]
+__all__ = ["CHECKPOINT_FILE", "RECORD_FILE", "finished_record", "job_record", "now", "read_record", "write_record"]

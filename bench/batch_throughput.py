@@ -6,7 +6,7 @@ configuration (a cut-off run keeps what it finished).
 Each configuration starts its own local Ray instance with ``num_gpus`` = its GPU count (Ray hands each actor
 its own CUDA_VISIBLE_DEVICES), starts the actors, runs one short warm-up job per actor (CUDA context, gsplat's
 kernels, the prior: what a long-lived server pays once), then times the batch from the first submit to the
-last job's end. The jobs are the server's (backend/server/worker.py through backend/server/ray_executor.py):
+last job's end. The jobs are the server's (backend/jobs/worker.py through backend/jobs/ray_executor.py):
 training, mesh extraction, texture bake and every file of the job written.
 
 On the GPU machine (Python 3.12, torch + CUDA present), carrying from the repository root these ignored paths
@@ -60,9 +60,8 @@ def _config(text: str) -> tuple[int, int]:
 
 
 def _machine() -> dict[str, Any]:
-    import torch
-
     import ray
+    import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
@@ -73,9 +72,9 @@ def run_config(gpus: int, per_gpu: int, jobs: int, settings: dict[str, Any], cpu
                warmup_steps: int, work: Path, device: str = "cuda") -> dict[str, Any]:
     import ray
 
-    from backend.server.executor import Ended, JobSpec
-    from backend.server.ray_executor import RayExecutor
-    from backend.server.results import ResultStore
+    from backend.jobs.executor import Ended, JobSpec
+    from backend.jobs.ray_executor import RayExecutor
+    from backend.jobs.results import ResultStore
     from shared import protocol as P
     from shared.settings import validate
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from backend.generate import run_job
+from backend.jobs.runner import JobPlan, fixed_prior, run_job
 from backend.priors.procedural.prior import ProceduralPrior
 from backend.priors.stable_diffusion import build_random_sd21_base
 from shared.settings import validate
@@ -27,7 +27,7 @@ def one(prior, prompt: str, settings: dict, device: torch.device) -> dict:
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        record = run_job(prior, prompt, settings, Path(tmp), device)
+        record = run_job(JobPlan(prompt, settings, Path(tmp), checkpoint=False), device, fixed_prior(prior)).record
         record["seconds"]["total"] = time.perf_counter() - t0
     keep = ("steps_done", "steps_per_second", "seconds", "peak_gpu_memory_gb", "figures", "mesh", "export")
     return {k: record[k] for k in keep if k in record}

@@ -36,9 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.export.meshfile import read_glb  # noqa: E402
 from backend.metrics import mesh_figures  # noqa: E402
 from backend.priors.procedural import world  # noqa: E402
-from backend.server.meshfile import read_glb  # noqa: E402
 from shared.settings import METHODS, REPRESENTATIONS  # noqa: E402
 
 # One prompt per shape at least, every colour of the catalogue but one, and the hard ones: white and black are the

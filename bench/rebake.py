@@ -22,9 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.export.meshfile import read_glb  # noqa: E402
 from backend.files import write_json  # noqa: E402
 from backend.metrics import mesh_figures  # noqa: E402
-from backend.server.meshfile import read_glb  # noqa: E402
 
 FIGURES = ("voxel_iou", "excess_volume", "missing_volume", "chamfer", "colour_error_mean", "colour_error_median",
            "wrong_colour_share", "nearest_colour")

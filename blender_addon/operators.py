@@ -64,8 +64,8 @@ class TBSD_OT_generate_batch(bpy.types.Operator):
 class TBSD_OT_refine(bpy.types.Operator):
     bl_idname = "tbsd.refine"
     bl_label = "Refine"
-    bl_description = ("Continue the active generated object's run with the prompt and settings above; "
-                      "its mesh is replaced in place")
+    bl_description = ("Continue the active generated object's run with the prompt and settings above, for Steps "
+                      "more steps (Generate's Steps are the run's total); its mesh is replaced in place")
 
     @classmethod
     def poll(cls, context: Any) -> bool:

@@ -18,10 +18,11 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"  # stopped by its owner (cancel, or refine); the checkpoint is kept
     INTERRUPTED = "interrupted"  # stopped by a server shutdown; the checkpoint is kept
     FAILED = "failed"  # raised, or its worker died or went silent
-    LOST = "lost"  # the server died while it was queued or running (or, in the add-on: the backend went silent)
+    LOST = "lost"  # the server died while it was queued or running and it cannot run again (backend/jobs/recovery.py;
+    # in the add-on: the backend went silent)
 
 
-# On disk at a restart these mean the server that had them died.
+# On disk at a restart these mean the server that had them died: a restarted server queues them again.
 LIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 __all__ = ["JobStatus", "LIVE_STATUSES"]

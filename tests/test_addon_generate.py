@@ -52,7 +52,7 @@ def run(request, addon_zip, tmp_path_factory):  # noqa: F811
 
 
 def glb_counts(results, job: str) -> tuple[int, int]:
-    from backend.server.meshfile import read_glb
+    from backend.export.meshfile import read_glb
 
     arrays = read_glb(results / job / "mesh.glb")
     return len(arrays["vertices"]), len(arrays["faces"])

@@ -1,4 +1,4 @@
-"""Jobs on real Ray actors (backend/server/ray_executor.py): one local Ray instance for the module with two
+"""Jobs on real Ray actors (backend/jobs/ray_executor.py): one local Ray instance for the module with two
 logical GPUs on this CPU machine (the actors run on device cpu), joined by `batch` and `serve` subprocesses
 through its address, as a second host would join a cluster.
 
@@ -24,8 +24,8 @@ from server_support import QUIET_STREAM, ROOT, TINY, ServerProcess, client, run_
 
 ray = pytest.importorskip("ray", reason="Ray is the [ray] extra; build.py test installs it")
 
-from backend.server.meshfile import read_glb  # noqa: E402
-from backend.server.ray_executor import RAY_NAMESPACE  # noqa: E402
+from backend.export.meshfile import read_glb  # noqa: E402
+from backend.jobs.ray_executor import RAY_NAMESPACE  # noqa: E402
 
 # Few steps, tiny meshes: a job is seconds on a CPU. Preview strips on, so preview.png compares too.
 FAST = ["--quality", "draft", "--steps", "4", "--gaussian-points", "100", "--camera-bank-size", "4",

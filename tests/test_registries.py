@@ -13,7 +13,7 @@ from backend.export import FORMATS
 from backend.export.mesh import Mesh
 from backend.export.pipeline import export_mesh
 from backend.export.writers import WRITERS
-from backend.generate import export_result
+from backend.jobs.finish import export_result
 from backend.scene.registry import REPRESENTATIONS as REPRESENTATION_TABLE
 from backend.scene.registry import representation_class
 from shared.settings import METHODS, REPRESENTATIONS, SCHEMA, settings_for

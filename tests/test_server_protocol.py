@@ -165,7 +165,7 @@ def test_loopback_detection(endpoint, loopback):
 def test_glb_reader_returns_blender_axes_and_uvs(tmp_path):
     from backend.export.mesh import Mesh
     from backend.export.writers import write_glb
-    from backend.server.meshfile import read_glb
+    from backend.export.meshfile import read_glb
 
     mesh = Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32),
                 np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32))

@@ -1,6 +1,6 @@
 """The server against hostile clients, dying workers and killed servers: real `python -m backend serve`
 processes (one per test where a test disturbs its server), real zmq sockets, worker faults injected through
-environment variables only a test sets (backend/server/worker.py, backend/files.py).
+environment variables only a test sets (backend/jobs/worker.py, backend/files.py).
 
 What was not run here: a real CUDA out-of-memory on a GPU. The worker raises torch.cuda.OutOfMemoryError on
 the CPU through its test hook, which exercises the same handling (the exception type, the record, the restart).
@@ -211,7 +211,7 @@ def test_pings_stay_under_100ms_while_a_job_exports_at_mesh_resolution_256(tmp_p
 _HOLD_WORKER = """
 import os, sys, time
 gate = os.environ.get("TBSD_TEST_WORKER_GATE")
-if gate and "backend.server.worker" in sys.orig_argv:
+if gate and "backend.jobs.worker" in sys.orig_argv:
     open(gate + ".held", "w").close()
     while os.path.exists(gate):
         time.sleep(0.05)
@@ -291,10 +291,37 @@ def test_a_planted_checkpoint_runs_no_code(tmp_path):
         c.close()
 
 
-def test_a_server_killed_at_each_write_of_a_jobs_end_leaves_a_finished_job_or_a_lost_one(tmp_path):
+def _finished_after_restart(c: Client, job: str, timeout: float = 120) -> dict:
+    """``job``'s listing once a restarted server has finished it (polled: it may finish before this client's
+    hello, and then its events went to nobody)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summary = _listed(c)[job]  # never vanished
+        assert summary["status"] in ("queued", "running", "finished"), summary
+        if summary["status"] == "finished":
+            return summary
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} did not finish within {timeout} s after the restart: {summary}")
+
+
+def _check_finished_folder(c: Client, folder: Path, job: str) -> dict:
+    record = json.loads((folder / "job.json").read_text())  # never torn
+    assert record["status"] == "finished" and record["owner"], record
+    for name in record["all_files"]:
+        assert (folder / name).stat().st_size > 0, name
+    assert not list(folder.glob(".*")), list(folder.iterdir())  # no torn leftovers
+    result = _ask(c, c.send_fetch(job))
+    assert result.type == "result" and len(result.arrays["faces"]) > 0
+    assert result.arrays["faces"].max() < len(result.arrays["vertices"])
+    return record
+
+
+def test_a_server_killed_at_each_write_of_a_job_finishes_it_after_a_restart(tmp_path):
     """The worker SIGKILLs the server (and, through PDEATHSIG, itself) just before its N-th file rename, for
     N = 1, 2, ... until a job finishes with no kill, then just after the last rename (job.json): every state a
-    crash can leave is visited. A restarted server must list the job, finished with all its files, or lost."""
+    crash can leave is visited. The restarted server must take the job up again under its id and finish it with
+    every file: from the start while it had no checkpoint (kill before write 2), else from the checkpoint saved
+    before the export, re-running only the export."""
     results, port = tmp_path / "results", free_port()
     outcomes: dict[str, str] = {}
     points = [str(n) for n in range(1, 16)]
@@ -316,31 +343,79 @@ def test_a_server_killed_at_each_write_of_a_jobs_end_leaves_a_finished_job_or_a_
             else:
                 assert s.proc.poll() == -signal.SIGKILL, f"write {point}: server exited {s.proc.poll()}"
             s.stop()
+            at_kill = json.loads((results / job / "job.json").read_text())["status"]
+            # The next point applies to the next job's first run; this one's resumption runs to its end.
             s = ServerProcess(results, port).start(env={"TBSD_TEST_KILL_AT_PUBLISH": points[0]} if points else None)
             if finished:
                 continue
             c = client(s, "writer")
-            summary = _listed(c)[job]  # never vanished
-            folder = results / job
-            record = json.loads((folder / "job.json").read_text())  # never torn
-            assert record["status"] == summary["status"] and record["owner"]
-            if summary["status"] == "finished":
-                for name in record["all_files"]:
-                    assert (folder / name).stat().st_size > 0, (point, name)
-                result = _ask(c, c.send_fetch(job))
-                assert result.type == "result" and len(result.arrays["faces"]) > 0
+            _finished_after_restart(c, job)
+            record = _check_finished_folder(c, results / job, job)
+            if at_kill == "finished":  # killed just after job.json: nothing to resume
+                assert point.endswith("+") and not points and "recovered" not in record, (point, record)
             else:
-                assert summary["status"] == "lost" and not summary["has_mesh"], (point, summary)
-                assert not list(folder.glob(".*")), (point, list(folder.iterdir()))  # no torn leftovers
-                assert not (folder / "mesh.glb").exists()
-            outcomes[point] = summary["status"]
+                assert record["recovered"] == 1, (point, record)
+                resumed = int(point.rstrip("+")) >= 3 or point == "2+"  # the checkpoint is write 2
+                assert ("resumed_at_step" in record) == resumed, (point, record)
+                if resumed:
+                    assert record["resumed_at_step"] == record["steps_done"] == MINI["steps"], (point, record)
+            outcomes[point] = record["status"]
             c.close()
     finally:
         s.stop()
-    # Before each of the nine writes (running record, six mesh and preview files, checkpoint, job.json): lost;
-    # just after job.json: finished, with every file, though the client never heard "finished".
-    lost = [p for p, o in outcomes.items() if o == "lost"]
-    assert len(lost) >= 9 and list(outcomes.values())[-1] == "finished", outcomes
+    # Before each of the nine writes (running record, checkpoint, six mesh and preview files, job.json) and just
+    # after job.json: finished, though the client never heard "finished" from the server that was killed.
+    killed = [p for p in outcomes if outcomes[p] != "no kill"]
+    assert len(killed) >= 10 and all(outcomes[p] == "finished" for p in killed), outcomes
+
+
+def test_jobs_killed_queued_training_and_exporting_continue_under_their_ids_after_restarts(tmp_path):
+    """SIGKILL of the server with one job training (after its checkpoint at step 20) and two queued; restarted,
+    the first resumes at step 20 and the server is SIGKILLed again in the middle of its export; restarted again,
+    it re-runs only its export and the two queued jobs run: all three finish, with valid meshes, under the ids the
+    client was given, and the client hears them finish."""
+    results, port = tmp_path / "results", free_port()
+    long = {**TINY, "steps": 30, "checkpoint_every": 10, "preview_every": 0}
+    # First run: killed just after the checkpoint at step 20 (writes: running record, step 10, step 20). First
+    # resumption: killed before the second file of its export (running record, step 30, the final checkpoint,
+    # then mesh files).
+    s = ServerProcess(results, port).start(env={"TBSD_TEST_KILL_AT_PUBLISH": "3+,5@1"})
+    try:
+        c = client(s, "artist")
+        first = submit(c, settings=long).job
+        queued = [submit(c, prompt=p, settings=MINI).job for p in ("a blue sphere", "a green torus")]
+        assert s.wait(120) == -signal.SIGKILL, s.log()[-3000:]
+        c.close()
+        assert (results / first / "checkpoint.pt").is_file()
+        s.stop()
+
+        s = ServerProcess(results, port).start(env={"TBSD_TEST_KILL_AT_PUBLISH": "5@1"})
+        c = client(s, "artist")
+        listed = _listed(c)
+        assert {listed[j]["status"] for j in [first, *queued]} <= {"queued", "running"}, listed
+        started = wait_for(c, lambda m: m.job == first and m.type == "started", 60)
+        assert started["step"] == 20 and started["total"] == 30, started.header
+        assert s.wait(120) == -signal.SIGKILL, s.log()[-3000:]
+        c.close()
+        s.stop()
+
+        s = ServerProcess(results, port).start()
+        c = client(s, "artist")
+        seen: list[P.Message] = []
+        for job in [first, *queued]:
+            wait_for(c, lambda m, job=job: m.job == job and m.type in ("finished", "error"), 120, seen)
+        assert [m.job for m in seen if m.type == "finished"] == [first, *queued], [m.header for m in seen]
+        assert not [m for m in seen if m.type == "error"], [m.header for m in seen]
+        resumed = next(m for m in seen if m.job == first and m.type == "started")
+        assert resumed["step"] == resumed["total"] == 30  # only the export ran again
+        assert not [m for m in seen if m.job == first and m.type == "progress"]
+        for job in [first, *queued]:
+            record = _check_finished_folder(c, results / job, job)
+            assert record["recovered"] == 2, record
+        assert _listed(c)[first]["steps_done"] == 30
+        c.close()
+    finally:
+        s.stop()
 
 
 # --- malformed messages -----------------------------------------------------------------------------------------

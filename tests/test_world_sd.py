@@ -85,7 +85,7 @@ def test_a_2d_tbsd_image_with_world_sd_has_the_named_colour(tmp_path):
 
 
 def test_server_check_and_listing_accept_world_sd_and_name_a_missing_folder(tmp_path, monkeypatch):
-    from backend.server import models
+    from backend.jobs import models
 
     models.check_model("world-sd")
     assert {"name": "world-sd", "kind": "shipped", "label": SHIPPED["world-sd"][1]} in models.local_models()

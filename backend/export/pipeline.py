@@ -11,6 +11,7 @@ from torch import Tensor
 
 from backend.export.field import DEFAULT_BOUND, FieldFn, SurfaceFn, density_grid, fill_enclosed, level_from_renders
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
+from backend.export.meshfile import mesh_arrays
 from backend.export.texture import bake_texture, rasterise_uv, vertex_colours
 from backend.export.uv import unwrap_uvs
 from backend.export.writers import WRITERS, Surface
@@ -125,6 +126,10 @@ def export_mesh(
         surface = Surface(uv_mesh, uvs=uvs, texture=texture)
         for name in textured:
             files.update({key: str(path) for key, path in WRITERS[name].write(out_dir, stem, surface).items()})
+        if "glb" in textured:
+            # Not JSON: what the GLB holds, as wire arrays (meshfile.py), which the server sends instead of reading
+            # the file back; callers that record the result leave it out.
+            result["arrays"] = mesh_arrays(uv_mesh, uvs, texture)
         seconds["write_textured"] = time.perf_counter() - t
     coloured: Surface | None = None
     for name in plain:  # each under its own name; the first also evaluates the vertex colours

@@ -1,6 +1,7 @@
-"""The server's process: the ROUTER socket, sessions and ownership, the FIFO queue, heartbeats, shutdown.
+"""The server's process: the ROUTER socket, sessions and ownership, queue limits, heartbeats, shutdown.
 
-Jobs never run here: an executor (backend/server/executor.py) runs them in a worker process and hands back
+Jobs never run here: they are admitted (backend/jobs/admission.py), queued (backend/jobs/scheduler.py, the FIFO
+batch uses too) and run by an executor (backend/jobs/executor.py) in a worker process, which hands back
 their events as wire frames, which this loop forwards to the job's owner. So nothing a job does (hold the GIL
 in a mesh export, crash, hang) can stall the loop. Only this thread touches the ROUTER socket. Every request
 gets a reply; a bad one gets an ``error`` naming the problem and the loop carries on (no client message can
@@ -15,7 +16,6 @@ address replies.
 
 from __future__ import annotations
 
-import collections
 import logging
 import signal
 import time
@@ -27,13 +27,16 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from backend.server.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
-from backend.server.meshfile import read_glb
-from backend.server.models import PROCEDURAL, ModelMissing, check_model, local_models
-from backend.server.results import ResultStore
+from backend.export.meshfile import read_glb
+from backend.jobs.admission import Admission, Refused
+from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
+from backend.jobs.models import local_models
+from backend.jobs.recovery import recover
+from backend.jobs.results import ResultStore
+from backend.jobs.scheduler import Scheduler
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import protocol as P
-from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, SettingsError, validate
+from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS
 from shared.status import LIVE_STATUSES, JobStatus
 
 log = logging.getLogger("backend.server")
@@ -46,8 +49,11 @@ TRACK_MIN_BYTES = 64 * 1024  # messages above this count towards a connection's 
 SEND_HWM = 1000  # messages queued per connection; with the byte budget this bounds memory per slow reader
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _created() -> str:
+    """A job's ``created``, to the millisecond: jobs queued in one second keep their order in ``list`` and in the
+    queue a restarted server rebuilds (backend/jobs/recovery.py sorts by it)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 @dataclass
@@ -86,9 +92,8 @@ class Server:
         self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
-        lost = self.store.load()
-        if lost:
-            log.warning("jobs left running by a previous server are marked lost: %s", ", ".join(lost))
+        # A dead server's queued and running jobs, queued again under their ids (or lost: backend/jobs/recovery.py).
+        recovered = recover(self.store, self.store.load())
         self.identities = Identities(self.store.root / ".server_secret")
         self.curve = curve
         self.shutdown_grace_s = shutdown_grace_s
@@ -102,18 +107,20 @@ class Server:
         self.router.setsockopt(zmq.RCVHWM, SEND_HWM)
         self.auth = apply_curve(self.ctx, self.router, curve) if curve is not None else None
         self.router.bind(bind)
-        # The worker loads each job's prior (settings["model"], filled in by _settings) and keeps the last one.
-        # By default one local worker process; `--executor ray` gives an actor pool (backend/server/ray_executor.py).
-        self.executor: Executor = make_executor(self.ctx, self.store) if make_executor is not None else \
+        # The worker loads each job's prior (settings["model"], filled in by the admission) and keeps the last one.
+        # By default one local worker process; `--executor ray` gives an actor pool (backend/jobs/ray_executor.py).
+        executor: Executor = make_executor(self.ctx, self.store) if make_executor is not None else \
             ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
-        self.pending: collections.deque[Job] = collections.deque()
-        self.running: dict[str, Job] = {}  # an executor with several workers (Ray actors) runs several at once
+        self.queue = Scheduler(executor)  # the order jobs start in; batch schedules through the same
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
+        for spec in recovered.resumed:  # their owners' events go to them once they say hello again
+            self.jobs[spec.id] = Job(spec, b"", b"")
+            self.queue.add(spec)
         self.sessions: dict[bytes, Session] = {}
         self.last_heartbeat = 0.0
         self.stopping: str | None = None
         self._signal: str | None = None
-        self._check_prompt = self._prompt_checker()
+        self.admission = Admission(model, models_dir)
         self.handlers: dict[str, Callable[[bytes, P.Message], None]] = {
             "hello": self.on_hello, "submit": self.on_submit, "cancel": self.on_cancel, "refine": self.on_refine,
             "list": self.on_list, "fetch": self.on_fetch, "ping": self.on_ping, "shutdown": self.on_shutdown,
@@ -172,13 +179,13 @@ class Server:
 
     # --- the loop ------------------------------------------------------------------------------------------------
     def serve_forever(self) -> int:
-        self.executor.start()
+        self.queue.start()
         # The handler only records the signal: it may run between two frames of a multipart send.
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_signal", "SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "_signal", "SIGINT"))
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        for sock in self.executor.sockets():
+        for sock in self.queue.sockets():
             poller.register(sock, zmq.POLLIN)
         stop_deadline = None
         log.info("serving on %s (model %s, device %s, results %s)", self.bind, self.model, self.device,
@@ -196,12 +203,12 @@ class Server:
                     self.begin_stop(self._signal)
                 if self.router in ready:
                     self._read_requests()
-                self._on_executor(self.executor.events())
+                self._on_executor(self.queue.events())
                 self._dispatch()
                 self._heartbeat()
                 if self.stopping is not None:
                     stop_deadline = stop_deadline or time.monotonic() + self.shutdown_grace_s
-                    if not self.running or time.monotonic() > stop_deadline:
+                    if not self.queue.running or time.monotonic() > stop_deadline:
                         break
         finally:
             self._close()
@@ -254,7 +261,6 @@ class Server:
                 continue
             if isinstance(event, Ended):
                 job.status = event.status
-                self.running.pop(job.id, None)
                 continue
             kind = event.header["type"]
             if kind in ("progress", "_beat"):
@@ -269,16 +275,12 @@ class Server:
                 self.send_frames(job.identity, event.frames)
 
     def _dispatch(self) -> None:
-        while self.pending and self.stopping is None and self.executor.idle():
-            # A refine of a running job waits for it to stop and write the checkpoint it continues (with
-            # several workers a free one would otherwise start it first).
-            job = next((j for j in self.pending if j.spec.parent not in self.running), None)
-            if job is None:
-                return
-            self.pending.remove(job)
-            self.running[job.id] = job
-            job.status = JobStatus.RUNNING
-            self.executor.submit(job.spec)
+        if self.stopping is None:
+            for spec in self.queue.dispatch():
+                self.jobs[spec.id].status = JobStatus.RUNNING
+
+    def _running(self) -> list[Job]:
+        return [self.jobs[job_id] for job_id in self.queue.running]
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -297,12 +299,12 @@ class Server:
             return
         self.stopping = reason
         log.info("stopping (%s)", reason)
-        for job in list(self.running.values()):
+        for job in self._running():
             if job.stop_reason is None:
                 job.stop_reason = "shutdown"
-                self.executor.cancel(job.id, "shutdown", None, job.step)
-        while self.pending:
-            job = self.pending.popleft()
+                self.queue.cancel(job.id, "shutdown", None, job.step)
+        while self.queue.pending:
+            job = self.jobs[self.queue.pending.popleft().id]
             self._cancel_queued(job, "shutdown")
             self.send(job.identity, {"type": "cancelled", "job": job.id, "step": 0, "reason": "shutdown"})
 
@@ -315,7 +317,7 @@ class Server:
 
     def _close(self) -> None:
         # Whatever the grace left running is killed now; its record says so.
-        self._on_executor(self.executor.shutdown(1.0 if self.running else 0.0))
+        self._on_executor(self.queue.shutdown(1.0 if self.queue.running else 0.0))
         for identity, session in list(self.sessions.items()):
             if time.monotonic() - session.last_seen <= P.CLIENT_FORGET_S:
                 self.send(identity, {"type": "shutting_down", "reason": self.stopping or "stopped"})
@@ -367,49 +369,27 @@ class Server:
             "heartbeat_interval_s": P.HEARTBEAT_INTERVAL_S, "backend_timeout_s": P.BACKEND_TIMEOUT_S,
         }
 
-    def _prompt_checker(self) -> Callable[[str, dict[str, Any]], None]:
-        """Checks a prompt against the job's prior before queueing it, so an unreadable one fails at once."""
-        from backend.distill.step import prompt_set
-        from backend.priors.base import PriorError
-        from backend.priors.procedural.prior import ProceduralPrior
-
-        prior = ProceduralPrior(resolution=16, device="cpu")
-
-        def check(prompt: str, settings: dict[str, Any]) -> None:
-            if settings["model"] != PROCEDURAL:
-                return  # Stable Diffusion reads any text
-            try:
-                prior.check_prompts(prompt_set(prompt, settings))
-            except PriorError as exc:
-                raise P.ProtocolError("prompt", str(exc)) from None
-
-        return check
-
-    def _settings(self, given: Any, base: dict[str, Any] | None, rid: Any) -> dict[str, Any]:
+    def _admit(self, prompt: str, given: Any, base: dict[str, Any] | None, rid: Any) -> dict[str, Any]:
+        """The job's settings, once its settings, model and prompt pass the admission every job passes
+        (backend/jobs/admission.py); else the refusal's code and message."""
         try:
-            settings = validate(given or {}, base=base)
-        except SettingsError as exc:
-            raise P.ProtocolError("settings", str(exc), rid) from None
-        if "model" not in (given or {}) and base is None:
-            settings["model"] = self.model  # the schema's default is procedural; the server's may differ
-        try:
-            check_model(settings["model"], self.models_dir)
-        except ModelMissing as exc:
-            raise P.ProtocolError("model", str(exc), rid) from None
-        return settings
+            return self.admission.admit(prompt, given, base)
+        except Refused as exc:
+            raise P.ProtocolError(exc.code, exc.message, rid) from None
 
     def _check_queue(self, identity: bytes, rid: Any) -> None:
         if self.stopping is not None:
             raise P.ProtocolError("bad_state", f"the server is shutting down ({self.stopping}); no new jobs", rid)
-        if len(self.pending) >= P.MAX_QUEUED_JOBS:
-            raise P.ProtocolError("queue_full", f"{len(self.pending)} jobs are queued; at most {P.MAX_QUEUED_JOBS}", rid)
+        pending = [self.jobs[spec.id] for spec in self.queue.pending]
+        if len(pending) >= P.MAX_QUEUED_JOBS:
+            raise P.ProtocolError("queue_full", f"{len(pending)} jobs are queued; at most {P.MAX_QUEUED_JOBS}", rid)
         owner = self.owner(identity)
-        mine = sum(1 for j in self.pending if j.owner == owner)
+        mine = sum(1 for j in pending if j.owner == owner)
         if mine >= P.MAX_QUEUED_PER_CLIENT:
             raise P.ProtocolError("queue_full", f"this client has {mine} queued jobs; at most "
                                                 f"{P.MAX_QUEUED_PER_CLIENT}", rid)
         # A connection could say hello again for a fresh identity: it is counted on its own too.
-        here = sum(1 for j in self.pending if j.connection == identity)
+        here = sum(1 for j in pending if j.connection == identity)
         if here >= P.MAX_QUEUED_PER_CONNECTION:
             raise P.ProtocolError("queue_full", f"this connection has {here} queued jobs; at most "
                                                 f"{P.MAX_QUEUED_PER_CONNECTION}", rid)
@@ -418,7 +398,7 @@ class Server:
         return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
 
     def _position(self, job: Job) -> int:
-        return list(self.pending).index(job) if job in self.pending else 0
+        return self.queue.position(job.id)
 
     def _queue(self, identity: bytes, spec: JobSpec, first: bool = False) -> Job:
         # On disk before "accepted": a server killed from here on leaves a record (then "lost"), never nothing.
@@ -428,10 +408,7 @@ class Server:
             raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was queued")
         job = Job(spec, identity, identity)
         self.jobs[job.id] = job
-        if first:
-            self.pending.appendleft(job)
-        else:
-            self.pending.append(job)
+        self.queue.add(spec, first)
         # Started now if a worker is free, so "accepted"'s position already counts it out (a second submit read
         # in the same batch of requests would otherwise see it still queued ahead).
         self._dispatch()
@@ -441,13 +418,10 @@ class Server:
         rid = m.get("id")
         prompt = P.check_prompt(m["prompt"], MAX_PROMPT_CHARS, rid)
         stream = P.check_stream(m.get("stream"), rid)
-        settings = self._settings(m.get("settings"), None, rid)
-        try:
-            self._check_prompt(prompt, settings)
-        except P.ProtocolError as exc:
-            raise P.ProtocolError(exc.code, exc.message, rid) from None
+        settings = self._admit(prompt, m.get("settings"), None, rid)
         self._check_queue(identity, rid)
-        job = self._queue(identity, JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _now()))
+        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created())
+        job = self._queue(identity, spec)
         self.reply(identity, m, {"type": "accepted", "job": job.id, "position": self._position(job)})
 
     def _live_job(self, identity: bytes, job_id: str) -> Job | None:
@@ -467,7 +441,7 @@ class Server:
     def _stop_running(self, job: Job, reason: str, refined_by: str | None = None) -> None:
         if job.stop_reason is None:
             job.stop_reason = reason
-            self.executor.cancel(job.id, reason, refined_by, job.step)  # the worker answers after this step
+            self.queue.cancel(job.id, reason, refined_by, job.step)  # the worker answers after this step
 
     def on_cancel(self, identity: bytes, m: P.Message) -> None:
         rid, job_id = m.get("id"), m["job"]
@@ -476,11 +450,10 @@ class Server:
             if self._disk_record(identity, job_id) is not None:
                 raise P.ProtocolError("bad_state", f"job {job_id} has already ended; nothing to cancel", rid)
             raise self._unknown(job_id, rid)
-        if job in self.pending:
-            self.pending.remove(job)
+        if self.queue.remove(job.id) is not None:
             self._cancel_queued(job, "cancel")
             self.reply(identity, m, {"type": "cancelled", "job": job.id, "step": 0, "reason": "cancel"})
-        elif self.running.get(job.id) is job:
+        elif job.id in self.queue.running:
             self._stop_running(job, "cancel")
         else:
             raise P.ProtocolError("bad_state", f"job {job_id} has already ended ({job.status}); nothing to cancel", rid)
@@ -491,33 +464,30 @@ class Server:
         record = self._disk_record(identity, source_id)
         if live is None and record is None:
             raise self._unknown(source_id, rid)
-        running = live is not None and self.running.get(live.id) is live
-        if live is not None and live in self.pending:
+        running = live is not None and live.id in self.queue.running
+        if live is not None and self.queue.is_queued(live.id):
             raise P.ProtocolError("bad_state", f"job {source_id} has not started; cancel it and submit again", rid)
         checkpoint = self.store.job_dir(source_id) / "checkpoint.pt"
         if not running and not checkpoint.is_file():
             raise P.ProtocolError("bad_state", f"job {source_id} has no checkpoint to refine from "
                                                f"(status {(record or {}).get('status', live and live.status)})", rid)
-        source = {"settings": live.spec.settings, "prompt": live.spec.prompt, "stream": live.spec.stream} \
-            if live is not None else record
+        # One source of the defaults, live or not: the source's record, whose settings are the job's as given
+        # (written before it was accepted), so ``steps`` defaults to the source's own run length.
+        source = record or {}
         base = dict(source.get("settings") or {})
         given = m.get("settings") or {}
         for name in REFINE_FIXED:
             if name in given and given[name] != base.get(name):
                 raise P.ProtocolError("settings", f"refine cannot change '{name}' (the checkpoint fixes it); "
                                                   "submit a new job instead", rid)
-        settings = self._settings(given, base, rid)
         prompt = m.get("prompt")
         prompt = P.check_prompt(prompt, MAX_PROMPT_CHARS, rid) if prompt is not None else source.get("prompt", "")
-        try:
-            self._check_prompt(prompt, settings)
-        except P.ProtocolError as exc:
-            raise P.ProtocolError(exc.code, exc.message, rid) from None
+        settings = self._admit(prompt, given, base, rid)
         self._check_queue(identity, rid)
         stream = P.check_stream(m.get("stream") or source.get("stream"), rid)
-        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _now(), parent=source_id,
-                       source_checkpoint=str(checkpoint), refine_steps=settings["steps"] if "steps" in given
-                       else int(base.get("steps", 1)))
+        # ``steps`` in a refine is how many more (validated over the source's: the source's own count by default).
+        spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created(), parent=source_id,
+                       source_checkpoint=str(checkpoint), refine_steps=settings["steps"])
         # A running source stops after its step and checkpoints; its continuation runs next.
         job = self._queue(identity, spec, first=running)
         if running:
@@ -550,7 +520,8 @@ class Server:
         # Checked before reading the mesh: a client that does not read should not make the server decode more.
         if self._unread_bytes(identity) + TRACK_MIN_BYTES > self.max_unread_bytes:
             raise self._backlog(identity, rid)
-        public = {k: v for k, v in record.items() if k not in ("traceback", "owner")}
+        # Not the owner's hash, a traceback or a path on the server's disk (a refine's source checkpoint).
+        public = {k: v for k, v in record.items() if k not in ("traceback", "owner", "source_checkpoint")}
         self.reply(identity, m, {"type": "result", "job": job_id, "record": public}, read_glb(glb))
 
     def on_ping(self, identity: bytes, m: P.Message) -> None:
@@ -567,8 +538,8 @@ def serve(bind: str, results: Path, device: str = "auto", model: str = "procedur
           ray: dict[str, Any] | None = None) -> int:
     """Entry point of ``python -m backend serve``; ``ray`` (RayExecutor's options: address, gpus_per_actor, ...)
     runs the jobs on Ray actors instead of one local worker process."""
+    from backend.jobs.results import check_results_folder
     from backend.priors import resolve_device
-    from backend.server.results import check_results_folder
 
     check_bind(bind, curve)  # before touching the GPU, so a refused bind, results or models folder costs nothing
     check_results_folder(results)
@@ -576,7 +547,7 @@ def serve(bind: str, results: Path, device: str = "auto", model: str = "procedur
         raise SystemExit(f"error: --models-dir {models_dir} is not a folder")
     make_executor = None
     if ray is not None:
-        from backend.server.ray_executor import RayExecutor, import_ray
+        from backend.jobs.ray_executor import RayExecutor, import_ray
 
         import_ray()  # no Ray: say how to install it before binding anything
 

@@ -1,5 +1,5 @@
 """Where jobs run: the executor interface the server's loop uses, and its one implementation, a spawned worker
-process (backend/server/worker.py).
+process (backend/jobs/worker.py).
 
 The interface is small so that another executor (a Ray actor pool, say) can stand in: ``submit`` a JobSpec
 when ``idle()``, ``cancel`` it, drain ``events()`` (the client events of its jobs, already encoded as wire
@@ -25,12 +25,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
 from backend import records
-from backend.server.results import ResultStore
+from backend.jobs.results import ResultStore
 from shared import protocol as P
 from shared.status import JobStatus
 
@@ -39,7 +39,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # must not put arbitrary message types on the wire). Message types, not a JobStatus, though two share a word.
 CLIENT_EVENTS = ("started", "progress", "preview", "mesh", "finished", "cancelled", "error")
 
-log = logging.getLogger("backend.server")
+if TYPE_CHECKING:
+    from backend.jobs.runner import JobPlan
+
+log = logging.getLogger("backend.jobs")
 
 
 @dataclass
@@ -53,14 +56,51 @@ class JobSpec:
     stream: dict[str, int]
     created: str
     parent: str | None = None
-    source_checkpoint: str | None = None
-    refine_steps: int = 0
+    source_checkpoint: str | None = None  # a refine continues this checkpoint ...
+    refine_steps: int = 0  # ... for this many steps
+    resume_checkpoint: str | None = None  # a job a restarted server resumes: its own checkpoint
+    recovered: int = 0  # restarts of the server this job has been resumed after
+    attempt: int = 1  # a Ray actor's attempt at it (backend/jobs/ray_executor.py retries a dead actor's job)
 
-    def record(self, status: JobStatus, **extra: Any) -> dict[str, Any]:
-        """The job.json the server writes for a job whose worker could not (it died or was killed)."""
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "JobSpec":
+        return cls(**payload)
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    def plan(self, folder: Path) -> "JobPlan":
+        """What the runner runs for this spec in ``folder``: progress every step (the worker beats on each, and
+        sends ``progress`` at the stream's rate), previews and intermediate meshes as the stream asks."""
+        from backend.jobs.runner import JobPlan  # torch and the trainer: the worker's, not the server's imports
+
+        s = self.stream
+        plan = JobPlan(self.prompt, self.settings, folder, cadence={
+            "progress_every": 1, "preview_views": s["preview_views"], "preview_size": s["preview_size"],
+            "mesh_every": s["mesh_every"]})
+        if self.resume_checkpoint is not None:
+            plan.resume = Path(self.resume_checkpoint)
+        elif self.source_checkpoint is not None:
+            # A refine's settings are complete (validated over its source's), so all of them are laid over.
+            plan.source, plan.overrides = Path(self.source_checkpoint), self.settings
+            plan.more_steps = self.refine_steps
+        return plan
+
+    def record(self, status: JobStatus, *, prior_loaded: Any = None, head: dict[str, Any] | None = None,
+               process: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """This job's record (backend/records.py ``job_record``); ``ended`` is now unless given. Its ``settings``
+        are the job's as its message gave them, so ``steps`` keeps the message's meaning (a refine's: how many
+        more); the cumulative count is ``total``/``steps_done``. It carries what a restarted server needs to run
+        the job again (backend/jobs/recovery.py)."""
+        restart: dict[str, Any] = {}
+        if self.source_checkpoint is not None:
+            restart.update(source_checkpoint=self.source_checkpoint, refine_steps=self.refine_steps)
+        if self.recovered:
+            restart["recovered"] = self.recovered
         return records.job_record(status, job=self.id, owner=self.owner, prompt=self.prompt, parent=self.parent,
                                   created=self.created, settings=self.settings, stream=self.stream,
-                                  **{"ended": records.now(), **extra})
+                                  prior_loaded=prior_loaded, head=head, process=process,
+                                  **{"ended": records.now(), **extra, **restart})
 
 
 @dataclass
@@ -151,7 +191,7 @@ class ProcessExecutor:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backend.server.worker", self.endpoint, self._identity().decode(),
+            [sys.executable, "-m", "backend.jobs.worker", self.endpoint, self._identity().decode(),
              str(self.store.root), str(self.device)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
 
     def _identity(self) -> bytes:
@@ -196,7 +236,7 @@ class ProcessExecutor:
             spec, self._waiting = self._waiting, None
             self.running = spec
             self.last_heard = time.monotonic()
-            self._send({"type": "run", "spec": json.loads(json.dumps(asdict(spec)))})
+            self._send({"type": "run", "spec": spec.to_json()})
 
     def cancel(self, job: str, reason: str, refined_by: str | None = None, requested_step: int | None = None) -> None:
         if self._waiting is not None and self._waiting.id == job:

@@ -1,8 +1,8 @@
 """Jobs on a Ray cluster: one actor per GPU (``num_gpus`` each, 1 by default), each running the same job code as
-the local worker process (backend/server/worker.py ``WorkerProcess``) and keeping its prior warm between jobs, so
+the local worker process (backend/jobs/worker.py ``WorkerProcess``) and keeping its prior warm between jobs, so
 a model loads once per GPU, not once per job.
 
-The executor implements the server's Executor interface (backend/server/executor.py), so the ROUTER loop, the
+The executor implements the server's Executor interface (backend/jobs/executor.py), so the ROUTER loop, the
 queue, ownership and the wire stay as they are: it runs as many jobs at once as it has free actors. An actor
 runs a job in one thread of a threaded actor and buffers its events (already encoded as wire frames); the
 executor long-polls each busy actor (``take``, at most ``TAKE_WAIT_S``) so progress, previews and meshes reach
@@ -27,18 +27,18 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from backend.server.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec, cancelled_before_start, interrupted
-from backend.server.results import ResultStore
+from backend.jobs.executor import CLIENT_EVENTS, ROOT, Ended, Event, JobSpec, cancelled_before_start, interrupted
+from backend.jobs.results import ResultStore
 from shared import protocol as P
 from shared.status import JobStatus
 
-log = logging.getLogger("backend.server.ray")
+log = logging.getLogger("backend.jobs.ray")
 
 INSTALL_HINT = "pip install 'tbsd-studio[ray]' (or: pip install ray) in the backend's environment"
 RAY_NAMESPACE = "tbsd-studio"  # actors are named (job.json "worker") and found in this namespace
@@ -107,7 +107,7 @@ class RayWorker:
 
     def __init__(self, results: str, device: str, name: str, env: dict[str, str]) -> None:
         os.environ.update(env)
-        from backend.server.worker import WorkerProcess
+        from backend.jobs.worker import WorkerProcess
 
         self.channel = QueueChannel()
         self.runner = WorkerProcess(self.channel, Path(results), device, name=name)
@@ -227,10 +227,7 @@ class RayExecutor:
     def _run(self, slot: Slot, spec: JobSpec) -> None:
         slot.job = spec
         slot.last_heard = time.monotonic()
-        payload = json.loads(json.dumps(asdict(spec)))
-        attempt = self.attempts.get(spec.id, 0) + 1
-        if attempt > 1:
-            payload["attempt"] = attempt
+        payload = {**spec.to_json(), "attempt": self.attempts.get(spec.id, 0) + 1}
         slot.run_ref = slot.actor.run.remote(payload)
         slot.take_ref = slot.actor.take.remote(TAKE_WAIT_S)
 

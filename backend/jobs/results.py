@@ -3,8 +3,9 @@
 Every file is written durably (backend/files.py: temporary name, fsync, rename) and job.json last, by the
 worker process that ran the job; the server writes a record itself only when no worker can: the job is queued
 or cancelled before a worker took it (``queued``, ``cancelled``), its worker died (``failed``), or a dead server
-left it ``running`` (``lost``, at start-up). A folder whose job.json does not say
-``finished`` never offers a mesh, whatever a killed writer left behind, so list and fetch agree with the disk.
+left it live and it cannot be resumed (``lost``, at start-up: backend/jobs/recovery.py). A folder whose job.json
+does not say ``finished`` never offers a mesh, whatever a killed writer left behind, so list and fetch agree with
+the disk.
 A restarted server reads the folder once into an index that answers ``list`` without touching the disk.
 Records are built and written by backend/records.py; the store only says which folder, and keeps the index.
 """
@@ -23,7 +24,7 @@ from shared.status import LIVE_STATUSES, JobStatus
 SUMMARY_KEYS = ("job", "status", "prompt", "parent", "created", "ended", "steps_done", "total", "error",
                 "representation", "method")
 # What a job that did not finish may keep: its record and its (atomically written) checkpoint.
-UNFINISHED_KEEP = (records.RECORD_FILE, "checkpoint.pt")
+UNFINISHED_KEEP = (records.RECORD_FILE, records.CHECKPOINT_FILE)
 
 
 class ResultsRefused(ValueError):
@@ -70,9 +71,10 @@ class ResultStore:
                     p.unlink(missing_ok=True)
         self.write_record(job_id, record)
 
-    def load(self) -> list[str]:
-        """Build the index; records a dead server left "running" become "lost". Returns the lost job ids."""
-        lost = []
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Build the index from the folder. Returns the records a dead server left live (queued or running), by
+        job id, for backend/jobs/recovery.py to resume or call lost; the rest are indexed as they are."""
+        live = {}
         for folder in sorted(self.root.iterdir()):
             if not (folder.is_dir() and ID_PATTERN.match(folder.name)):
                 continue
@@ -80,14 +82,17 @@ class ResultStore:
             if record is None:
                 continue
             if record.get("status") in LIVE_STATUSES:
-                record["status"] = JobStatus.LOST
-                record["error"] = (f"the server stopped while this job was {record['status']} (killed or crashed); "
-                                   "no final mesh")
-                self.fail_unfinished(folder.name, record)
-                lost.append(folder.name)
+                live[folder.name] = record
             else:
                 self.refresh(folder.name, record)
-        return lost
+        return live
+
+    def mark_lost(self, job_id: str, record: dict[str, Any], why: str) -> None:
+        """A job a dead server left live that cannot be resumed: ``lost``, with what it kept (its checkpoint)."""
+        was = record.get("status")
+        self.fail_unfinished(job_id, {**record, "status": JobStatus.LOST,
+                                      "error": f"the server stopped while this job was {was} (killed or crashed) "
+                                               f"and it cannot be resumed: {why}; no final mesh"})
 
     def summaries(self, owner: str) -> list[dict[str, Any]]:
         """Summaries of ``owner``'s jobs, oldest first (from the index)."""

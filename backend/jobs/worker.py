@@ -1,12 +1,13 @@
-"""The job worker: a separate process (``python -m backend.server.worker``) that runs one job at a time.
+"""The job worker: a separate process (``python -m backend.jobs.worker``) that runs one job at a time.
 
 Jobs never run in the server's process: whatever a job does (hold the GIL in xatlas for seconds, segfault in
 an extension, exhaust GPU memory, hang) the server's ROUTER loop keeps answering, and the server kills and
-replaces a worker that died or went silent (backend/server/executor.py). The worker talks to the server over a
-DEALER socket (``ZmqChannel``; a Ray actor gives the same runner an in-process ``Channel`` instead) on a private ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is
-pickled). It writes every file of its job, job.json last (backend/generate.py ``finish_job``). It holds the
+replaces a worker that died or went silent (backend/jobs/executor.py). The worker talks to the server over a
+DEALER socket (``ZmqChannel``; a Ray actor gives the same runner an in-process ``Channel`` instead) on a private
+ipc endpoint with the wire's own framing (JSON header + raw array frames; nothing is pickled). It runs each job
+through the one runner (backend/jobs/runner.py) and writes every file of its job, job.json last. It holds the
 priors: the last job's stays loaded, and a job whose ``model`` setting names another switches to it
-(backend/server/models.py ``PriorCache``); the server only checks that the model is on the machine.
+(backend/jobs/models.py ``PriorCache``); the server only checks that the model is on the machine.
 
 Messages from the server: ``run`` (``spec``: a JobSpec as JSON), ``stop`` (``job``, ``reason``, ``refined_by``,
 ``requested_step``), ``exit``. To the server: ``_ready``, the client events of the job (``started``,
@@ -16,7 +17,7 @@ Messages from the server: ``run`` (``spec``: a JobSpec as JSON), ``stop`` (``job
 Test hook (never reachable from the wire): ``TBSD_TEST_WORKER_FAULTS="oom@2,segv@1,hang@1,..."`` with
 ``TBSD_TEST_FAULT_DIR``: the n-th job any worker of that server starts gets the n-th fault at that step
 (``oom`` raises torch.cuda.OutOfMemoryError, ``cuda_oom`` asks the GPU for 64 TiB, ``segv`` dereferences NULL,
-``hang`` sleeps forever).
+``hang`` sleeps forever). ``TBSD_TEST_KILL_AT_PUBLISH`` (backend/files.py) kills the server at a job's N-th write.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import numpy as np
 import zmq
 
 from backend import records
-from backend.server.meshfile import read_glb
+from backend.jobs.executor import JobSpec
+from backend.records import CHECKPOINT_FILE
 from shared import protocol as P
 from shared.status import JobStatus
 
@@ -55,7 +57,7 @@ class Stop(Exception):
 
 class Channel(Protocol):
     """How a job runner talks to whoever drives it: the server over ipc (``ZmqChannel``, this process) or a Ray
-    executor in the same process (backend/server/ray_executor.py). Frames are the wire's (P.encode)."""
+    executor in the same process (backend/jobs/ray_executor.py). Frames are the wire's (P.encode)."""
 
     def send(self, frames: list[Any]) -> None: ...
     def receive(self, timeout_ms: int) -> list[dict[str, Any]]: ...
@@ -90,9 +92,9 @@ class WorkerProcess:
     """Runs jobs one at a time and reports them over ``channel``; ``name`` (a Ray actor's) goes into job.json."""
 
     def __init__(self, channel: Channel, results: Path, device: str, name: str | None = None) -> None:
+        from backend.jobs.models import PriorCache
+        from backend.jobs.results import ResultStore
         from backend.priors import load_prior, resolve_device
-        from backend.server.models import PriorCache
-        from backend.server.results import ResultStore
 
         self.channel = channel
         self.name = name
@@ -100,17 +102,17 @@ class WorkerProcess:
         self.device = resolve_device(device)
         self.parent = os.getppid()
         # Each job names its model (settings["model"], filled in by the server); the last one stays loaded for the
-        # next job, and a job naming another drops it first (backend/server/models.py).
+        # next job, and a job naming another drops it first (backend/jobs/models.py).
         self.priors = PriorCache(load_prior, self.device)
         self.prior_loaded: bool | None = None  # whether the running job loaded its prior (False: kept)
-        self.job: dict[str, Any] | None = None
+        self.job: JobSpec | None = None
         self.stop: dict[str, Any] | None = None
         self.fault: tuple[str, int] | None = None
 
     # --- plumbing ----------------------------------------------------------------------------------------
     def send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if self.job is not None and "job" not in header:
-            header = {**header, "job": self.job["id"]}
+            header = {**header, "job": self.job.id}
         self.channel.send(P.encode(header, arrays))
 
     def _read_control(self, timeout_ms: int = 0) -> list[dict[str, Any]]:
@@ -118,7 +120,7 @@ class WorkerProcess:
 
     def _note_stops(self, messages: list[dict[str, Any]]) -> None:
         for m in messages:
-            if m["type"] == "stop" and self.job is not None and m.get("job") == self.job["id"] and self.stop is None:
+            if m["type"] == "stop" and self.job is not None and m.get("job") == self.job.id and self.stop is None:
                 self.stop = m
             elif m["type"] == "exit":
                 raise SystemExit(0)
@@ -142,68 +144,53 @@ class WorkerProcess:
                         return 0  # a fresh process for the next job (after a GPU out-of-memory)
 
     # --- one job -------------------------------------------------------------------------------------------
-    def base_record(self, spec: dict[str, Any], status: JobStatus, settings: dict[str, Any]) -> dict[str, Any]:
-        # A Ray actor's name, and the attempt when an earlier one's actor died (backend/server/ray_executor.py).
-        head = {"worker": self.name} if self.name else {}
-        if spec.get("attempt", 1) > 1:
-            head["attempt"] = spec["attempt"]
-        return records.job_record(status, job=spec["id"], owner=spec["owner"], prompt=spec["prompt"],
-                                  parent=spec.get("parent"), created=spec["created"], settings=settings,
-                                  stream=spec["stream"], prior_loaded=self.prior_loaded, head=head,
-                                  process={"device": str(self.device), "worker_pid": os.getpid()})
+    def _load_prior(self, model: str, procedural_resolution: int) -> Any:
+        prior, self.prior_loaded = self.priors.get(model, procedural_resolution)
+        return prior
 
-    def run_job(self, spec: dict[str, Any]) -> bool:
+    def base_record(self, spec: JobSpec, status: JobStatus, **extra: Any) -> dict[str, Any]:
+        # A Ray actor's name, and the attempt when an earlier one's actor died (backend/jobs/ray_executor.py).
+        head: dict[str, Any] = {"worker": self.name} if self.name else {}
+        if spec.attempt > 1:
+            head["attempt"] = spec.attempt
+        return spec.record(status, prior_loaded=self.prior_loaded, head=head,
+                           process={"device": str(self.device), "worker_pid": os.getpid()}, **extra)
+
+    def run_job(self, payload: dict[str, Any]) -> bool:
         """Run one job to its end; False when this process should be replaced afterwards."""
         import torch
 
+        from backend.jobs.runner import JobRun
+
+        spec = JobSpec.from_json(payload)
         self.job, self.stop, self.prior_loaded = spec, None, None
-        self._claim_fault()
-        folder = self.results.job_dir(spec["id"])
-        trainer = None
+        self._claim_fault(spec)
+        folder = self.results.job_dir(spec.id)
+        run: JobRun | None = None
         status, restart = JobStatus.FAILED, False
         try:
-            # Written first, so a server killed mid-job leaves a record a restarted server reports as "lost".
-            self.results.write_record(spec["id"], self.base_record(spec, JobStatus.RUNNING, spec["settings"]))
-            t0 = time.perf_counter()
-            settings = spec["settings"]
-            prior, self.prior_loaded = self.priors.get(settings["model"], settings["procedural_resolution"])
-            load_seconds = time.perf_counter() - t0
-            trainer = self._trainer(spec, prior)
+            # Written first, so a server killed mid-job leaves a record a restarted server resumes from.
+            self.results.write_record(spec.id, self.base_record(spec, JobStatus.RUNNING, ended=None))
+            run = JobRun(spec.plan(folder), self.device, self._load_prior)
+            trainer = run.prepare()
             self.send({"type": "started", "step": trainer.step, "total": trainer.total})
-            t1 = time.perf_counter()
-            completed = trainer.run(self._events(spec, folder))
-            train_seconds = time.perf_counter() - t1
-            if completed:
-                self._finish(spec, trainer, folder, load_seconds, train_seconds)
+            if run.train(self._events(spec, folder)):
+                self._finish(spec, run)
                 status = JobStatus.FINISHED
             else:
                 status = self._stopped(spec, trainer, folder)
         except Exception as exc:  # noqa: BLE001 - any failure ends this job only
             restart = isinstance(exc, torch.cuda.OutOfMemoryError)
-            self._failed(spec, trainer, exc)
+            self._failed(spec, run.trainer if run is not None else None, exc)
         finally:
             self.send({"type": "_done", "status": status, "restart": restart})
             self.job = None
         return not restart
 
-    def _trainer(self, spec: dict[str, Any], prior: Any) -> Any:
-        from backend.train import Cadence, Trainer
-
-        stream = spec["stream"]
-        # A refine's settings are complete (the server validated them over its source's), so they are the run's.
-        cadence = Cadence.from_settings(spec["settings"], progress_every=1, preview_views=stream["preview_views"],
-                                        preview_size=stream["preview_size"], mesh_every=stream["mesh_every"])
-        if spec.get("source_checkpoint") is None:
-            return Trainer(prior, spec["prompt"], spec["settings"], device=self.device, cadence=cadence)
-        trainer = Trainer.from_checkpoint(Path(spec["source_checkpoint"]), prior, self.device, spec["prompt"],
-                                          spec["settings"], cadence=cadence)
-        trainer.extend(spec["refine_steps"])
-        return trainer
-
-    def _events(self, spec: dict[str, Any], folder: Path) -> Any:
+    def _events(self, spec: JobSpec, folder: Path) -> Any:
         from backend.train import TrainEvents
 
-        stream = spec["stream"]
+        stream = spec.stream
 
         def on_progress(p: Any) -> None:
             self.send({"type": "_beat", "step": p.step})
@@ -227,13 +214,13 @@ class WorkerProcess:
             return self.should_stop(step["n"])
 
         return TrainEvents(on_progress=on_progress, on_preview=on_preview, on_mesh=on_mesh,
-                           should_stop=should_stop, checkpoint_path=folder / "checkpoint.pt")
+                           should_stop=should_stop, checkpoint_path=folder / CHECKPOINT_FILE)
 
-    def _send_intermediate(self, spec: dict[str, Any], trainer: Any, step: int, folder: Path) -> None:
+    def _send_intermediate(self, spec: JobSpec, trainer: Any, step: int, folder: Path) -> None:
         import shutil
 
         from backend.files import publish_folder
-        from backend.generate import export_result
+        from backend.jobs.finish import export_result
 
         out = folder / "intermediate"
         out.mkdir(parents=True, exist_ok=True)
@@ -241,13 +228,12 @@ class WorkerProcess:
         # (remove_leftovers clears the job folder's .staging-* at restart).
         staging = folder / f".staging-intermediate-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        stream = spec["stream"]
+        stream = spec.stream
         name = f"step_{step:06d}.glb"
         try:
-            export_result(trainer, staging, formats=("glb",), stem=f"step_{step:06d}",
-                          mesh_resolution=stream["mesh_resolution"], texture_size=stream["mesh_texture_size"])
+            result = export_result(trainer, staging, formats=("glb",), stem=f"step_{step:06d}",
+                                   mesh_resolution=stream["mesh_resolution"], texture_size=stream["mesh_texture_size"])
             publish_folder(staging, out)
-            arrays = read_glb(out / name)
         except Exception as exc:  # noqa: BLE001 - early in a run the field may hold no surface yet
             shutil.rmtree(staging, ignore_errors=True)
             self.send({"type": "error", "code": "mesh_failed", "fatal": False,
@@ -256,17 +242,17 @@ class WorkerProcess:
         for old in out.glob("step_*.glb"):  # keep only the newest intermediate on disk
             if old.name != name:
                 old.unlink(missing_ok=True)
-        self.send({"type": "mesh", "step": step, "final": False}, arrays)
+        # On disk first, then sent: the arrays the GLB was written from, not the file read back.
+        self.send({"type": "mesh", "step": step, "final": False}, result["export"]["arrays"])
 
-    def _stopped(self, spec: dict[str, Any], trainer: Any, folder: Path) -> JobStatus:
-        trainer.save_checkpoint(folder / "checkpoint.pt")
+    def _stopped(self, spec: JobSpec, trainer: Any, folder: Path) -> JobStatus:
+        trainer.save_checkpoint(folder / CHECKPOINT_FILE)
         stop = self.stop or {}
         reason = stop.get("reason") or "cancel"
         status = JobStatus.INTERRUPTED if reason == "shutdown" else JobStatus.CANCELLED
-        record = self.base_record(spec, status, trainer.settings)
-        record.update(steps_done=trainer.step, total=trainer.total, ended=records.now(), stop_reason=reason,
-                      refined_by=stop.get("refined_by"), checkpoint="checkpoint.pt")
-        self.results.write_record(spec["id"], record)
+        record = self.base_record(spec, status, steps_done=trainer.step, total=trainer.total,
+                                  stop_reason=reason, refined_by=stop.get("refined_by"), checkpoint=CHECKPOINT_FILE)
+        self.results.write_record(spec.id, record)
         header: dict[str, Any] = {"type": "cancelled", "step": trainer.step, "reason": reason}
         if stop.get("refined_by"):
             header["refined_by"] = stop["refined_by"]
@@ -275,41 +261,44 @@ class WorkerProcess:
         self.send(header)
         return status
 
-    def _finish(self, spec: dict[str, Any], trainer: Any, folder: Path, load_seconds: float,
-                train_seconds: float) -> None:
-        from backend.generate import finish_job
-
-        record = self.base_record(spec, JobStatus.FINISHED, trainer.settings)
-        record.update(seconds={"load_prior": load_seconds, "train": train_seconds},
-                      steps_per_second=trainer.step / max(train_seconds, 1e-9), ended=records.now(),
-                      checkpoint="checkpoint.pt")
-        # Meshes, preview, checkpoint, then job.json: all on disk before the client hears "finished".
-        record = finish_job(trainer, folder, record)
-        self.send({"type": "mesh", "step": trainer.step, "final": True}, read_glb(folder / "mesh.glb"))
+    def _finish(self, spec: JobSpec, run: Any) -> None:
+        assert run.trainer is not None
+        # Checkpoint, meshes, preview, then job.json: all on disk before the client hears "finished".
+        done = run.finish(self.base_record(spec, JobStatus.FINISHED))
+        self.send({"type": "mesh", "step": run.trainer.step, "final": True}, done.arrays)
+        record = done.record
         summary = {k: record[k] for k in ("steps_done", "total", "seconds", "mesh", "figures") if k in record}
         files = sorted([*record["all_files"], records.RECORD_FILE])
         self.send({"type": "finished", "status": JobStatus.FINISHED, "record": summary, "files": files})
 
-    def _failed(self, spec: dict[str, Any], trainer: Any, exc: BaseException) -> None:
+    def _failed(self, spec: JobSpec, trainer: Any, exc: BaseException) -> None:
         import torch
 
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             text = ("GPU out of memory: " + text + " (try fewer views_per_step, a lower render resolution or "
                     "quality draft); the worker process is restarted for the next job")
-        record = self.base_record(spec, JobStatus.FAILED, trainer.settings if trainer is not None else spec["settings"])
-        record.update(error=text, traceback=traceback.format_exc()[-4000:], ended=records.now(),
-                      steps_done=trainer.step if trainer is not None else 0)
+        record = self.base_record(spec, JobStatus.FAILED, error=text, traceback=traceback.format_exc()[-4000:],
+                                  steps_done=trainer.step if trainer is not None else 0)
         try:
-            self.results.fail_unfinished(spec["id"], record)
+            self.results.fail_unfinished(spec.id, record)
         except (OSError, ValueError) as write_error:
             # The client must know the record is missing too; the server writes one when it hears _done.
             text += f" (and its record could not be written: {write_error})"
-        self.send({"type": "error", "code": "job_failed", "fatal": True, "message": f"job {spec['id']} failed: {text}"})
+        self.send({"type": "error", "code": "job_failed", "fatal": True, "message": f"job {spec.id} failed: {text}"})
 
     # --- test hook -----------------------------------------------------------------------------------------
-    def _claim_fault(self) -> None:
+    def _claim_fault(self, spec: JobSpec) -> None:
         self.fault = None
+        kill_at = os.environ.get("TBSD_TEST_KILL_AT_PUBLISH")
+        if kill_at:  # backend/files.py: "N[+][@R]", comma-separated: the publish to kill at in a job's R-th resumption
+            from backend.files import arm_kill_hook
+
+            points = {}
+            for item in kill_at.split(","):
+                point, _, run = item.partition("@")
+                points[int(run or 0)] = point
+            arm_kill_hook(points.get(spec.recovered))
         faults, folder = os.environ.get("TBSD_TEST_WORKER_FAULTS"), os.environ.get("TBSD_TEST_FAULT_DIR")
         if not faults or not folder:
             return
@@ -344,10 +333,6 @@ class WorkerProcess:
 def main(argv: list[str]) -> int:
     endpoint, identity, results, device = argv
     _die_with_parent()
-    if os.environ.get("TBSD_TEST_KILL_AT_PUBLISH"):  # test hook (backend/files.py); never set in production
-        from backend.files import arm_kill_hook
-
-        arm_kill_hook(os.environ["TBSD_TEST_KILL_AT_PUBLISH"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal goes to the server, which decides
     try:
         os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care

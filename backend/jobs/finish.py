@@ -1,10 +1,11 @@
-"""One generation job end to end: prompt + settings -> trained representation -> textured mesh on disk.
+"""A job's end: trained representation -> textured mesh on disk, then the record.
 
-Training (`Trainer.run`) and the job's end (`finish_job`: extract, bake, write ``mesh.glb``, ``mesh.obj``
-(+ .mtl + texture PNG), ``mesh.ply``, ``preview.png`` (turntable strip), ``checkpoint.pt`` and last
-``job.json``) are separate, so the CLI and the server's worker share both. Every file is written under a
-temporary name, fsynced and renamed (backend/files.py), and job.json is published last: a job.json that says
-``finished`` means every file it lists is complete on disk. `export_result` also serves intermediate meshes.
+`finish_job` extracts, bakes and writes ``mesh.glb``, ``mesh.obj`` (+ .mtl + texture PNG), ``mesh.ply`` and
+``preview.png`` (turntable strip), then last ``job.json``; the runner (backend/jobs/runner.py) saved
+``checkpoint.pt`` before it, so a job killed here is finished from that checkpoint by re-running only this.
+Every file is written under a temporary name, fsynced and renamed (backend/files.py), and job.json is
+published last: a job.json that says ``finished`` means every file it lists is complete on disk.
+`export_result` also serves intermediate meshes; both hand back the GLB's arrays for the wire.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from backend.export import export_mesh, extract_mesh
-from backend.export.field import DEFAULT_BOUND
 from backend import records
+from backend.export import FORMATS, export_mesh, extract_mesh
+from backend.export.field import DEFAULT_BOUND
 from backend.files import publish_folder, remove_leftovers
 from backend.images import save_png
-from backend.priors.base import DiffusionPrior
+from backend.records import CHECKPOINT_FILE
 from backend.scene.cameras import eval_views
-from backend.train import Trainer, TrainEvents
+from backend.train import Trainer
 
 # Renders used to choose the marching-cubes level: the eval turntable plus views from above and below,
 # so concavities seen only from one side still constrain the level.
@@ -42,10 +44,11 @@ def _field(fn: Any) -> Any:
     return call
 
 
-def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = ("glb", "obj", "ply"),
+def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FORMATS,
                   stem: str = "mesh", mesh_resolution: int | None = None,
                   texture_size: int | None = None) -> dict[str, Any]:
-    """Extract, bake and write the trainer's current scene; returns figures and file paths."""
+    """Extract, bake and write the trainer's current scene; returns figures, file paths and, when a GLB was
+    written, ``export["arrays"]``: its mesh as wire arrays."""
     s = trainer.settings
     scene = trainer.scene
     scene.eval()
@@ -93,13 +96,21 @@ def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int
             "colour_error": float(np.linalg.norm(mean - true_colour)), "nearest_colour": nearest}
 
 
+@dataclass
+class Finished:
+    """A finished job: its record (as written) and its final mesh as the wire sends it (the GLB's arrays)."""
+
+    record: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
 def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None = None,
-               checkpoint: bool = True) -> dict[str, Any]:
-    """The end of a job: extract, bake and write the meshes and the preview, the checkpoint, then job.json.
+               checkpoint: bool = True) -> Finished:
+    """The end of a job: extract, bake and write the meshes and the preview, then job.json.
 
     ``record`` holds what the caller knows (prompt, owner, timings of loading and training, ...); the figures
     of the export are added and the whole is written once, atomically, after every file it names.
-    Returns the record written.
+    ``checkpoint``: the caller saved ``checkpoint.pt`` in ``out_dir`` at this step, and the record lists it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".staging-{os.getpid()}"
@@ -113,18 +124,19 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
     t2 = time.perf_counter()
     files = publish_folder(staging, out_dir)
     if checkpoint:
-        trainer.save_checkpoint(out_dir / "checkpoint.pt")
-        files.append("checkpoint.pt")
+        files.append(CHECKPOINT_FILE)
     remove_leftovers(out_dir)
     device = trainer.device
+    export = dict(result["export"])
+    arrays = export.pop("arrays")
     out: dict[str, Any] = {
         **records.finished_record(record, prompt=trainer.prompt, settings=trainer.settings, device=str(device),
                                   steps_done=trainer.step, total=trainer.total),
         "mesh": {k: v for k, v in result["extract"].items() if k != "seconds"},
         "extract_seconds": result["extract"].get("seconds", {}),
-        "files": {k: Path(v).name for k, v in result["export"].get("files", {}).items()},
+        "files": {k: Path(v).name for k, v in export.get("files", {}).items()},
         "all_files": sorted(files),
-        "export": {k: v for k, v in result["export"].items() if k != "files"},
+        "export": {k: v for k, v in export.items() if k != "files"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
     out["seconds"] = {**dict(out.get("seconds") or {}), **result["seconds"], "preview": t2 - t1,
@@ -134,20 +146,7 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
     if trainer.prior.name == "procedural":
         out["figures"] = procedural_figures(trainer.prompt, trainer, result["mesh"])
     records.write_record(out_dir, out)
-    return out
+    return Finished(out, arrays)
 
 
-def run_job(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any], out_dir: Path,
-            device: torch.device, events: TrainEvents | None = None, trainer: Trainer | None = None,
-            load_seconds: float = 0.0, checkpoint: bool = False) -> dict[str, Any]:
-    """Train (or continue ``trainer``) to its end, then `finish_job`. Returns the job record."""
-    started = time.time()
-    t0 = time.perf_counter()
-    trainer = trainer or Trainer(prior, prompt, settings, device=device)
-    trainer.run(events)
-    train_seconds = time.perf_counter() - t0
-    return finish_job(trainer, out_dir, {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "seconds": {"load_prior": load_seconds, "train": train_seconds},
-        "steps_per_second": trainer.step / max(train_seconds, 1e-9),
-    }, checkpoint=checkpoint)
+__all__ = ["Finished", "export_result", "finish_job", "procedural_figures"]

@@ -1,0 +1,119 @@
+"""One job from its plan to its record: the prior, the trainer, training, the checkpoint, the export, the timings.
+
+The CLI's ``generate``, the worker (and through it the server and ``batch``) and the benchmark all run a job
+here, so a job's composition and its record's timings have one definition. ``JobRun`` is the job in three steps
+(``prepare``, ``train``, ``finish``) for a caller that reports between them (the worker sends ``started`` after
+``prepare``); ``run_job`` is the three in a row.
+
+A trainer comes from one of three places (``JobPlan``): a fresh run; a checkpoint to continue with this job's
+prompt and settings for ``more_steps`` (a refine, ``generate --resume``); or this job's own checkpoint, continued
+exactly as it was (a job a restarted server resumes: from a periodic checkpoint when it was training, or from the
+one saved at the end of training when it was exporting, so only the export runs again).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from backend import records
+from backend.jobs.finish import Finished, finish_job
+from backend.records import CHECKPOINT_FILE
+from backend.train import Cadence, Trainer, TrainEvents
+
+# (model, procedural_resolution) -> the loaded prior
+PriorLoader = Callable[[str, int], Any]
+
+
+@dataclass
+class JobPlan:
+    """What to run: the prompt and complete settings, the job's folder, and where its trainer starts."""
+
+    prompt: str
+    settings: Mapping[str, Any]
+    folder: Path
+    source: Path | None = None  # a checkpoint to continue with this prompt
+    overrides: Mapping[str, Any] | None = None  # with ``source``: settings laid over the checkpoint's
+    more_steps: int | None = None  # with ``source``: this many steps more (None: on to its run's end)
+    resume: Path | None = None  # this job's own checkpoint: continue exactly (prompt and settings its own)
+    checkpoint: bool = True  # keep checkpoint.pt beside the meshes (saved before the export)
+    cadence: Mapping[str, int] | None = None  # Cadence fields over the settings' (a server job's stream options)
+
+
+class JobRun:
+    """One job in a process: ``prepare`` (load the prior, build the trainer), ``train``, ``finish``."""
+
+    def __init__(self, plan: JobPlan, device: torch.device, load: PriorLoader) -> None:
+        self.plan = plan
+        self.device = device
+        self._load = load
+        self.trainer: Trainer | None = None
+        self.load_seconds = 0.0
+        self.train_seconds = 0.0
+        self.started: str | None = None
+        self.resumed_at: int | None = None  # the step this job's own checkpoint held (a restarted server's resume)
+
+    def prepare(self) -> Trainer:
+        plan, s = self.plan, self.plan.settings
+        self.started = records.now()
+        t0 = time.perf_counter()
+        prior = self._load(s["model"], s["procedural_resolution"])
+        self.load_seconds = time.perf_counter() - t0
+        if plan.resume is not None:
+            trainer = Trainer.from_checkpoint(plan.resume, prior, self.device)
+            self.resumed_at = trainer.step
+        elif plan.source is not None:
+            trainer = Trainer.from_checkpoint(plan.source, prior, self.device, plan.prompt, plan.overrides)
+            if plan.more_steps is not None:
+                trainer.extend(plan.more_steps)
+        else:
+            trainer = Trainer(prior, plan.prompt, s, device=self.device)
+        if plan.cadence is not None:
+            trainer.cadence = Cadence.from_settings(trainer.settings, **plan.cadence)
+        self.trainer = trainer
+        return trainer
+
+    def train(self, events: TrainEvents | None = None) -> bool:
+        """Train to the end; False when ``events.should_stop`` stopped it first."""
+        assert self.trainer is not None, "prepare() first"
+        t0 = time.perf_counter()
+        completed = self.trainer.run(events)
+        self.train_seconds += time.perf_counter() - t0
+        return completed
+
+    def finish(self, record: Mapping[str, Any] | None = None) -> Finished:
+        """Checkpoint, export, record: ``record`` (what the caller knows) gains the timings and the export's
+        figures and is written last."""
+        trainer = self.trainer
+        assert trainer is not None, "prepare() first"
+        if self.plan.checkpoint:
+            # Before the export: a job killed while exporting is finished from here, without training again.
+            trainer.save_checkpoint(self.plan.folder / CHECKPOINT_FILE)
+        known = {"started": self.started, **dict(record or {}),
+                 "seconds": {"load_prior": self.load_seconds, "train": self.train_seconds},
+                 "steps_per_second": trainer.step / max(self.train_seconds, 1e-9), "ended": records.now()}
+        if self.plan.checkpoint:
+            known["checkpoint"] = CHECKPOINT_FILE
+        if self.resumed_at is not None:
+            known["resumed_at_step"] = self.resumed_at  # == steps_done: only the export ran again
+        return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint)
+
+
+def run_job(plan: JobPlan, device: torch.device, load: PriorLoader, record: Mapping[str, Any] | None = None,
+            events: TrainEvents | None = None) -> Finished | None:
+    """Prepare, train and finish ``plan``; None when ``events.should_stop`` stopped it."""
+    run = JobRun(plan, device, load)
+    run.prepare()
+    return run.finish(record) if run.train(events) else None
+
+
+def fixed_prior(prior: Any) -> PriorLoader:
+    """A loader that hands out a prior already loaded (the benchmark's, a test's)."""
+    return lambda model, resolution: prior
+
+
+__all__ = ["JobPlan", "JobRun", "PriorLoader", "fixed_prior", "run_job"]
