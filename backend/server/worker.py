@@ -187,16 +187,15 @@ class WorkerProcess:
         return not restart
 
     def _trainer(self, spec: dict[str, Any], prior: Any) -> Any:
-        from backend.train import Cadence, Trainer
+        from backend.train import Trainer
 
         stream = spec["stream"]
-        # A refine's settings are complete (the server validated them over its source's), so they are the run's.
-        cadence = Cadence.from_settings(spec["settings"], progress_every=1, preview_views=stream["preview_views"],
-                                        preview_size=stream["preview_size"], mesh_every=stream["mesh_every"])
+        cadence = {"progress_every": 1, "preview_views": stream["preview_views"],
+                   "preview_size": stream["preview_size"], "mesh_every": stream["mesh_every"]}
         if spec.get("source_checkpoint") is None:
-            return Trainer(prior, spec["prompt"], spec["settings"], device=self.device, cadence=cadence)
+            return Trainer(prior, spec["prompt"], spec["settings"], device=self.device, cadence_overrides=cadence)
         trainer = Trainer.from_checkpoint(Path(spec["source_checkpoint"]), prior, self.device, spec["prompt"],
-                                          spec["settings"], cadence=cadence)
+                                          spec["settings"], cadence_overrides=cadence)
         trainer.extend(spec["refine_steps"])
         return trainer
 
