@@ -3,9 +3,9 @@
 `Trainer` holds one run's state (representation, its strategy's state, optimiser, step, generator) so a run
 can be checkpointed, resumed, cancelled between steps and continued with new settings (`extend`: the CLI's
 resume and the server's refine). The trainer owns the cadence (`Cadence`: when to report progress, draw a
-preview, export an intermediate mesh, write a checkpoint), read from the settings or given at construction (a
-server job's stream options); callers only pass sinks (`TrainEvents`), so the CLI, the server's worker and the
-tests share one loop.
+preview, export an intermediate mesh, write a checkpoint), read from the settings with any fields a caller
+sets at construction (a server job's stream options); callers only pass sinks (`TrainEvents`), so the CLI, the
+server's worker and the tests share one loop.
 
 Checkpoints hold only tensors, dicts, lists, strings and numbers (the generator state is a uint8 tensor), so
 they load with ``torch.load(weights_only=True)``: a planted checkpoint cannot run code.
@@ -110,9 +110,9 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
 class Trainer:
     def __init__(self, prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
                  representation: Representation | None = None, device: torch.device | str = "cpu",
-                 cadence: Cadence | None = None) -> None:
-        """A run at step 0 (or on ``representation``, e.g. a checkpoint's); ``cadence`` defaults to the
-        settings' (``Cadence.from_settings``)."""
+                 cadence_overrides: Mapping[str, int] | None = None) -> None:
+        """A run at step 0 (or on ``representation``, e.g. a checkpoint's). Its cadence is the settings' with
+        ``cadence_overrides`` (``Cadence`` fields, e.g. a server job's stream options) set over them."""
         self.prior = prior
         self.device = torch.device(device)
         self.settings = dict(settings)
@@ -134,7 +134,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings["seed"])
         self.step = 0
         self.total = settings["steps"]
-        self.cadence = cadence or Cadence.from_settings(self.settings)
+        self.cadence = Cadence.from_settings(self.settings, **(cadence_overrides or {}))
         self._bank: tuple[Views, list[tuple[float, float]]] | None = None
         self.clock = PhaseClock(PHASES, self.device)
 
@@ -293,15 +293,16 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: Path, prior: DiffusionPrior, device: torch.device | str = "cpu",
                         prompt: str | None = None, settings: Mapping[str, Any] | None = None,
-                        cadence: Cadence | None = None) -> "Trainer":
+                        cadence_overrides: Mapping[str, int] | None = None) -> "Trainer":
         """Resume a run at its step, to its total (``extend`` trains further); a new prompt or settings continue
-        from its state (refine); ``cadence`` as in ``Trainer``. Loads with ``weights_only=True``: anything but
-        tensors and plain containers is refused, so a planted checkpoint cannot run code."""
+        from its state (refine); ``cadence_overrides`` as in ``Trainer``, over the merged settings. Loads with
+        ``weights_only=True``: anything but tensors and plain containers is refused, so a planted checkpoint cannot
+        run code."""
         state = load_checkpoint(path, device)
         merged = dict(state["settings"], **(settings or {}))
         scene = representation_class(state["representation"]).from_checkpoint(
             state["scene_state"], state["scene_extra"], merged, prior.background).to(device)
-        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence)
+        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence_overrides)
         trainer.optimiser.load_state_dict(state["optimiser"])
         trainer.step = int(state["step"])
         trainer.total = int(state.get("total", state["settings"]["steps"]))

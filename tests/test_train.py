@@ -31,13 +31,16 @@ def _preview_steps(trainer: Trainer) -> list[int]:
 def test_a_cadence_given_at_construction_is_the_runs_and_survives_a_resume(prior, tmp_path: Path):
     settings = _settings(steps=4)
     assert _preview_steps(Trainer(prior, "a red cube", settings)) == []  # the settings': no previews
-    cadence = Cadence(preview_every=2, preview_views=1, preview_size=16)
-    trainer = Trainer(prior, "a red cube", settings, cadence=cadence)
+    trainer = Trainer(prior, "a red cube", settings,
+                      cadence_overrides={"preview_every": 2, "preview_views": 1, "preview_size": 16})
     assert _preview_steps(trainer) == [2, 4]
+    assert trainer.cadence == Cadence(preview_every=2, preview_views=1, preview_size=16, checkpoint_every=0)
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")
-    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior, cadence=Cadence(preview_every=1,
-                                                                                         preview_size=16))
+    # Over the checkpoint's settings: the override sets the preview size, the settings' preview_every stays.
+    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior, settings={"preview_every": 1},
+                                      cadence_overrides={"preview_size": 16})
     resumed.extend(2)
+    assert resumed.cadence.preview_size == 16
     assert _preview_steps(resumed) == [5, 6]
 
 

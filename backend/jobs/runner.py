@@ -23,7 +23,7 @@ import torch
 from backend import records
 from backend.jobs.finish import Finished, finish_job
 from backend.records import CHECKPOINT_FILE
-from backend.train import Cadence, Trainer, TrainEvents
+from backend.train import Trainer, TrainEvents
 
 # (model, procedural_resolution) -> the loaded prior
 PriorLoader = Callable[[str, int], Any]
@@ -63,17 +63,17 @@ class JobRun:
         t0 = time.perf_counter()
         prior = self._load(s["model"], s["procedural_resolution"])
         self.load_seconds = time.perf_counter() - t0
+        cadence = plan.cadence  # a server job's stream options over the run's own settings
         if plan.resume is not None:
-            trainer = Trainer.from_checkpoint(plan.resume, prior, self.device)
+            trainer = Trainer.from_checkpoint(plan.resume, prior, self.device, cadence_overrides=cadence)
             self.resumed_at = trainer.step
         elif plan.source is not None:
-            trainer = Trainer.from_checkpoint(plan.source, prior, self.device, plan.prompt, plan.overrides)
+            trainer = Trainer.from_checkpoint(plan.source, prior, self.device, plan.prompt, plan.overrides,
+                                              cadence_overrides=cadence)
             if plan.more_steps is not None:
                 trainer.extend(plan.more_steps)
         else:
-            trainer = Trainer(prior, plan.prompt, s, device=self.device)
-        if plan.cadence is not None:
-            trainer.cadence = Cadence.from_settings(trainer.settings, **plan.cadence)
+            trainer = Trainer(prior, plan.prompt, s, device=self.device, cadence_overrides=cadence)
         self.trainer = trainer
         return trainer
 

@@ -8,7 +8,8 @@ from one render waits in it for a later call.
 gsplat calls its ``step_post_backward`` between ``backward`` and ``optimizer.step()``; here the round runs after
 the optimiser's step (``step_post_optimiser``), so this step's update lands on the Gaussians before they are
 cloned, split or pruned and the new ones start with zero Adam moments. That is the order the product's runs
-have always had; moving it would change every Gaussian run.
+have always had; moving it would change every Gaussian run. gsplat's ``step_pre_backward`` only asks for the 2D
+means' gradient to be kept; both renderers here do that themselves (``splatting.py``), so there is no such hook.
 
 Schedules are fractions of the run (``GaussianConfig``), so they scale to 500-2000 step runs, with a growth
 budget per round (``GaussianConfig.max_growth``). A round replaces the scene's parameter tensors and rebuilds
