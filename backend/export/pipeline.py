@@ -93,6 +93,7 @@ def export_mesh(
     formats: tuple[str, ...] | list[str] = FORMATS,
     stem: str = "mesh",
     device: torch.device | str = "cpu",
+    wire_arrays: bool = False,  # also return ``arrays``: the GLB's mesh as wire arrays (meshfile.py), not JSON
 ) -> dict:
     """Unwrap, bake and write ``mesh`` as ``out_dir/<stem>.{glb,obj,ply}`` (OBJ with .mtl and PNG).
 
@@ -122,9 +123,8 @@ def export_mesh(
         t = time.perf_counter()
         if "glb" in formats:
             files["glb"] = str(write_glb(out_dir / f"{stem}.glb", uv_mesh, uvs, texture, name=stem))
-            # Not JSON: what the GLB holds, as wire arrays (meshfile.py), which the server sends instead of reading
-            # the file back; callers that record the result leave it out.
-            result["arrays"] = mesh_arrays(uv_mesh, uvs, texture)
+            if wire_arrays:  # what the server sends, instead of reading the file back
+                result["arrays"] = mesh_arrays(uv_mesh, uvs, texture)
         if "obj" in formats:
             written = write_obj(out_dir / f"{stem}.obj", uv_mesh, uvs, texture)
             files.update({key: str(value) for key, value in written.items()})
