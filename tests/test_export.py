@@ -444,28 +444,35 @@ def test_obj_mtl_png_and_ply(sphere_export, sphere_stage):
 
 def test_export_figures(sphere_export):
     _, figures = sphere_export
-    json.dumps({k: v for k, v in figures.items() if k != "arrays"})  # ready for job.json, less the wire's arrays
+    json.dumps(figures)  # ready for job.json
     assert 0.3 < figures["texture_coverage"] < 0.95
     assert set(figures["seconds"]) >= {"unwrap", "bake"}
     with pytest.raises(ValueError, match="unknown formats"):
         export_mesh(Path("/nonexistent"), Mesh(np.zeros((3, 3)), np.array([[0, 1, 2]])), colour_fn, formats=("fbx",))
 
 
-def test_the_wire_arrays_export_mesh_returns_are_the_glbs_contents(sphere_export):
+@pytest.fixture(scope="module")
+def sphere_wire(sphere_stage, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sphere_wire")
+    return export_mesh(out, sphere_stage["clean"], colour_fn, texture_size=TEXTURE, formats=("glb",),
+                       wire_arrays=True)
+
+
+def test_the_wire_arrays_export_mesh_returns_are_the_glbs_contents(sphere_wire):
     """The server sends the arrays the exporter wrote (no GLB read back): they must be exactly what a reader of
     the file gets, key for key, dtype for dtype, bit for bit."""
     from backend.export.meshfile import read_glb as read_wire_arrays
 
-    out, figures = sphere_export
+    figures = sphere_wire
     sent, on_disk = figures["arrays"], read_wire_arrays(Path(figures["files"]["glb"]))
     assert sorted(sent) == sorted(on_disk) == ["colours", "faces", "texture", "uvs", "vertices"]
     for name in on_disk:
         assert sent[name].dtype == on_disk[name].dtype and sent[name].shape == on_disk[name].shape, name
         assert sent[name].tobytes() == on_disk[name].tobytes(), name
 
-def test_the_wire_uvs_are_the_files_not_the_unwrappers(sphere_stage, sphere_export):
+def test_the_wire_uvs_are_the_files_not_the_unwrappers(sphere_stage, sphere_wire):
     """Why the arrays go through the file's conversions: glTF stores 1 - v, and 1 - (1 - v) is not v in float32
     for about a third of the UVs, so sending the unwrapper's UVs would not be what is on disk."""
     _, uvs = unwrap_uvs(sphere_stage["clean"], TEXTURE)
-    sent = sphere_export[1]["arrays"]["uvs"]
+    sent = sphere_wire["arrays"]["uvs"]
     assert uvs.shape == sent.shape and np.count_nonzero(uvs.astype(np.float32) != sent) > len(uvs) // 10

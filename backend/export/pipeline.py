@@ -93,6 +93,7 @@ def export_mesh(
     formats: tuple[str, ...] | list[str] = FORMATS,
     stem: str = "mesh",
     device: torch.device | str = "cpu",
+    wire_arrays: bool = False,  # also return ``arrays``: the GLB's mesh as wire arrays (meshfile.py), not JSON
 ) -> dict:
     """Unwrap, bake and write ``mesh`` as ``out_dir/<stem>.{glb,obj,ply}`` (OBJ with .mtl and PNG).
 
@@ -126,9 +127,7 @@ def export_mesh(
         surface = Surface(uv_mesh, uvs=uvs, texture=texture)
         for name in textured:
             files.update({key: str(path) for key, path in WRITERS[name].write(out_dir, stem, surface).items()})
-        if "glb" in textured:
-            # Not JSON: what the GLB holds, as wire arrays (meshfile.py), which the server sends instead of reading
-            # the file back; callers that record the result leave it out.
+        if "glb" in textured and wire_arrays:  # what the server sends, instead of reading the file back
             result["arrays"] = mesh_arrays(uv_mesh, uvs, texture)
         seconds["write_textured"] = time.perf_counter() - t
     coloured: Surface | None = None

@@ -64,8 +64,9 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FO
         grid=None if grid is None else grid.float().cpu().numpy(),
     )
     t1 = time.perf_counter()
-    export_figures = export_mesh(out_dir, mesh, _field(scene.surface_albedo), texture_size=texture_size or s["texture_size"],
-                                 formats=formats, stem=stem, device=trainer.device)
+    export_figures = export_mesh(out_dir, mesh, _field(scene.surface_albedo),
+                                 texture_size=texture_size or s["texture_size"], formats=formats, stem=stem,
+                                 device=trainer.device, wire_arrays=True)
     t2 = time.perf_counter()
     return {"mesh": mesh, "extract": extract_figures, "export": export_figures,
             "seconds": {"extract": t1 - t0, "export": t2 - t1}}
