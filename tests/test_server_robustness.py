@@ -126,6 +126,18 @@ def _server_with_worker_faults(tmp_path: Path, faults: str, *extra: str) -> Serv
         env={"TBSD_TEST_WORKER_FAULTS": faults, "TBSD_TEST_FAULT_DIR": str(folder)})
 
 
+def test_a_worker_whose_server_died_while_it_started_exits_instead_of_waiting_forever(tmp_path):
+    """A server killed while its new worker is still importing (before the worker asks the kernel to kill it with
+    its parent) left the worker reparented, waiting for jobs forever. It must see its parent is not the server
+    that started it and exit."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process is over, as a dead server's is
+    proc = subprocess.run([sys.executable, "-m", "backend.jobs.worker", f"ipc://{tmp_path}/none.sock", "worker-1",
+                           str(tmp_path / "results"), "cpu", str(gone.pid)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)  # a worker that stays raises TimeoutExpired here
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_worker_that_runs_out_of_gpu_memory_segfaults_hangs_or_is_killed_fails_only_its_job(tmp_path):
     s = _server_with_worker_faults(tmp_path, "oom@2,segv@2,hang@2", "--job-silence-timeout", "8")
     try:

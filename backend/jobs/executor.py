@@ -192,7 +192,7 @@ class ProcessExecutor:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend.jobs.worker", self.endpoint, self._identity().decode(),
-             str(self.store.root), str(self.device)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+             str(self.store.root), str(self.device), str(os.getpid())], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
 
     def _identity(self) -> bytes:
         return f"worker-{self.generation}".encode()

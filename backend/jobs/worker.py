@@ -91,7 +91,8 @@ class ZmqChannel:
 class WorkerProcess:
     """Runs jobs one at a time and reports them over ``channel``; ``name`` (a Ray actor's) goes into job.json."""
 
-    def __init__(self, channel: Channel, results: Path, device: str, name: str | None = None) -> None:
+    def __init__(self, channel: Channel, results: Path, device: str, name: str | None = None,
+                 parent: int | None = None) -> None:
         from backend.jobs.models import PriorCache
         from backend.jobs.results import ResultStore
         from backend.priors import load_prior, resolve_device
@@ -100,7 +101,7 @@ class WorkerProcess:
         self.name = name
         self.results = ResultStore(results)
         self.device = resolve_device(device)
-        self.parent = os.getppid()
+        self.parent = parent if parent is not None else os.getppid()  # whose death ends this process
         # Each job names its model (settings["model"], filled in by the server); the last one stays loaded for the
         # next job, and a job naming another drops it first (backend/jobs/models.py).
         self.priors = PriorCache(load_prior, self.device)
@@ -331,8 +332,12 @@ class WorkerProcess:
 
 
 def main(argv: list[str]) -> int:
-    endpoint, identity, results, device = argv
+    endpoint, identity, results, device, server_pid = argv
     _die_with_parent()
+    if os.getppid() != int(server_pid):
+        # The server died while this process was still importing, before it could ask to die with it: nobody
+        # would ever send it a job, and it would stay forever (reparented, holding its share of the GPU).
+        return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal goes to the server, which decides
     try:
         os.nice(2)  # the server's loop (and the desktop) first; the GPU does not care
@@ -340,7 +345,7 @@ def main(argv: list[str]) -> int:
         pass
     channel = ZmqChannel(endpoint, identity.encode())
     try:
-        return WorkerProcess(channel, Path(results), device).serve()
+        return WorkerProcess(channel, Path(results), device, parent=int(server_pid)).serve()
     finally:
         channel.close()
 
