@@ -37,7 +37,9 @@ class NeRFScene(Representation):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], background: tuple[float, float, float] | None) -> NeRFScene:
         return cls(grid_levels=settings["nerf_grid_levels"], grid_log2_table=settings["nerf_grid_log2_table"],
-                   samples_per_ray=settings["nerf_samples_per_ray"], background=background,
+                   samples_per_ray=settings["nerf_samples_per_ray"],
+                   background=background if background is not None or settings["nerf_background"] == "learned"
+                   else (0.5, 0.5, 0.5),
                    normal_eps=settings["nerf_normal_eps"])
 
     def __init__(
