@@ -20,7 +20,6 @@ METHODS: tuple[str, ...] = ("tbsd", "sds", "nfsd", "csd", "bridge", "bsd")
 REPRESENTATIONS: tuple[str, ...] = ("nerf", "gaussians")
 WEIGHTINGS: tuple[str, ...] = ("auto", "sds", "uniform", "sqrt_abar", "abar")
 T_SCHEDULES: tuple[str, ...] = ("random", "random_step_anneal", "random_linear_anneal", "deterministic")
-LATENT_PULLBACKS: tuple[str, ...] = ("encoder", "decoder")
 NERF_BACKGROUNDS: tuple[str, ...] = ("learned", "grey")
 
 # Negative texts from the public code (../shared/REFERENCE.md); kept verbatim.
@@ -230,10 +229,6 @@ _ALL: tuple[Setting, ...] = (
     _s("textureless_prob", float, 0.3,
        "Probability of a textureless (white albedo) render per step for priors that do not fix the shading.",
        "camera", 0.0, 1.0, advanced=True),
-    _s("latent_pullback", str, "encoder",
-       "How a latent prior's gradient reaches the pixels: 'encoder' (the VAE encoder's transposed Jacobian, "
-       "autograd's own) or 'decoder' (the decoder's image of the latent step, at the same length). Priors "
-       "without a VAE ignore it.", "optimise", choices=LATENT_PULLBACKS, advanced=True),
     # --- 3D run: optimisation -----------------------------------------------------------------------
     _s("lr", float, 0.01, "AdamW learning rate of the 3D representation (TBSD paper: 0.01).", "optimise",
        1e-5, 1.0, advanced=True),
