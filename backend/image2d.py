@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from backend.distill.step import distillation_loss, prompt_set
+from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.priors.base import DiffusionPrior
 from backend.scene.cameras import front_view
 
@@ -42,10 +42,11 @@ def optimise_image(
     batch = settings["image_batch"]
     views = front_view(batch).to(prior.device) if prior.camera_aware else None
     steps = settings["image_steps"]
+    distill = DistillConfig.from_settings(settings)
     trace: list[dict[str, Any]] = []
     start = time.perf_counter()
     for step in range(steps):
-        result = distillation_loss(prior, x.expand(batch, -1, -1, -1), prompts, settings,
+        result = distillation_loss(prior, x.expand(batch, -1, -1, -1), prompts, distill,
                                    progress=step / steps, generator=generator, views=views)
         optimiser.zero_grad(set_to_none=True)
         result.loss.backward()

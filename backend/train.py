@@ -24,7 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.files import publish, tmp_name
-from backend.distill.step import distillation_loss, prompt_set
+from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
@@ -119,6 +119,7 @@ class Trainer:
         self.prompt = prompt
         self.prompts = prompt_set(prompt, settings)
         self.cameras = CameraConfig.from_settings(settings)
+        self.distill = DistillConfig.from_settings(settings)
         prior.check_prompts(self.prompts)
         if representation is None:
             # Initial weights follow the run's seed, without disturbing the caller's global RNG.
@@ -201,7 +202,7 @@ class Trainer:
         info: dict[str, Any] = {}
         for prompts, idx in self._prompt_groups(angles):
             sub_views = views.select(idx)
-            result = distillation_loss(self.prior, x[idx], prompts, s, progress, self.generator,
+            result = distillation_loss(self.prior, x[idx], prompts, self.distill, progress, self.generator,
                                        sub_views if self.prior.camera_aware else None)
             loss = loss + result.loss * len(idx) / len(angles)
             info.update(result.info)

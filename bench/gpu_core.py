@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from backend.distill.step import distillation_loss, prompt_set
+from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.image2d import optimise_image
 from backend.metrics import image_figures
 from backend.priors.procedural.prior import ProceduralPrior
@@ -50,12 +50,13 @@ def sd_method_timings(prior, method: str, warmup: int, steps: int) -> dict:
         # 3D-shaped: an RGB render at 512 goes through the VAE encoder with gradient.
         "encode512": (torch.rand(1, 3, 512, 512, device="cuda"), 0.01, prior.encode),
     }
+    distill = DistillConfig.from_settings(settings)
     for name, (init, lr, to_sample) in cases.items():
         param = torch.nn.Parameter(init)
         opt = torch.optim.Adam([param], lr=lr)
 
         def step(i: int) -> None:
-            r = distillation_loss(prior, to_sample(param), prompts, settings, progress=i / 100, generator=gen)
+            r = distillation_loss(prior, to_sample(param), prompts, distill, progress=i / 100, generator=gen)
             opt.zero_grad(set_to_none=True)
             r.loss.backward()
             opt.step()

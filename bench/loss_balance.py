@@ -44,7 +44,7 @@ def balance(model: str, prompt: str, settings: dict, steps: int, progress: float
         x = prior.encode(out.rgb)
         distill = torch.zeros(())
         for prompts, idx in trainer._prompt_groups(angles):
-            result = distillation_loss(prior, x[idx], prompts, settings, progress, trainer.generator,
+            result = distillation_loss(prior, x[idx], prompts, trainer.distill, progress, trainer.generator,
                                        views.select(idx) if prior.camera_aware else None)
             distill = distill + result.loss * len(idx) / len(angles)
         terms = {"distillation": distill}

@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.distill.step import distillation_loss, prompt_set  # noqa: E402
+from backend.distill.step import DistillConfig, distillation_loss, prompt_set  # noqa: E402
 from backend.priors import load_prior  # noqa: E402
 from backend.priors.procedural import world  # noqa: E402
 from backend.scene.cameras import orbit_views, view_suffix  # noqa: E402
 from backend.distill.timesteps import timestep_weight  # noqa: E402
-from shared.settings import resolved_weighting, validate  # noqa: E402
+from shared.settings import validate  # noqa: E402
 
 LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods.split(","):
         settings = validate({"method": method, **json.loads(args.settings)})
         generator = torch.Generator().manual_seed(0)
+        distill = DistillConfig.from_settings(settings)
         image = torch.nn.Parameter(truth.clone())
         cosines: list[float] = []
         optimiser = torch.optim.Adam([image], lr=args.lr)
@@ -112,19 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.target in ("latent", "decoder"):
                 x = (prior.encode(image[v : v + 1].clamp(0, 1)) if args.target == "latent"
                      else encode_via_decoder(prior, image[v : v + 1].clamp(0, 1), cosines))
-                result = distillation_loss(prior, x, prompts, settings, args.progress, generator,
+                result = distillation_loss(prior, x, prompts, distill, args.progress, generator,
                                            views.select([v]) if prior.camera_aware else None)
                 result.loss.backward()
             else:
                 with torch.no_grad():
                     z = prior.encode(image[v : v + 1].clamp(0, 1)).float()
                 z.requires_grad_(True)
-                result = distillation_loss(prior, z, prompts, settings, args.progress, generator,
+                result = distillation_loss(prior, z, prompts, distill, args.progress, generator,
                                            views.select([v]) if prior.camera_aware else None)
                 result.loss.backward()  # z.grad = w(t) g
                 with torch.no_grad():
                     abar = prior.alphas_cumprod[result.t].float().view(-1, 1, 1, 1)
-                    g = z.grad / timestep_weight(resolved_weighting(settings), abar)
+                    g = z.grad / timestep_weight(distill.weighting, abar)
                     clean = prior.decode(z - ((1 - abar) / abar).sqrt() * g).float()
                 (0.5 * (image[v : v + 1] - clean).pow(2).sum()).backward()
             optimiser.step()

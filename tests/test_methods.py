@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from backend.distill import methods as M
-from backend.distill.step import distillation_loss, prompt_set
-from backend.distill.timesteps import sample_timesteps, t_max_at, timestep_weight
+from backend.distill.step import DistillConfig, distillation_loss, prompt_set
+from backend.distill.timesteps import TimestepConfig, sample_timesteps, t_max_at, timestep_weight
 from backend.priors.procedural.prior import ProceduralPrior
 from shared.settings import (
     BSD_NEGATIVE,
@@ -376,7 +376,7 @@ def test_distillation_loss_one_call_right_branches_and_gradient(spied_prior, cas
     x = (rand(b, *prior.sample_shape, seed=80) * 0.5).requires_grad_(True)
     seed = 1234
     calls.clear()
-    result = distillation_loss(prior, x, prompt_set(PROMPT, settings), settings, progress,
+    result = distillation_loss(prior, x, prompt_set(PROMPT, settings), DistillConfig.from_settings(settings), progress,
                                torch.Generator().manual_seed(seed))
     # one denoiser call, with exactly the texts this method needs
     assert len(calls) == 1
@@ -385,7 +385,7 @@ def test_distillation_loss_one_call_right_branches_and_gradient(spied_prior, cas
 
     # replay the run's generator: timesteps first, then the injected noise
     gen = torch.Generator().manual_seed(seed)
-    t = sample_timesteps(b, progress, settings, prior.num_train_timesteps, gen)
+    t = sample_timesteps(b, progress, TimestepConfig.from_settings(settings), prior.num_train_timesteps, gen)
     noise = torch.randn(x.shape, generator=gen).double()
     assert torch.equal(t, result.t) and torch.equal(t, calls[0]["t"])
     abar = prior.alphas_cumprod[t].double()
@@ -408,12 +408,12 @@ def test_distillation_loss_reports_stage_and_factor(spied_prior):
     prior, _ = spied_prior
     x = rand(3, *prior.sample_shape, seed=81)
     s = validate({"method": "bridge", "bridge_switch_at": 0.5})
-    assert distillation_loss(prior, x, prompt_set(PROMPT, s), s, 0.49).info["bridge_stage"] == 1
-    r = distillation_loss(prior, x, prompt_set(PROMPT, s), s, 0.5)
+    assert distillation_loss(prior, x, prompt_set(PROMPT, s), DistillConfig.from_settings(s), 0.49).info["bridge_stage"] == 1
+    r = distillation_loss(prior, x, prompt_set(PROMPT, s), DistillConfig.from_settings(s), 0.5)
     assert r.info["bridge_stage"] == 2 and r.branches == ("target", "target_negative")
     s = validate({"method": "tbsd", "tbsd_alpha": 4.0, "tbsd_beta": 0.5, "tbsd_gamma": 1.0})
     for progress, f in ((0.0, 4.0), (0.25, 2.0), (0.7, 1.0)):
-        info = distillation_loss(prior, x, prompt_set(PROMPT, s), s, progress).info
+        info = distillation_loss(prior, x, prompt_set(PROMPT, s), DistillConfig.from_settings(s), progress).info
         assert info["tbsd_factor"] == pytest.approx(f)
         assert 0 <= info["mgda_weight"] <= 1
 
@@ -426,11 +426,11 @@ def test_nfsd_step_uses_both_sides_of_small_t(spied_prior):
     x = rand(b, *prior.sample_shape, seed=82).requires_grad_(True)
     seed = 7
     calls.clear()
-    r = distillation_loss(prior, x, prompt_set(PROMPT, settings), settings, 0.0, torch.Generator().manual_seed(seed))
+    r = distillation_loss(prior, x, prompt_set(PROMPT, settings), DistillConfig.from_settings(settings), 0.0, torch.Generator().manual_seed(seed))
     small = r.t < 500
     assert small.any() and (~small).any(), "pick another seed: the batch should straddle small_t"
     gen = torch.Generator().manual_seed(seed)
-    sample_timesteps(b, 0.0, settings, 1000, gen)
+    sample_timesteps(b, 0.0, TimestepConfig.from_settings(settings), 1000, gen)
     noise = torch.randn(x.shape, generator=gen).double()
     e = {text: calls[0]["out"][i] for i, text in enumerate(calls[0]["texts"])}
     g = _expected_direction("nfsd", settings, 0.0, e, r.t, noise)
@@ -444,12 +444,16 @@ def test_nfsd_step_uses_both_sides_of_small_t(spied_prior):
 # ---------------------------------------------------------------------------------------------
 
 
-def _draws(settings, progress, n=4000, seed=0):
-    return sample_timesteps(n, progress, settings, 1000, torch.Generator().manual_seed(seed))
+def _timesteps(overrides):
+    return TimestepConfig.from_settings(validate(overrides))
+
+
+def _draws(config, progress, n=4000, seed=0):
+    return sample_timesteps(n, progress, config, 1000, torch.Generator().manual_seed(seed))
 
 
 def test_random_samples_cover_t_min_to_t_max():
-    s = validate({"t_schedule": "random", "t_min": 0.1, "t_max": 0.6})
+    s = _timesteps({"t_schedule": "random", "t_min": 0.1, "t_max": 0.6})
     t = _draws(s, 0.9)
     assert t.dtype == torch.long and t.shape == (4000,)
     assert int(t.min()) >= 100 and int(t.max()) <= 600
@@ -457,7 +461,7 @@ def test_random_samples_cover_t_min_to_t_max():
 
 
 def test_random_step_anneal_before_and_after():
-    s = validate({"t_schedule": "random_step_anneal", "t_min": 0.02, "t_max": 0.98, "t_max_late": 0.5,
+    s = _timesteps({"t_schedule": "random_step_anneal", "t_min": 0.02, "t_max": 0.98, "t_max_late": 0.5,
                   "t_anneal_at": 0.5})
     before, after = _draws(s, 0.49), _draws(s, 0.5)
     assert int(before.min()) >= 20 and int(before.max()) <= 980 and int(before.max()) > 900
@@ -466,7 +470,7 @@ def test_random_step_anneal_before_and_after():
 
 
 def test_random_linear_anneal():
-    s = validate({"t_schedule": "random_linear_anneal", "t_max": 0.98, "t_max_late": 0.5, "t_anneal_at": 0.4})
+    s = _timesteps({"t_schedule": "random_linear_anneal", "t_max": 0.98, "t_max_late": 0.5, "t_anneal_at": 0.4})
     assert t_max_at(0.0, s) == pytest.approx(0.98)
     assert t_max_at(0.2, s) == pytest.approx(0.74)
     assert t_max_at(0.4, s) == pytest.approx(0.5)
@@ -476,7 +480,7 @@ def test_random_linear_anneal():
 
 
 def test_deterministic_decreases_with_progress():
-    s = validate({"t_schedule": "deterministic", "t_min": 0.02, "t_max": 0.98})
+    s = _timesteps({"t_schedule": "deterministic", "t_min": 0.02, "t_max": 0.98})
     ts = [sample_timesteps(3, p / 10, s, 1000) for p in range(11)]
     for t in ts:
         assert torch.all(t == t[0])  # one t for the whole batch
@@ -489,7 +493,7 @@ def test_deterministic_decreases_with_progress():
 def test_samples_stay_in_range_for_many_settings():
     for lo, hi, late in ((0.0, 1.0, 0.3), (0.25, 0.25, 0.1), (0.3, 0.9, 0.1)):
         for sched in ("random", "random_step_anneal", "random_linear_anneal", "deterministic"):
-            s = validate({"t_schedule": sched, "t_min": lo, "t_max": hi, "t_max_late": late})
+            s = _timesteps({"t_schedule": sched, "t_min": lo, "t_max": hi, "t_max_late": late})
             for p in (0.0, 0.3, 0.6, 0.99):
                 t = _draws(s, p, n=500)
                 assert int(t.min()) >= round(lo * 1000) and int(t.max()) <= min(round(hi * 1000), 999)

@@ -9,12 +9,15 @@ from dataclasses import fields
 import pytest
 
 from backend.config import config_from_settings
+from backend.distill.methods import METHODS
+from backend.distill.step import DistillConfig
+from backend.distill.timesteps import TimestepConfig
 from backend.priors.procedural.prior import ProceduralPrior
 from backend.scene.cameras import CameraConfig
 from backend.train import Trainer
 from shared.settings import SCHEMA, validate
 
-TYPED_CONFIGS = (CameraConfig,)
+TYPED_CONFIGS = (CameraConfig, TimestepConfig, *(spec.params for spec in METHODS.values()))
 
 
 @pytest.mark.parametrize("cls", TYPED_CONFIGS)
@@ -38,4 +41,21 @@ def test_a_job_missing_a_camera_setting_fails_when_it_starts():
     settings = validate({"quality": "draft", "representation": "gaussians", "gaussian_points": 100, "steps": 2})
     del settings["camera_elevation_max"]  # e.g. a settings dict from before a rename
     with pytest.raises(KeyError, match="camera_elevation_max"):
+        Trainer(ProceduralPrior(resolution=32), "a red cube", settings)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_methods_parameters_are_the_method_settings_tagged_for_it(method):
+    fields_ = {f.name for f in fields(METHODS[method].params)}
+    tagged = {name for name, setting in SCHEMA.items()
+              if setting.group == "method" and setting.methods is not None and method in setting.methods}
+    assert fields_ == tagged
+
+
+def test_a_job_missing_a_method_setting_fails_when_it_starts():
+    settings = validate({"quality": "draft", "representation": "gaussians", "gaussian_points": 100, "steps": 2,
+                         "method": "csd"})
+    assert DistillConfig.from_settings(settings).params.csd_w2 == settings["csd_w2"]
+    del settings["csd_anneal_until"]
+    with pytest.raises(KeyError, match="csd_anneal_until"):
         Trainer(ProceduralPrior(resolution=32), "a red cube", settings)

@@ -110,38 +110,82 @@ def tbsd(e_tgt: Direction, e_null: Direction, e_tnp: Direction, factor: float, n
 
 
 # ---------------------------------------------------------------------------------------------
-# Method table: branches needed and how to combine them, given settings and run progress
+# Method table: each method's parameters, the branches it needs and how it combines them
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class SDSParams:
+    sds_guidance_scale: float
+
+
+@dataclass(frozen=True)
+class NFSDParams:
+    nfsd_guidance_scale: float
+    nfsd_small_t: int
+
+
+@dataclass(frozen=True)
+class CSDParams:
+    csd_w1: float
+    csd_w2: float
+    csd_anneal_until: float
+    csd_normalize: bool
+
+
+@dataclass(frozen=True)
+class BridgeParams:
+    sds_guidance_scale: float  # stage 1 is SDS
+    bridge_switch_at: float
+    bridge_k: float
+
+
+@dataclass(frozen=True)
+class BSDParams:
+    bsd_lambda: float
+    bsd_use_negative: bool
+
+
+@dataclass(frozen=True)
+class TBSDParams:
+    tbsd_alpha: float
+    tbsd_beta: float
+    tbsd_gamma: float
+    tbsd_scale: float
+    tbsd_anchor: float
+
+
+@dataclass(frozen=True)
 class StepContext:
-    """What a method may read besides the predictions: run progress, timesteps, injected noise."""
+    """What a method may read besides the predictions: run progress, timesteps, injected noise, and its own
+    parameters (the method's ``params`` dataclass, built once from the settings when a job starts)."""
 
     progress: float  # step / total steps, in [0, 1)
     t: Int[Tensor, "B"]
     noise: Direction
-    settings: Mapping[str, Any]
+    params: Any
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
+    # A frozen dataclass whose fields are the settings the method reads (backend/config.py).
+    params: type
     branches: Callable[[StepContext], tuple[str, ...]]
     direction: Callable[[Mapping[str, Direction], StepContext], tuple[Direction, dict[str, Any]]]
 
 
 def _bridge_stage(ctx: StepContext) -> int:
-    return 2 if ctx.progress >= ctx.settings["bridge_switch_at"] else 1
+    return 2 if ctx.progress >= ctx.params.bridge_switch_at else 1
 
 
 def _sds_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
-    return sds(e["target"], e["null"], ctx.noise, ctx.settings["sds_guidance_scale"]), {}
+    return sds(e["target"], e["null"], ctx.noise, ctx.params.sds_guidance_scale), {}
 
 
 def _nfsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
-    s = ctx.settings
-    return nfsd(e["target"], e["null"], e["negative"], ctx.t, s["nfsd_guidance_scale"], s["nfsd_small_t"]), {}
+    p = ctx.params
+    return nfsd(e["target"], e["null"], e["negative"], ctx.t, p.nfsd_guidance_scale, p.nfsd_small_t), {}
 
 
 def csd_negative_weight(progress: float, w2: float, anneal_until: float) -> float:
@@ -152,44 +196,45 @@ def csd_negative_weight(progress: float, w2: float, anneal_until: float) -> floa
 
 
 def _csd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
-    s = ctx.settings
-    w2 = csd_negative_weight(ctx.progress, s["csd_w2"], s["csd_anneal_until"])
-    return csd(e["target"], e["null"], e["negative"], s["csd_w1"], w2, s["csd_normalize"]), {"csd_w2": w2}
+    p = ctx.params
+    w2 = csd_negative_weight(ctx.progress, p.csd_w2, p.csd_anneal_until)
+    return csd(e["target"], e["null"], e["negative"], p.csd_w1, w2, p.csd_normalize), {"csd_w2": w2}
 
 
 def _bridge_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
     if _bridge_stage(ctx) == 1:
         g, _ = _sds_dir(e, ctx)
         return g, {"bridge_stage": 1}
-    return bridge_stage2(e["target"], e["target_negative"], ctx.settings["bridge_k"]), {"bridge_stage": 2}
+    return bridge_stage2(e["target"], e["target_negative"], ctx.params.bridge_k), {"bridge_stage": 2}
 
 
-def _bsd_uncond(settings: Mapping[str, Any]) -> str:
+def _bsd_uncond(params: BSDParams) -> str:
     # The released BSD code feeds its negative prompt where the paper writes the empty prompt.
-    return "negative" if settings["bsd_use_negative"] else "null"
+    return "negative" if params.bsd_use_negative else "null"
 
 
 def _bsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
-    g, a = bsd(e["target"], e[_bsd_uncond(ctx.settings)], ctx.settings["bsd_lambda"])
+    g, a = bsd(e["target"], e[_bsd_uncond(ctx.params)], ctx.params.bsd_lambda)
     return g, {"mgda_weight": a}
 
 
 def _tbsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
-    s = ctx.settings
-    f = tbsd_factor(ctx.progress, s["tbsd_alpha"], s["tbsd_beta"], s["tbsd_gamma"])
-    g, mu = tbsd(e["target"], e["null"], e["target_negative"], f, ctx.noise, s["tbsd_anchor"])
-    return s["tbsd_scale"] * g, {"mgda_weight": mu, "tbsd_factor": f}
+    p = ctx.params
+    f = tbsd_factor(ctx.progress, p.tbsd_alpha, p.tbsd_beta, p.tbsd_gamma)
+    g, mu = tbsd(e["target"], e["null"], e["target_negative"], f, ctx.noise, p.tbsd_anchor)
+    return p.tbsd_scale * g, {"mgda_weight": mu, "tbsd_factor": f}
 
 
 METHODS: dict[str, MethodSpec] = {
-    "sds": MethodSpec("sds", lambda ctx: ("target", "null"), _sds_dir),
-    "nfsd": MethodSpec("nfsd", lambda ctx: ("target", "null", "negative"), _nfsd_dir),
-    "csd": MethodSpec("csd", lambda ctx: ("target", "null", "negative"), _csd_dir),
+    "sds": MethodSpec("sds", SDSParams, lambda ctx: ("target", "null"), _sds_dir),
+    "nfsd": MethodSpec("nfsd", NFSDParams, lambda ctx: ("target", "null", "negative"), _nfsd_dir),
+    "csd": MethodSpec("csd", CSDParams, lambda ctx: ("target", "null", "negative"), _csd_dir),
     "bridge": MethodSpec(
         "bridge",
+        BridgeParams,
         lambda ctx: ("target", "null") if _bridge_stage(ctx) == 1 else ("target", "target_negative"),
         _bridge_dir,
     ),
-    "bsd": MethodSpec("bsd", lambda ctx: ("target", _bsd_uncond(ctx.settings)), _bsd_dir),
-    "tbsd": MethodSpec("tbsd", lambda ctx: ("target", "null", "target_negative"), _tbsd_dir),
+    "bsd": MethodSpec("bsd", BSDParams, lambda ctx: ("target", _bsd_uncond(ctx.params)), _bsd_dir),
+    "tbsd": MethodSpec("tbsd", TBSDParams, lambda ctx: ("target", "null", "target_negative"), _tbsd_dir),
 }

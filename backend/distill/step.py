@@ -13,8 +13,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from backend.config import config_from_settings
 from backend.distill.methods import METHODS, StepContext
-from backend.distill.timesteps import sample_timesteps, timestep_weight
+from backend.distill.timesteps import TimestepConfig, sample_timesteps, timestep_weight
 from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import Views
 from backend.transfer import host_to_device
@@ -31,6 +32,23 @@ class StepResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """What one distillation step needs from a job's settings, built once when the job starts: the method, its
+    typed parameters, the timestep schedule and the resolved weighting w(t)."""
+
+    method: str
+    params: Any  # METHODS[method].params
+    timesteps: TimestepConfig
+    weighting: str
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> DistillConfig:
+        spec = METHODS[settings["method"]]
+        return cls(method=spec.name, params=config_from_settings(spec.params, settings),
+                   timesteps=TimestepConfig.from_settings(settings), weighting=resolved_weighting(settings))
+
+
 def prompt_set(prompt: str, settings: Mapping[str, Any]) -> PromptSet:
     """The texts a job's branches use, from its prompt and settings."""
     return PromptSet(
@@ -44,7 +62,7 @@ def distillation_loss(
     prior: DiffusionPrior,
     x: Float[Tensor, "B C H W"],
     prompts: PromptSet,
-    settings: Mapping[str, Any],
+    config: DistillConfig,
     progress: float,
     generator: torch.Generator | None = None,  # on the CPU
     views: Views | None = None,
@@ -53,21 +71,21 @@ def distillation_loss(
 
     ``loss = 0.5 * ||x - (x - w g).detach()||^2 / B``, so d loss / d x = w(t) g / B.
     """
-    spec = METHODS[settings["method"]]
+    spec = METHODS[config.method]
     b = x.shape[0]
-    t = sample_timesteps(b, progress, settings, prior.num_train_timesteps, generator, device=x.device)
+    t = sample_timesteps(b, progress, config.timesteps, prior.num_train_timesteps, generator, device=x.device)
     # Drawn from the run's CPU generator so a seed repeats a run on any device.
     noise = host_to_device(torch.randn(x.shape, generator=generator), x.device).to(x.dtype)
     abar = prior.alphas_cumprod[t].to(x.dtype)
     shape = (b,) + (1,) * (x.dim() - 1)
     x_t = abar.sqrt().view(shape) * x.detach() + (1 - abar).sqrt().view(shape) * noise
-    ctx = StepContext(progress=progress, t=t, noise=noise, settings=settings)
+    ctx = StepContext(progress=progress, t=t, noise=noise, params=config.params)
     branches = spec.branches(ctx)
     with torch.no_grad():
         preds = prior.predict_noise(x_t, t, prompts, branches, views)
         preds = {k: v.to(x.dtype) for k, v in preds.items()}
         g, info = spec.direction(preds, ctx)
-        w = timestep_weight(resolved_weighting(settings), abar).view(shape)
+        w = timestep_weight(config.weighting, abar).view(shape)
         g = w * g
     target = (x - g).detach()
     loss = 0.5 * (x - target).pow(2).sum() / b

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from backend.config import config_from_settings
 from backend.transfer import host_to_device
 
 
-def t_max_at(progress: float, settings: Mapping[str, Any]) -> float:
+@dataclass(frozen=True)
+class TimestepConfig:
+    """The run's timestep schedule: the settings of these names (shared/settings.py has their meaning)."""
+
+    t_min: float
+    t_max: float
+    t_max_late: float
+    t_anneal_at: float
+    t_schedule: str
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> TimestepConfig:
+        return config_from_settings(cls, settings)
+
+
+def t_max_at(progress: float, config: TimestepConfig) -> float:
     """Upper end of the t range at ``progress`` (fraction of the run) under the chosen anneal."""
-    schedule = settings["t_schedule"]
-    t_max, late, at = settings["t_max"], settings["t_max_late"], settings["t_anneal_at"]
+    schedule = config.t_schedule
+    t_max, late, at = config.t_max, config.t_max_late, config.t_anneal_at
     if schedule == "random_step_anneal":
         return late if progress >= at else t_max
     if schedule == "random_linear_anneal":
@@ -23,16 +40,16 @@ def t_max_at(progress: float, settings: Mapping[str, Any]) -> float:
     return t_max
 
 
-def sample_timesteps(batch: int, progress: float, settings: Mapping[str, Any], num_train_timesteps: int,
+def sample_timesteps(batch: int, progress: float, config: TimestepConfig, num_train_timesteps: int,
                      generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Int[Tensor, "B"]:
     """Integer timesteps in [0, num_train_timesteps) for one step of the run."""
     n = num_train_timesteps
-    lo = settings["t_min"]
-    if settings["t_schedule"] == "deterministic":
+    lo = config.t_min
+    if config.t_schedule == "deterministic":
         # DreamGaussian: t walks down from t_max to t_min over the run.
-        frac = settings["t_max"] + (lo - settings["t_max"]) * min(max(progress, 0.0), 1.0)
+        frac = config.t_max + (lo - config.t_max) * min(max(progress, 0.0), 1.0)
         return torch.full((batch,), int(round(frac * n)), dtype=torch.long, device=device).clamp(0, n - 1)
-    hi = max(t_max_at(progress, settings), lo)
+    hi = max(t_max_at(progress, config), lo)
     lo_i, hi_i = int(lo * n), int(hi * n)
     t = torch.randint(lo_i, max(hi_i, lo_i) + 1, (batch,), generator=generator, device="cpu")
     return host_to_device(t.clamp(0, n - 1), device)
