@@ -26,4 +26,12 @@ def config_from_settings(cls: type[T], settings: Mapping[str, Any]) -> T:
     return cls(**{name: settings[name] for name in names})
 
 
-__all__ = ["config_from_settings"]
+class SettingsView:
+    """Base of a typed config: ``from_settings`` builds it from a job's settings (``config_from_settings``)."""
+
+    @classmethod
+    def from_settings(cls: type[T], settings: Mapping[str, Any]) -> T:
+        return config_from_settings(cls, settings)
+
+
+__all__ = ["SettingsView", "config_from_settings"]

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from backend.config import config_from_settings
+from backend.config import SettingsView
 from backend.transfer import host_to_device
 
 
 @dataclass(frozen=True)
-class TimestepConfig:
+class TimestepConfig(SettingsView):
     """The run's timestep schedule: the settings of these names (shared/settings.py has their meaning)."""
 
     t_min: float
@@ -22,10 +21,6 @@ class TimestepConfig:
     t_max_late: float
     t_anneal_at: float
     t_schedule: str
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> TimestepConfig:
-        return config_from_settings(cls, settings)
 
 
 def t_max_at(progress: float, config: TimestepConfig) -> float:

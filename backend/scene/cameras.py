@@ -11,15 +11,13 @@ glTF export turns +Z up into glTF's +Y up (backend/export, issue 3).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from backend.config import config_from_settings
+from backend.config import SettingsView
 from backend.transfer import host_to_device
 
 
@@ -134,7 +132,7 @@ __all__ = ["Views", "look_at", "orbit_views", "orbit_position", "front_view", "r
 
 
 @dataclass(frozen=True)
-class CameraConfig:
+class CameraConfig(SettingsView):
     """The training cameras' and their lights' ranges: the settings of these names (shared/settings.py has their
     meaning, defaults and ranges). Degrees and world units."""
 
@@ -147,10 +145,6 @@ class CameraConfig:
     light_azimuth_spread: float
     light_elevation_offset_min: float
     light_elevation_offset_max: float
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> CameraConfig:
-        return config_from_settings(cls, settings)
 
 
 def sample_orbit_views(n: int, cameras: CameraConfig,
