@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
 
+    tex = sub.add_parser("texture", help="Texture a mesh you made: train only its colour with a method, bake it "
+                                         "into the mesh's UVs (new ones when it has none), write GLB/OBJ/PLY.")
+    tex.add_argument("mesh", type=Path, help="Triangle mesh: .glb, .obj (+Y up, Blender's default) or .ply (+Z up).")
+    tex.add_argument("prompt", help="Text prompt, e.g. 'a blue cube'.")
+    tex.add_argument("--out", required=True, type=Path, help="Output folder (mesh.glb, mesh.obj, preview.png, job.json).")
+    tex.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tex.add_argument("--quiet", action="store_true", help="No progress bar.")
+    _add_setting_flags(tex, skip=set(IMAGE_ONLY) | set(NOT_TEXTURE))
+
     batch = sub.add_parser("batch", help="Many prompts: one folder per row, a summary table and a contact sheet; "
                                          "a rerun skips finished rows.")
     batch.add_argument("prompts", type=Path,
@@ -126,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 IMAGE_ONLY = ("image_steps", "image_lr", "image_init_std", "image_batch")
+# Settings of a generated scene's shape that a texture job (fixed geometry) never reads.
+NOT_TEXTURE = ("representation", "mesh_resolution", "decimate_faces", "checkpoint_every")
 
 
 def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +177,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
     given = _given_settings(args)
     device = resolve_device(args.device)
-    if args.command == "generate" and "quality" not in given and device.type == "cpu" and args.resume is None:
+    if (args.command == "texture" or args.command == "generate" and args.resume is None) and "quality" not in given \
+            and device.type == "cpu":
         # The standard preset is sized for a GPU (a NeRF's 10,000 steps at 64-256 px take hours on a CPU); an
         # artist without one gets the preset made for a CPU and is told how to ask for the other.
         given["quality"] = "draft"
@@ -254,11 +266,8 @@ def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any) -> dict
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from backend.jobs.runner import JobPlan, JobRun
     from backend.priors import load_prior
-    from backend.train import TrainEvents
 
     settings, device = _settings(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -270,8 +279,19 @@ def run_generate(args: argparse.Namespace) -> int:
     run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
     trainer = run.prepare()
     plan.checkpoint = trainer.settings["checkpoint_every"] > 0
+    checkpoint = args.out / "checkpoint.pt" if plan.checkpoint else None
+    return _train_and_finish(run, trainer, args, f"{trainer.settings['method']} {trainer.settings['representation']}",
+                             checkpoint)
+
+
+def _train_and_finish(run: Any, trainer: Any, args: argparse.Namespace, desc: str, checkpoint: Path | None) -> int:
+    """Train ``run`` with a progress bar, finish it (meshes, preview, job.json) and say what was written."""
+    from tqdm import tqdm
+
+    from backend.train import TrainEvents
+
     bar = None if args.quiet else tqdm(total=trainer.total, initial=trainer.step, unit="step", file=sys.stderr,
-                                       desc=f"{trainer.settings['method']} {trainer.settings['representation']}")
+                                       desc=desc)
 
     def on_progress(p: Any) -> None:
         if bar is not None:
@@ -279,7 +299,6 @@ def run_generate(args: argparse.Namespace) -> int:
             if p.step % 25 == 0 or p.step == p.total:  # reading the loss waits for the GPU
                 bar.set_postfix(loss=f"{p.loss:.3g}")
 
-    checkpoint = args.out / "checkpoint.pt" if plan.checkpoint else None
     try:
         run.train(TrainEvents(on_progress=on_progress, checkpoint_path=checkpoint))
     finally:
@@ -290,6 +309,25 @@ def run_generate(args: argparse.Namespace) -> int:
     if record.get("figures"):
         print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items() if isinstance(v, float)))
     return 0
+
+
+def run_texture(args: argparse.Namespace) -> int:
+    from backend.export.meshread import MeshFileError, read_mesh
+    from backend.jobs.runner import JobPlan, JobRun
+    from backend.priors import load_prior
+
+    settings, device = _settings(args)
+    try:
+        read_mesh(args.mesh)  # refuse a bad mesh before making the folder or loading the prior
+    except MeshFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    # No checkpoint: a textured mesh cannot be rebuilt from one yet (runner.py), so none is written.
+    plan = JobPlan(args.prompt, settings, args.out, checkpoint=False, mesh=args.mesh)
+    run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
+    trainer = run.prepare()
+    return _train_and_finish(run, trainer, args, f"{settings['method']} texture", None)
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -375,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_image(args)
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "texture":
+            return run_texture(args)
         if args.command == "batch":
             return run_batch(args)
         if args.command == "serve":

@@ -16,6 +16,9 @@ HIDDEN: dict[str, str] = {
     name: "2D image experiment only; the add-on runs 3D jobs"
     for name, s in SCHEMA.items() if s.group == "image"
 }
+# Texture jobs (`python -m backend texture`) have no panel yet (issue 25's "Texture selected" is still to build).
+HIDDEN.update({name: "texture jobs only; the add-on cannot start one yet"
+               for name, s in SCHEMA.items() if s.group == "texture"})
 
 # Drawn at the top, always, in this order (the prompt itself is not a schema setting).
 BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed")

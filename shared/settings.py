@@ -293,6 +293,11 @@ _ALL: tuple[Setting, ...] = (
        0, 1000000, advanced=True),
     _s("mesh_resolution", int, 192, "Marching-cubes grid resolution.", "output", 32, 512),
     _s("texture_size", int, 1024, "Baked texture side in texels.", "output", 64, 8192),
+    # --- texturing a user's mesh (python -m backend texture) ------------------------------------------
+    _s("texture_fit", bool, True,
+       "Texturing a mesh: centre it and scale its longest side to 0.7 for the training cameras when it does not "
+       "already lie in the unit box with a longest side of at least 0.35 (the written mesh keeps its own "
+       "coordinates).", "texture", advanced=True),
     _s("decimate_faces", int, 50000,
        "Most faces of the exported mesh, reached by quadric decimation (0: keep every marching-cubes face).",
        "output", 0, 10000000, advanced=True),

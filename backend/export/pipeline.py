@@ -94,14 +94,19 @@ def export_mesh(
     stem: str = "mesh",
     device: torch.device | str = "cpu",
     wire_arrays: bool = False,  # also return ``arrays``: the GLB's mesh as wire arrays (meshfile.py), not JSON
+    uvs: np.ndarray | None = None,
 ) -> dict:
     """Unwrap, bake and write ``mesh`` as ``out_dir/<stem>.{glb,obj,ply}`` (OBJ with .mtl and PNG).
+
+    ``uvs``: the mesh's own per-vertex UVs (a user's mesh being textured), baked into as they are, so the files
+    keep its vertices and faces; without them xatlas unwraps (splitting vertices along its seams).
 
     Textured formats (GLB, OBJ: ``WRITERS``) carry the baked texture (no vertex colours: glTF would multiply them
     into it); the others (PLY) carry per-vertex colours. Unwrap and bake run only when a textured format is asked
     for. Returns JSON-ready figures: ``files`` (key -> path), vertex/face counts, texture coverage (fraction of
     texels covered by a triangle before dilation) and ``seconds`` per phase.
     """
+    uvs_given = uvs
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {list(FORMATS)}")
@@ -115,14 +120,14 @@ def export_mesh(
     plain = [name for name, writer in WRITERS.items() if name in formats and not writer.textured]
     if textured:
         t = time.perf_counter()
-        uv_mesh, uvs = unwrap_uvs(mesh, texture_size)
+        uv_mesh, uvs = (mesh, np.asarray(uvs, dtype=np.float32)) if uvs is not None else unwrap_uvs(mesh, texture_size)
         seconds["unwrap"] = time.perf_counter() - t
         t = time.perf_counter()
         raster = rasterise_uv(uvs, uv_mesh.faces, texture_size)
         texture = bake_texture(uv_mesh, uvs, colour_fn, texture_size, raster=raster, device=device)
         seconds["bake"] = time.perf_counter() - t
         result.update(uv_vertices=uv_mesh.n_vertices, texture_size=int(texture_size),
-                      texture_coverage=raster.coverage)
+                      texture_coverage=raster.coverage, uv_source="unwrapped" if uvs_given is None else "mesh")
         t = time.perf_counter()
         surface = Surface(uv_mesh, uvs=uvs, texture=texture)
         for name in textured:

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -105,19 +105,33 @@ class Finished:
     arrays: dict[str, np.ndarray]
 
 
+# (trainer, folder) -> export_result's dict: what a job's end writes (a generated scene: extract, bake and write;
+# a textured mesh: bake into the user's mesh, backend/jobs/texture.py)
+Exporter = Callable[[Trainer, Path], dict[str, Any]]
+# (prompt, trainer, the exporter's dict) -> the procedural prior's figures for the record
+Figures = Callable[[str, Trainer, dict[str, Any]], dict[str, Any]]
+
+
+def _generated_figures(prompt: str, trainer: Trainer, result: dict[str, Any]) -> dict[str, Any]:
+    return procedural_figures(prompt, trainer, result["mesh"])
+
+
 def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None = None,
-               checkpoint: bool = True) -> Finished:
+               checkpoint: bool = True, export: Exporter = export_result,
+               figures: Figures = _generated_figures) -> Finished:
     """The end of a job: extract, bake and write the meshes and the preview, then job.json.
 
     ``record`` holds what the caller knows (prompt, owner, timings of loading and training, ...); the figures
     of the export are added and the whole is written once, atomically, after every file it names.
     ``checkpoint``: the caller saved ``checkpoint.pt`` in ``out_dir`` at this step, and the record lists it.
+    ``export`` writes the meshes into a folder (default: extract from the trained field) and ``figures`` measures
+    them when the prior is the procedural one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     t0 = time.perf_counter()
-    result = export_result(trainer, staging)
+    result = export(trainer, staging)
     t1 = time.perf_counter()
     # Twice the training resolution, at most 128 px: a draft run on a CPU trained at 32 px gets a 64 px strip
     # (a NeRF's 8 views at 128 px cost 96 s on one CPU thread, more than a third of its training).
@@ -145,7 +159,7 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
     if device.type == "cuda":
         out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     if trainer.prior.name == "procedural":
-        out["figures"] = procedural_figures(trainer.prompt, trainer, result["mesh"])
+        out["figures"] = figures(trainer.prompt, trainer, result)
     records.write_record(out_dir, out)
     return Finished(out, arrays)
 

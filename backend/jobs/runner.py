@@ -21,7 +21,9 @@ from typing import Any, Callable, Mapping
 import torch
 
 from backend import records
+from backend.export.meshread import InputMesh, read_mesh
 from backend.jobs.finish import Finished, finish_job
+from backend.jobs.texture import texture_export, texture_figures, texture_scene
 from backend.records import CHECKPOINT_FILE
 from backend.train import Trainer, TrainEvents
 
@@ -42,6 +44,7 @@ class JobPlan:
     resume: Path | None = None  # this job's own checkpoint: continue exactly (prompt and settings its own)
     checkpoint: bool = True  # keep checkpoint.pt beside the meshes (saved before the export)
     cadence: Mapping[str, int] | None = None  # Cadence fields over the settings' (a server job's stream options)
+    mesh: Path | None = None  # a texture job: the user's mesh (.glb/.obj/.ply) whose appearance alone is trained
 
 
 class JobRun:
@@ -56,15 +59,26 @@ class JobRun:
         self.train_seconds = 0.0
         self.started: str | None = None
         self.resumed_at: int | None = None  # the step this job's own checkpoint held (a restarted server's resume)
+        self.source_mesh: InputMesh | None = None  # a texture job's mesh, as read
 
     def prepare(self) -> Trainer:
         plan, s = self.plan, self.plan.settings
         self.started = records.now()
+        if plan.mesh is not None:  # a bad mesh is refused before the prior loads
+            self.source_mesh = read_mesh(plan.mesh)
         t0 = time.perf_counter()
         prior = self._load(s["model"], s["procedural_resolution"])
         self.load_seconds = time.perf_counter() - t0
         cadence = plan.cadence  # a server job's stream options over the run's own settings
-        if plan.resume is not None:
+        if plan.mesh is not None:
+            if plan.resume is not None or plan.source is not None:
+                # A checkpoint rebuilds its scene from the settings (registry.py); a textured mesh needs its mesh.
+                raise ValueError("a texture job cannot continue from a checkpoint yet")
+            assert self.source_mesh is not None
+            scene = texture_scene(self.source_mesh, s, prior, self.device)
+            trainer = Trainer(prior, plan.prompt, s, representation=scene, device=self.device,
+                              cadence_overrides=cadence)
+        elif plan.resume is not None:
             trainer = Trainer.from_checkpoint(plan.resume, prior, self.device, cadence_overrides=cadence)
             self.resumed_at = trainer.step
         elif plan.source is not None:
@@ -100,6 +114,12 @@ class JobRun:
             known["checkpoint"] = CHECKPOINT_FILE
         if self.resumed_at is not None:
             known["resumed_at_step"] = self.resumed_at  # == steps_done: only the export ran again
+        if self.source_mesh is not None:
+            source, name = self.source_mesh, Path(self.plan.mesh or "").name
+            known = {"command": "texture", "mesh_source": name, **known}
+            return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint,
+                              export=lambda t, folder: texture_export(t, folder, source, name),
+                              figures=texture_figures)
         return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint)
 
 
