@@ -16,7 +16,7 @@ from typing import Any
 
 import bpy
 
-from . import connection, local_backend, preferences, preview, scene_mesh
+from . import connection, local_backend, preferences, preview, scene_mesh, texture_target
 from ._vendor.shared.client import Client, load_curve_keys
 from ._vendor.shared.protocol import Message
 from ._vendor.shared.status import JobStatus
@@ -43,6 +43,7 @@ class JobView:
     final: bool = False
     batch: bool = False  # one of a Generate batch's jobs
     ended: bool = False
+    texture: texture_target.TextureTarget | None = None  # a Texture selected job: the object its result goes on
 
 
 @dataclass
@@ -183,6 +184,9 @@ class Session:
         view = self._job(m)
         if view is None:
             return
+        if view.texture is not None:
+            self._textured(context, view, m)
+            return
         obj = self._place(context, view, m.arrays)
         view.meshes += 1
         view.final = bool(m.get("final", False))
@@ -196,6 +200,25 @@ class Session:
         if view.final:
             scene_mesh.select_only(context, obj)
             _undo_push(f"TBSD: {view.prompt}")
+
+    def _textured(self, context: Any, view: JobView, m: Message) -> None:
+        """A texture job's final mesh: its UVs and baked image onto the object that was sent, one undo step."""
+        if not m.get("final", False):
+            return  # a texture job streams no intermediate meshes; nothing else to show
+        state = connection.state(context)
+        try:
+            obj = texture_target.apply_result(view.texture, m.arrays, view.object_name)
+        except Exception as exc:  # noqa: BLE001 - shown in the panel, the timer keeps running
+            state.last_error = f"Could not put the texture on {view.object_name}: {exc}"
+            return
+        view.meshes += 1
+        view.final = True
+        obj[JOB_KEY] = m.job
+        obj[PROMPT_KEY] = view.prompt
+        if self._is_current(context, m):
+            state.meshes_received += 1
+        scene_mesh.select_only(context, obj)
+        _undo_push(f"TBSD: texture {obj.name}")
 
     def _place(self, context: Any, view: JobView, arrays: dict[str, Any]) -> Any:
         existing = bpy.data.objects.get(view.object_name)
@@ -356,6 +379,26 @@ def generate(context: Any) -> str:
     session = _session(context)
     view = _start_view(context, prompt, settings, scene_mesh.object_name(prompt))
     rid = session.client.send_submit(prompt, settings, stream_options(props))
+    session.requests[rid] = view
+    return rid
+
+
+def texture_selected(context: Any, obj: Any) -> str:
+    """Send ``obj``'s evaluated mesh (texture_target.py) with the panel's prompt and settings as a texture job;
+    its result goes onto ``obj`` when it finishes."""
+    props = context.scene.tbsd
+    prompt = props.prompt.strip()
+    if not prompt:
+        raise ValueError("type a prompt first")
+    arrays, target = texture_target.mesh_to_send(context, obj)
+    settings = job_settings(props)
+    session = _session(context)
+    view = _start_view(context, prompt, settings, obj.name)
+    view.texture = target
+    # Progress and previews as for a generation; no intermediate meshes (the geometry is the object's own).
+    stream = {k: v for k, v in stream_options(props).items() if not k.startswith("mesh_")}
+    rid = session.client.send_texture(prompt, arrays["vertices"], arrays["faces"], arrays.get("uvs"), settings,
+                                      stream)
     session.requests[rid] = view
     return rid
 

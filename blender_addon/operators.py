@@ -80,6 +80,25 @@ class TBSD_OT_refine(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class TBSD_OT_texture_selected(bpy.types.Operator):
+    bl_idname = "tbsd.texture_selected"
+    bl_label = "Texture selected"
+    bl_description = ("Texture the active mesh object with the prompt and settings above: its geometry is kept, "
+                      "the baked texture goes on it through a new material (its UV map, or a new one)")
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            jobs.texture_selected(context, context.active_object)
+        except Exception as exc:  # noqa: BLE001
+            return _report_error(self, context, f"Texture selected failed: {exc}")
+        return {"FINISHED"}
+
+
 class TBSD_OT_cancel(bpy.types.Operator):
     bl_idname = "tbsd.cancel"
     bl_label = "Cancel"
@@ -158,7 +177,8 @@ class TBSD_OT_backend_stop(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (TBSD_OT_connect, TBSD_OT_generate, TBSD_OT_generate_batch, TBSD_OT_refine, TBSD_OT_cancel, TBSD_OT_refresh_results,
+CLASSES = (TBSD_OT_connect, TBSD_OT_generate, TBSD_OT_generate_batch, TBSD_OT_refine, TBSD_OT_texture_selected,
+           TBSD_OT_cancel, TBSD_OT_refresh_results,
            TBSD_OT_import_result, TBSD_OT_backend_start, TBSD_OT_backend_stop)
 
 

@@ -57,6 +57,7 @@ class TBSD_PT_main(bpy.types.Panel):
         sub = row.row(align=True)
         sub.enabled = running
         sub.operator("tbsd.cancel", icon="CANCEL", text="")
+        layout.operator("tbsd.texture_selected", icon="TEXTURE")
         row = layout.row(align=True)
         row.prop(props, "batch_text", text="")
         row.operator("tbsd.generate_batch", icon="LINENUMBERS_ON")

@@ -65,12 +65,13 @@ class Client:
         self.closed = False
 
     # --- sending -------------------------------------------------------------------------------------------
-    def send(self, kind: str, **fields: Any) -> str:
-        """Queue a message; returns its request id (echoed by the reply)."""
+    def send(self, kind: str, arrays: Mapping[str, Any] | None = None, /, **fields: Any) -> str:
+        """Queue a message (with ``arrays``, name -> numpy array, as array frames); returns its request id (echoed
+        by the reply)."""
         self._next_id += 1
         rid = fields.pop("id", None) or f"r{self._next_id}"
         header = {"type": kind, "id": rid, **{k: v for k, v in fields.items() if v is not None}}
-        self.socket.send_multipart(encode(header), flags=zmq.NOBLOCK)
+        self.socket.send_multipart(encode(header, arrays), flags=zmq.NOBLOCK)
         self.last_sent = time.monotonic()
         return rid
 
@@ -81,6 +82,14 @@ class Client:
     def send_submit(self, prompt: str, settings: Mapping[str, Any] | None = None,
                     stream: Mapping[str, Any] | None = None) -> str:
         return self.send("submit", prompt=prompt, settings=dict(settings or {}), stream=dict(stream or {}))
+
+    def send_texture(self, prompt: str, vertices: Any, faces: Any, uvs: Any = None,
+                     settings: Mapping[str, Any] | None = None, stream: Mapping[str, Any] | None = None) -> str:
+        """Submit a texture job for the mesh ``vertices`` float32 [V, 3], ``faces`` int32 [F, 3] and optional
+        per-vertex ``uvs`` float32 [V, 2] (shared/texture_mesh.py)."""
+        arrays = {"vertices": vertices, "faces": faces, **({"uvs": uvs} if uvs is not None else {})}
+        return self.send("submit", arrays, kind="texture", prompt=prompt, settings=dict(settings or {}),
+                         stream=dict(stream or {}))
 
     def send_cancel(self, job: str) -> str:
         return self.send("cancel", job=job)

@@ -19,10 +19,11 @@ from typing import Any, Mapping, Sequence
 
 VERSION = 1
 
-# Limits. Inbound to the server is small (no client message carries arrays); outbound carries meshes and
-# textures, so a client accepts much more.
+# Limits. Inbound to the server is bounded by the largest mesh a texture job's submit may carry (shared/texture_mesh.py:
+# 500k vertices with UVs and 500k faces are 16,000,000 bytes); outbound carries meshes and textures, so a client
+# accepts much more.
 MAX_HEADER_BYTES = 64 * 1024
-MAX_SERVER_INBOUND_BYTES = 1024 * 1024
+MAX_SERVER_INBOUND_BYTES = 16 * 1024 * 1024
 MAX_CLIENT_INBOUND_BYTES = 512 * 1024 * 1024
 # libzmq drops a connection that sends a frame above this (ZMQ_MAXMSGSIZE); no reply is possible then.
 HARD_FRAME_LIMIT_BYTES = 64 * 1024 * 1024
@@ -149,8 +150,10 @@ MESSAGES: dict[str, MessageSpec] = {
     # client -> server
     "hello": MessageSpec("c2s", {"client": _ID, "name": FieldSpec((str,), max_length=200)},
                          summary="introduce the client; optional stable client token owns its jobs"),
-    "submit": MessageSpec("c2s", {"prompt": FieldSpec((str,), True), "settings": _OBJ, "stream": _OBJ},
-                          summary="queue a job"),
+    # A texture job (kind "texture") carries the user's mesh as arrays (shared/texture_mesh.py checks them).
+    "submit": MessageSpec("c2s", {"prompt": FieldSpec((str,), True), "settings": _OBJ, "stream": _OBJ,
+                                  "kind": FieldSpec((str,), max_length=16)},
+                          ("vertices", "faces", "uvs"), summary="queue a job: generate, or texture the mesh sent"),
     "cancel": MessageSpec("c2s", {"job": _JOB}, summary="stop a queued or running job"),
     "refine": MessageSpec("c2s", {"job": _JOB, "prompt": _STR, "settings": _OBJ, "stream": _OBJ},
                           summary="continue a job's state with a new prompt and/or settings, as a new job"),

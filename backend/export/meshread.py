@@ -18,10 +18,11 @@ import numpy as np
 
 from backend.export.mesh import Mesh
 from backend.export.meshfile import read_glb
+from shared.texture_mesh import MAX_TEXTURE_FACES
 
 # A texture job rasterises every face for each training camera; beyond this a CPU run takes hours and a GPU run
 # wastes its time on faces smaller than a texel. Decimate first (Blender: Decimate modifier).
-MAX_FACES = 500_000
+MAX_FACES = MAX_TEXTURE_FACES  # the wire's limit too (shared/texture_mesh.py)
 FORMATS = (".glb", ".obj", ".ply")
 # World (+Z up) from +Y up: (x, y, z)_world = (x, -z, y)_yup, the inverse of writers.GLTF_FROM_WORLD.
 _WORLD_FROM_YUP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from backend.jobs.models import PROCEDURAL, ModelMissing, check_model
+from shared.protocol import ProtocolError
 from shared.settings import MAX_PROMPT_CHARS, SettingsError, validate
+from shared.texture_mesh import TextureMesh, check_texture_mesh
 
 
 class Refused(ValueError):
@@ -64,6 +66,14 @@ class Admission:
             self._prior.check_prompts(prompt_set(prompt, dict(settings)))
         except PriorError as exc:
             raise Refused("prompt", str(exc)) from None
+
+    def mesh(self, arrays: Mapping[str, Any]) -> TextureMesh:
+        """A texture job's mesh (shared/texture_mesh.py: dtypes, shapes, the vertex and face limits, finite values,
+        indices in range), or ``Refused`` with code ``bad_field`` naming the array and what is allowed."""
+        try:
+            return check_texture_mesh(arrays)
+        except ProtocolError as exc:
+            raise Refused(exc.code, exc.message) from None
 
     def admit(self, prompt: str, given: Mapping[str, Any] | None,
               base: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class JobSpec:
     resume_checkpoint: str | None = None  # a job a restarted server resumes: its own checkpoint
     recovered: int = 0  # restarts of the server this job has been resumed after
     attempt: int = 1  # a Ray actor's attempt at it (backend/jobs/ray_executor.py retries a dead actor's job)
+    input_mesh: str | None = None  # a texture job: its mesh's file in the job's folder (backend/jobs/mesh_input.py)
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "JobSpec":
@@ -78,7 +79,9 @@ class JobSpec:
         plan = JobPlan(self.prompt, self.settings, folder, cadence={
             "progress_every": 1, "preview_views": s["preview_views"], "preview_size": s["preview_size"],
             "mesh_every": s["mesh_every"]})
-        if self.resume_checkpoint is not None:
+        if self.input_mesh is not None:
+            plan.mesh = folder / self.input_mesh  # a texture job always starts afresh (runner.py: no checkpoint yet)
+        elif self.resume_checkpoint is not None:
             plan.resume = Path(self.resume_checkpoint)
         elif self.source_checkpoint is not None:
             # A refine's settings are complete (validated over its source's), so all of them are laid over.
@@ -97,6 +100,8 @@ class JobSpec:
             restart.update(source_checkpoint=self.source_checkpoint, refine_steps=self.refine_steps)
         if self.recovered:
             restart["recovered"] = self.recovered
+        if self.input_mesh is not None:
+            restart["input_mesh"] = self.input_mesh
         return records.job_record(status, job=self.id, owner=self.owner, prompt=self.prompt, parent=self.parent,
                                   created=self.created, settings=self.settings, stream=self.stream,
                                   prior_loaded=prior_loaded, head=head, process=process,

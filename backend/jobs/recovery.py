@@ -46,7 +46,8 @@ def spec_of(record: dict[str, Any]) -> JobSpec | None:
         return None
     return JobSpec(record["job"], record["owner"], record["prompt"], record["settings"], record["stream"],
                    record["created"], parent=record.get("parent"), source_checkpoint=record.get("source_checkpoint"),
-                   refine_steps=int(record.get("refine_steps", 0)), recovered=int(record.get("recovered", 0)))
+                   refine_steps=int(record.get("refine_steps", 0)), recovered=int(record.get("recovered", 0)),
+                   input_mesh=record.get("input_mesh"))
 
 
 def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
@@ -64,12 +65,15 @@ def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
         elif not checkpoint.is_file() and spec.source_checkpoint is not None \
                 and not Path(spec.source_checkpoint).is_file():
             why = f"it refines a checkpoint that is gone ({spec.source_checkpoint}) and kept none of its own"
+        elif spec.input_mesh is not None and not (folder / spec.input_mesh).is_file():
+            why = f"it textures a mesh whose file is gone ({spec.input_mesh})"
         if why is not None or spec is None:
             store.mark_lost(job_id, record, why or "")
             out.lost.append(job_id)
             continue
         spec.recovered += 1
-        if checkpoint.is_file():
+        # A texture job runs again from its start: its scene needs its mesh, which a checkpoint does not hold.
+        if checkpoint.is_file() and spec.input_mesh is None:
             spec.resume_checkpoint = str(checkpoint.resolve())
         remove_leftovers(folder)  # a killed export's staging folder and temporary files
         store.write_record(job_id, spec.record(JobStatus.QUEUED, ended=None))

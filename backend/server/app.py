@@ -30,6 +30,7 @@ import zmq
 from backend.export.meshfile import read_glb
 from backend.jobs.admission import Admission, Refused
 from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
+from backend.jobs.mesh_input import save_input_mesh
 from backend.jobs.models import local_models
 from backend.jobs.recovery import recover
 from backend.jobs.results import ResultStore
@@ -38,6 +39,7 @@ from backend.server.security import CurveConfig, Identities, apply_curve, check_
 from shared import protocol as P
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS
 from shared.status import LIVE_STATUSES, JobStatus
+from shared.texture_mesh import JOB_KINDS, MAX_TEXTURE_FACES, MAX_TEXTURE_VERTICES
 
 log = logging.getLogger("backend.server")
 
@@ -364,7 +366,9 @@ class Server:
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
                        "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
-                       "max_unread_bytes": self.max_unread_bytes},
+                       "max_unread_bytes": self.max_unread_bytes, "max_texture_vertices": MAX_TEXTURE_VERTICES,
+                       "max_texture_faces": MAX_TEXTURE_FACES},
+            "job_kinds": list(JOB_KINDS),
             "stream_defaults": dict(P.STREAM_DEFAULTS), "dtypes": list(P.DTYPES),
             "heartbeat_interval_s": P.HEARTBEAT_INTERVAL_S, "backend_timeout_s": P.BACKEND_TIMEOUT_S,
         }
@@ -416,11 +420,34 @@ class Server:
 
     def on_submit(self, identity: bytes, m: P.Message) -> None:
         rid = m.get("id")
+        kind = m.get("kind", "generate")
+        if kind not in JOB_KINDS:
+            raise P.ProtocolError("bad_field", f"submit: field 'kind' is {kind!r}; allowed: {', '.join(JOB_KINDS)}",
+                                  rid)
+        if kind != "texture" and m.arrays:
+            raise P.ProtocolError("bad_field", f"submit: arrays ({', '.join(sorted(m.arrays))}) come only with "
+                                               "kind 'texture' (the mesh to texture)", rid)
         prompt = P.check_prompt(m["prompt"], MAX_PROMPT_CHARS, rid)
         stream = P.check_stream(m.get("stream"), rid)
+        if kind == "texture" and stream["mesh_every"]:
+            raise P.ProtocolError("bad_field", "stream option 'mesh_every' must be 0 for a texture job: its geometry "
+                                               "is the mesh sent, and the textured mesh comes when it finishes", rid)
         settings = self._admit(prompt, m.get("settings"), None, rid)
+        mesh = None
+        if kind == "texture":
+            try:
+                mesh = self.admission.mesh(m.arrays)
+            except Refused as exc:
+                raise P.ProtocolError(exc.code, exc.message, rid) from None
         self._check_queue(identity, rid)
         spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created())
+        if mesh is not None:
+            # In the job's folder before its record: the worker, and a restarted server, build the job from it.
+            try:
+                spec.input_mesh = save_input_mesh(self.store.job_dir(spec.id), mesh)
+            except OSError as exc:
+                raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was "
+                                                   "queued", rid) from None
         job = self._queue(identity, spec)
         self.reply(identity, m, {"type": "accepted", "job": job.id, "position": self._position(job)})
 
@@ -467,6 +494,10 @@ class Server:
         running = live is not None and live.id in self.queue.running
         if live is not None and self.queue.is_queued(live.id):
             raise P.ProtocolError("bad_state", f"job {source_id} has not started; cancel it and submit again", rid)
+        if (live.spec.input_mesh if live is not None else (record or {}).get("input_mesh")) is not None:
+            # The runner rebuilds a checkpoint's scene from settings alone; a textured mesh needs its mesh too.
+            raise P.ProtocolError("bad_state", f"job {source_id} is a texture job, which cannot be refined yet; "
+                                               "submit a new texture job instead", rid)
         checkpoint = self.store.job_dir(source_id) / "checkpoint.pt"
         if not running and not checkpoint.is_file():
             raise P.ProtocolError("bad_state", f"job {source_id} has no checkpoint to refine from "

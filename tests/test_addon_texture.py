@@ -1,0 +1,77 @@
+"""Texture selected in Blender against a real backend (tests/blender/addon_texture.py): a cube with its own UV map
+and a UV sphere without UVs are textured on the procedural prior at the draft preset with a few steps and a 64 px
+texture; each keeps its geometry, gets a Principled BSDF material with a packed image, and undo restores it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_addon_build import REPO, addon_zip, blender_python_of, run_blender_script  # noqa: F401 - a fixture
+from test_addon_generate import free_port
+
+SETTINGS = {"steps": 6, "camera_bank_size": 4, "texture_size": 64, "procedural_resolution": 32,
+            "preview_every": 3, "preview_size": 32}
+# The default Blender always; another with TBSD_TEXTURE_BLENDERS="4.5,4.2".
+BLENDERS = tuple(os.environ.get("TBSD_TEXTURE_BLENDERS", "4.5").split(","))
+
+
+@pytest.fixture(scope="module", params=BLENDERS)
+def report(request, addon_zip, tmp_path_factory):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("addon_texture")
+    results = tmp / "results"
+    results.mkdir()
+    out = run_blender_script("addon_texture.py", addon_zip, sys.executable, REPO, results, free_port(),
+                             json.dumps(SETTINGS), tmp_path=tmp, timeout=600, python=blender_python_of(request.param))
+    assert out["blender"].startswith(request.param + ".")
+    out["results"] = str(results)
+    return out
+
+
+@pytest.mark.parametrize("name", ["user cube", "user sphere"])
+def test_texture_selected_keeps_the_geometry_and_adds_a_packed_texture_material(report, name):
+    job = report[name]
+    assert job["job_state"] == "done" and job["last_error"] == "", job
+    assert job["previews"] >= 1 and max(job["progress_steps"]) == SETTINGS["steps"]
+    before, after = job["before"], job["after"]
+    assert job["same_positions"]
+    assert (after["vertices"], after["faces"], after["loops"]) == (before["vertices"], before["faces"], before["loops"])
+    assert after["material"] == {"principled": True, "base_color_from": "TEX_IMAGE"}
+    assert after["image"] == {"size": [64, 64], "packed": True}
+    assert job["active"] == name and job["job_property"]
+
+
+def test_a_mesh_with_uvs_is_textured_through_its_own_uv_map(report):
+    job = report["user cube"]
+    assert job["after"]["uv_maps"] == job["before"]["uv_maps"] == ["UVMap"]
+    assert job["after"]["uv_map_node"] == "UVMap"
+
+
+def test_a_mesh_without_uvs_gets_the_unwraps_uvs_per_corner_in_a_new_uv_map(report):
+    job = report["user sphere"]
+    assert job["before"]["uv_maps"] == [] and job["after"]["uv_maps"] == ["TBSD UV"]
+    assert job["after"]["uv_map_node"] == "TBSD UV"
+    low, high = job["after"]["new_uv_range"]
+    assert 0.0 <= low < high <= 1.0
+    assert job["after"]["new_uv_distinct"] > job["before"]["vertices"]  # seams: more UVs than vertices
+    # Each face corner got the UV the backend's unwrap gave that corner: the job's GLB, corner by corner.
+    from backend.export.meshfile import read_glb
+
+    glb = read_glb(Path(report["results"]) / job["job_property"] / "mesh.glb")
+    expected = glb["uvs"][glb["faces"]].reshape(-1, 2)
+    assert np.allclose(np.asarray(job["after"]["new_uv_per_corner"]), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["user cube", "user sphere"])
+def test_undo_takes_the_texture_away_and_keeps_the_geometry_and_redo_brings_it_back(report, name):
+    job = report[name]
+    undone, before = job["after_undo"], job["before"]
+    assert job["undo_same_positions"]
+    assert undone["materials"] == 0 and undone["uv_maps"] == before["uv_maps"]
+    assert (undone["vertices"], undone["faces"]) == (before["vertices"], before["faces"])
+    assert job["after_redo"]["image"] == {"size": [64, 64], "packed": True}
