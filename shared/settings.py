@@ -296,6 +296,10 @@ _ALL: tuple[Setting, ...] = (
        0, 1000000, advanced=True),
     _s("mesh_resolution", int, 192, "Marching-cubes grid resolution.", "output", 32, 512),
     _s("texture_size", int, 1024, "Baked texture side in texels.", "output", 64, 8192),
+    _s("mesh_smooth_iterations", int, 0,
+       "Taubin smoothing passes over the extracted mesh, before decimation and baking: flattens "
+       "the lumps a trained field's level set has, keeps volume and sharp edges (0: off; docs/METHODS.md).",
+       "output", 0, 100, advanced=True),
     _s("decimate_faces", int, 50000,
        "Most faces of the exported mesh, reached by quadric decimation (0: keep every marching-cubes face).",
        "output", 0, 10000000, advanced=True),
