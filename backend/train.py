@@ -30,6 +30,7 @@ from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
+from shared.settings import defaults, preset_values
 
 CAMERA_BANK_AUTO = 96
 CHECKPOINT_FORMAT = 2
@@ -300,7 +301,10 @@ class Trainer:
         ``weights_only=True``: anything but tensors and plain containers is refused, so a planted checkpoint cannot
         run code."""
         state = load_checkpoint(path, device)
-        merged = dict(state["settings"], **(settings or {}))
+        saved = state["settings"]
+        # A checkpoint written before a setting existed resumes with what a new run of its preset would get.
+        preset = preset_values(saved.get("quality", "standard"), saved.get("representation", "nerf"))
+        merged = {**defaults(), **preset, **saved, **(settings or {})}
         scene = representation_class(state["representation"]).from_checkpoint(
             state["scene_state"], state["scene_extra"], merged, prior.background).to(device)
         trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence_overrides)

@@ -3,7 +3,7 @@
 Every run is a real CLI process with the product's defaults for the preset (anything else must be asked for with
 ``--settings``), on the procedural prior, where the right answer is known. Figures per run come from the GLB an
 artist would import (backend.metrics.mesh_figures): voxel IoU with the world's solid, Chamfer distance to the true
-surface, the mean and median albedo's distance to the named colour, the share of the surface nearer another
+surface, the angle of the faces' normals to the true surface's, the mean and median albedo's distance to the named colour, the share of the surface nearer another
 catalogue colour, connected components, seconds. Writes into ``--out``:
 
 - ``quality.json``: every run and the per (method, representation) summary;
@@ -102,6 +102,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
              # Shape apart from size (backend.metrics.scale_aligned_iou); absent from runs measured before it.
              "scaled_iou_median": statistics.median(r.get("scaled_iou", float("nan")) for r in ok),
              "best_scale_median": statistics.median(r.get("best_scale") or float("nan") for r in ok),
+             # Lumps and voxel steps on the surface (backend.metrics.normal_figures); absent from older runs.
+             "normal_error_median": statistics.median(r.get("normal_error_mean_deg", float("nan")) for r in ok),
+             "normal_off_median": statistics.median(r.get("normal_off_share", float("nan")) for r in ok),
              "colour_median": statistics.median(colour), "colour_max": max(colour),
              "wrong_share_median": statistics.median(wrong), "wrong_share_max": max(wrong),
              "named_colour": f"{named}/{len(ok)}",
@@ -125,14 +128,14 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Quality suite: {result['preset']} preset on {result['device']}", "",
              f"Command: `{result['command']}`", "", "## Per method and representation", ""]
     cols = ["variant", "method", "representation", "runs", "failed", "iou_median", "iou_min", "scaled_iou_median",
-            "best_scale_median", "chamfer_median", "colour_median",
+            "best_scale_median", "chamfer_median", "normal_error_median", "normal_off_median", "colour_median",
             "colour_max", "wrong_share_median", "wrong_share_max", "named_colour", "components_max",
             "train_seconds_median", "meets_bars"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(s.get(c, "")) for c in cols) + " |" for s in result["summary"]]
     lines += ["", "## Runs", ""]
     cols = ["variant", "prompt", "method", "representation", "voxel_iou", "scaled_iou", "best_scale", "chamfer",
-            "colour_error_mean", "colour_error_median",
+            "normal_error_mean_deg", "normal_off_share", "colour_error_mean", "colour_error_median",
             "wrong_colour_share", "nearest_colour", "mean_albedo", "components", "wall_seconds"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["runs"]:
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = future.result()
                 done[index[future]] = row
                 brief = {k: row.get(k) for k in ("variant", "prompt", "method", "representation", "voxel_iou",
-                                                  "scaled_iou", "colour_error_mean", "nearest_colour", "wrong_colour_share",
+                                                  "scaled_iou", "normal_error_mean_deg", "colour_error_mean", "nearest_colour", "wrong_colour_share",
                                                   "components", "wall_seconds", "error")}
                 print(json.dumps(brief), flush=True)
                 rows = [done[i] for i in sorted(done)]

@@ -3,7 +3,7 @@
 A change to mesh extraction or texture baking is measured on exactly the scenes the quality suite trained
 (``bench/quality.py --keep DIR`` keeps each run's folder with its final ``checkpoint.pt``):
 
-    python bench/rebake.py --runs DIR --out bench/results/quality/rebake.json [--device cpu|cuda]
+    python bench/rebake.py --runs DIR --out bench/results/quality/rebake.json [--device cpu|cuda] [--settings JSON]
 
 Each run is resumed at its last step (``generate --resume``, no further steps), which runs ``finish_job`` again;
 the JSON holds the kept GLB's figures ("before") and the new one's ("after") per run, with the medians.
@@ -26,15 +26,18 @@ from backend.export.meshfile import read_glb  # noqa: E402
 from backend.files import write_json  # noqa: E402
 from backend.metrics import mesh_figures  # noqa: E402
 
-FIGURES = ("voxel_iou", "excess_volume", "missing_volume", "chamfer", "colour_error_mean", "colour_error_median",
-           "wrong_colour_share", "nearest_colour")
+FIGURES = ("voxel_iou", "excess_volume", "missing_volume", "chamfer", "normal_error_mean_deg", "normal_off_share",
+           "normal_edge_share", "colour_error_mean", "colour_error_median", "wrong_colour_share", "nearest_colour")
 
 
-def rebake(run: Path, out: Path, device: str) -> dict[str, Any]:
+def rebake(run: Path, out: Path, device: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``settings``: export settings over the run's own (e.g. ``{"mesh_smooth_iterations": 0}``), as CLI flags."""
     record = json.loads((run / "job.json").read_text())
     prompt = record["prompt"]
     cmd = [sys.executable, "-m", "backend", "generate", prompt, "--out", str(out), "--resume",
            str(run / "checkpoint.pt"), "--device", device, "--quiet"]
+    for name, value in (settings or {}).items():
+        cmd += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     row: dict[str, Any] = {"run": run.name, "prompt": prompt,
                            "before": {k: v for k, v in mesh_figures(read_glb(run / "mesh.glb"), prompt).items()
@@ -50,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, required=True, help="Folder of kept runs (bench/quality.py --keep).")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write; the new files go beside it.")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--settings", default="{}",
+                        help='JSON object of export settings over each run\'s own, e.g. \'{"mesh_smooth_iterations": 0}\'.')
     args = parser.parse_args(argv)
+    settings = json.loads(args.settings)
     rows = []
     for run in sorted(p for p in args.runs.iterdir() if (p / "checkpoint.pt").exists()):
-        rows.append(rebake(run, args.out.parent / f"{args.out.stem}_runs" / run.name, args.device))
+        rows.append(rebake(run, args.out.parent / f"{args.out.stem}_runs" / run.name, args.device, settings))
         print(json.dumps(rows[-1]), flush=True)
     done = [r for r in rows if "after" in r]
     summary = {when: {k: statistics.median(r[when][k] for r in done) for k in FIGURES if k != "nearest_colour"}

@@ -58,3 +58,14 @@ def test_the_trainer_runs_the_gaussians_strategy_on_its_schedule(prior):
     for step in changed:
         assert sums[step - 1] == 0.0 and sums[step - 2] > 0.0
     assert set(trainer.timings) == set(PHASES) and all(v > 0 for v in trainer.timings.values())
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_presets_value(prior, tmp_path: Path):
+    trainer = Trainer(prior, "a red cube", _settings(steps=2))
+    # As written by an older version: these settings did not exist yet.
+    del trainer.settings["mesh_smooth_iterations"], trainer.settings["mesh_resolution"]
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior)
+    expected = validate({"quality": "draft", "representation": "gaussians"})
+    assert resumed.settings["mesh_resolution"] == expected["mesh_resolution"] == 64  # the draft preset's, not 192
+    assert resumed.settings["mesh_smooth_iterations"] == expected["mesh_smooth_iterations"]

@@ -12,6 +12,7 @@ from torch import Tensor
 from backend.export.field import DEFAULT_BOUND, FieldFn, SurfaceFn, density_grid, fill_enclosed, level_from_renders
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
 from backend.export.meshfile import mesh_arrays
+from backend.export.smooth import smooth_mesh
 from backend.export.texture import bake_texture, rasterise_uv, vertex_colours
 from backend.export.uv import unwrap_uvs
 from backend.export.writers import WRITERS, Surface
@@ -37,9 +38,11 @@ def extract_mesh(
     target_faces: int | None = None,
     device: torch.device | str = "cpu",
     grid: np.ndarray | None = None,
+    smooth_iterations: int = 0,
 ) -> tuple[Mesh, dict]:
     """Density grid -> level from the renders (``opacity`` [B, 1, H, W] of ``views``) -> enclosed cavities
-    filled -> marching cubes -> floater removal -> optional decimation. Returns the mesh and JSON-ready figures.
+    filled -> marching cubes -> floater removal -> ``smooth_iterations`` passes of Taubin smoothing
+    (smooth.py) -> optional decimation. Returns the mesh and JSON-ready figures.
 
     ``level`` overrides the render-derived choice (then ``views``/``opacity`` are not used). ``grid`` is the
     density already sampled on the grid (a representation's faster path), else ``density_fn`` is sampled.
@@ -75,6 +78,13 @@ def extract_mesh(
     mesh = remove_small_components(mesh, min_component_fraction)
     seconds["clean"] = time.perf_counter() - t
     figures["faces_after_clean"] = mesh.n_faces
+    if smooth_iterations:
+        # Before decimation: quadric collapse keeps the surface it is given, lumps included, and a smooth surface
+        # needs fewer faces to keep.
+        t = time.perf_counter()
+        mesh = smooth_mesh(mesh, smooth_iterations)
+        seconds["smooth"] = time.perf_counter() - t
+    figures["smooth_iterations"] = int(smooth_iterations)
     if target_faces is not None:
         t = time.perf_counter()
         mesh = decimate(mesh, target_faces)

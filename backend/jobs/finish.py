@@ -60,7 +60,7 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FO
         grid = scene.density_grid(resolution, DEFAULT_BOUND)
     mesh, extract_figures = extract_mesh(
         _field(scene.density), views, opacity, resolution=resolution,
-        target_faces=s["decimate_faces"] or None, device=trainer.device,
+        target_faces=s["decimate_faces"] or None, device=trainer.device, smooth_iterations=s["mesh_smooth_iterations"],
         grid=None if grid is None else grid.float().cpu().numpy(),
     )
     t1 = time.perf_counter()
