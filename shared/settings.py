@@ -263,6 +263,10 @@ _ALL: tuple[Setting, ...] = (
        "The NeRF's background where the prior has none of its own (Stable Diffusion): 'learned' (a small MLP of "
        "the view direction) or 'grey' (fixed mid grey, as the Gaussians always use).", "nerf",
        choices=NERF_BACKGROUNDS, representations=("nerf",), advanced=True),
+    _s("nerf_pixel_jitter", bool, False,
+       "Cast each training ray through a random point of its pixel rather than its centre, so the renders the "
+       "prior judges are, on average, the pixel's area as the prior's own images are (not yet the default: "
+       "measured in docs/METHODS.md).", "nerf", representations=("nerf",), advanced=True),
     _s("nerf_normal_eps", float, 0.01,
        "Step of the central differences giving NeRF normals (0: analytic density gradient, which carries the "
        "hash grid's cell-scale noise and needs a double backward).", "nerf", 0.0, 0.1, representations=("nerf",),

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from backend.scene.cameras import CameraConfig, sample_orbit_views
+from backend.scene.cameras import CameraConfig, orbit_views, ray_bundle, sample_orbit_views
 from shared.settings import SettingsError, validate
 
 # A face counts as seen by a camera that looks at it from at least this far above its plane with the light on it.
@@ -70,3 +70,19 @@ def test_default_light_comes_from_any_side():
 def test_light_offsets_must_be_ordered():
     with pytest.raises(SettingsError, match="light_elevation_offset_min"):
         validate({"light_elevation_offset_min": 30.0, "light_elevation_offset_max": 10.0})
+
+
+def test_jittered_rays_cover_the_pixel_and_average_to_its_centre():
+    views = orbit_views([0.0, 90.0], [10.0, 20.0], [2.0, 1.8], [40.0, 50.0])
+    origins, centre = ray_bundle(views, 4, 6)
+    torch.manual_seed(0)
+    samples = torch.stack([ray_bundle(views, 4, 6, jitter=True)[1] for _ in range(4000)])
+    assert samples.shape == (4000, 2, 4, 6, 3)
+    # Every jittered ray stays inside its pixel: closer to its own centre ray than half a pixel's diagonal angle.
+    pixel = 2 * torch.tan(views.fovy / 2) / 4  # a pixel's height at unit depth, per view
+    angle = torch.acos((samples * centre).sum(-1).clamp(max=1.0))
+    assert (angle <= (pixel * math.sqrt(2) / 2 * 1.01)[None, :, None, None]).all()
+    assert angle.max() > 0.5 * pixel.min() * math.sqrt(2) / 2  # and it does move
+    mean = torch.nn.functional.normalize(samples.mean(0), dim=-1)
+    assert (mean - centre).abs().max() < 0.05 * pixel.min()  # a twentieth of a pixel, about ten standard errors of the mean of 4000 draws
+    assert torch.allclose(ray_bundle(views, 4, 6, jitter=True)[0], origins)

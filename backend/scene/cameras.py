@@ -110,16 +110,23 @@ def front_view(n: int = 1) -> Views:
     return orbit_views([0.0] * n, [20.0] * n, [2.0] * n, [40.0] * n)
 
 
-def ray_bundle(views: Views, height: int, width: int) -> tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 3"]]:
-    """World-space ray origins and unit directions through pixel centres."""
+def ray_bundle(views: Views, height: int, width: int,
+               jitter: bool = False) -> tuple[Float[Tensor, "B H W 3"], Float[Tensor, "B H W 3"]]:
+    """World-space ray origins and unit directions through pixel centres, or with ``jitter`` through a uniformly
+    random point of each pixel (fresh per view and call), so that the expected render over training steps is the
+    pixel's area, which is what a supersampled target shows."""
     device = views.c2w.device
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    ys = torch.arange(height, device=device, dtype=torch.float32)[None, :, None]
+    xs = torch.arange(width, device=device, dtype=torch.float32)[None, None, :]
+    if jitter:
+        offset = torch.rand(len(views), height, width, 2, device=device)
+        yy, xx = (ys + offset[..., 0]) / height, (xs + offset[..., 1]) / width  # B H W
+    else:
+        yy, xx = ((ys + 0.5) / height).expand(1, height, width), ((xs + 0.5) / width).expand(1, height, width)
     tan_half = torch.tan(views.fovy / 2)[:, None, None]  # B 1 1
     aspect = width / height
-    cx = (2 * xx - 1)[None] * tan_half * aspect
-    cy = (1 - 2 * yy)[None] * tan_half
+    cx = (2 * xx - 1) * tan_half * aspect
+    cy = (1 - 2 * yy) * tan_half
     dirs_cam = torch.stack([cx, cy, -torch.ones_like(cx)], dim=-1)  # B H W 3
     rot = views.c2w[:, None, None, :3, :3]
     dirs = torch.nn.functional.normalize((rot @ dirs_cam[..., None])[..., 0], dim=-1)

@@ -40,7 +40,7 @@ class NeRFScene(Representation):
                    samples_per_ray=settings["nerf_samples_per_ray"],
                    background=background if background is not None or settings["nerf_background"] == "learned"
                    else (0.5, 0.5, 0.5),
-                   normal_eps=settings["nerf_normal_eps"])
+                   normal_eps=settings["nerf_normal_eps"], pixel_jitter=settings["nerf_pixel_jitter"])
 
     def __init__(
         self,
@@ -57,8 +57,10 @@ class NeRFScene(Representation):
         background: tuple[float, float, float] | None = None,
         normal_eps: float = 0.0,
         normal_min_weight: float = 1e-4,
+        pixel_jitter: bool = False,
     ) -> None:
         super().__init__()
+        self.pixel_jitter = pixel_jitter
         self.normal_eps = normal_eps
         self.normal_min_weight = normal_min_weight
         self.bound = bound
@@ -174,7 +176,7 @@ class NeRFScene(Representation):
         return torch.sigmoid(self.background_mlp(dirs))
 
     def render(self, views: Views, height: int, width: int, shading: str = "diffuse") -> RenderOutput:
-        origins, dirs = ray_bundle(views, height, width)
+        origins, dirs = ray_bundle(views, height, width, jitter=self.training and self.pixel_jitter)
         b = len(views)
         o = origins.reshape(-1, 3)
         d = dirs.reshape(-1, 3)
