@@ -26,6 +26,7 @@ from backend.jobs.finish import Finished, finish_job
 from backend.jobs.texture import texture_export, texture_figures, texture_scene
 from backend.records import CHECKPOINT_FILE
 from backend.train import Trainer, TrainEvents
+from shared.settings import check_new_job
 
 # (model, procedural_resolution) -> the loaded prior
 PriorLoader = Callable[[str, int], Any]
@@ -63,6 +64,8 @@ class JobRun:
 
     def prepare(self) -> Trainer:
         plan, s = self.plan, self.plan.settings
+        if plan.source is None and plan.resume is None:
+            check_new_job(s)
         self.started = records.now()
         if plan.mesh is not None:  # a bad mesh is refused before the prior loads
             self.source_mesh = read_mesh(plan.mesh)
