@@ -40,7 +40,8 @@ class NeRFScene(Representation):
                    samples_per_ray=settings["nerf_samples_per_ray"],
                    background=background if background is not None or settings["nerf_background"] == "learned"
                    else (0.5, 0.5, 0.5),
-                   normal_eps=settings["nerf_normal_eps"], pixel_jitter=settings["nerf_pixel_jitter"])
+                   normal_eps=settings["nerf_normal_eps"], pixel_jitter=settings["nerf_pixel_jitter"],
+                   blob_radius=settings["nerf_init_radius"])
 
     def __init__(
         self,
