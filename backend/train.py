@@ -312,7 +312,9 @@ class Trainer:
         trainer.step = int(state["step"])
         trainer.total = int(state.get("total", state["settings"]["steps"]))
         trainer.settings["steps"] = trainer.total
-        trainer.generator.set_state(state["generator"])
+        # The generator is a CPU one: a checkpoint loaded onto the GPU brought its state there too, and
+        # set_state takes only a CPU uint8 tensor (every GPU resume and refine failed on this).
+        trainer.generator.set_state(state["generator"].to("cpu"))
         return trainer
 
 
