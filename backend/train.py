@@ -28,6 +28,7 @@ from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
+from backend.scene.nerf import init_radius
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
 from shared.settings import defaults, preset_values
@@ -123,10 +124,14 @@ class Trainer:
         self.distill = DistillConfig.from_settings(settings)
         prior.check_prompts(self.prompts)
         if representation is None:
+            # Resolved once, into the settings the checkpoint and job.json keep: the blob stays in the NeRF's
+            # density for the whole run, so a resume must rebuild the same one.
+            self.settings["nerf_init_radius"] = init_radius(settings["nerf_init_radius"], prior.camera_aware)
             # Initial weights follow the run's seed, without disturbing the caller's global RNG.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(settings["seed"])
-                representation = build_representation(settings["representation"], settings, prior, self.device)
+                representation = build_representation(settings["representation"], self.settings, prior,
+                                                      self.device)
         self.scene = representation
         self.optimiser = torch.optim.AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
         # Not checkpointed: a resumed run starts its strategy afresh (Gaussians: gradient statistics since the

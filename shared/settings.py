@@ -263,11 +263,12 @@ _ALL: tuple[Setting, ...] = (
        "The NeRF's background where the prior has none of its own (Stable Diffusion): 'learned' (a small MLP of "
        "the view direction) or 'grey' (fixed mid grey, as the Gaussians always use).", "nerf",
        choices=NERF_BACKGROUNDS, representations=("nerf",), advanced=True),
-    _s("nerf_init_radius", float, 0.25,
+    _s("nerf_init_radius", float, 0.0,
        "Radius of the density blob the NeRF starts from (world units; its visible edge, at half opacity, lies "
-       "inside it: 0.25 shows a ball of radius 0.185, 0.36 one of 0.29, the Gaussians' starting ball). A prior that "
-       "is not told the camera's distance keeps roughly the size it starts from.", "nerf", 0.1, 0.5,
-       representations=("nerf",), advanced=True),
+       "inside it: 0.25 shows a ball of radius 0.185, 0.36 one of 0.29, the Gaussians' starting ball). 0: auto, "
+       "0.25 on a prior that sees the camera (procedural), which pulls the size to its own, and 0.36 on one that "
+       "does not (Stable Diffusion), which keeps about the size it starts from (docs/METHODS.md, session 14).",
+       "nerf", 0.0, 0.5, representations=("nerf",), advanced=True),
     _s("nerf_pixel_jitter", bool, False,
        "Cast each training ray through a random point of its pixel rather than its centre, so the renders the "
        "prior judges are, on average, the pixel's area as the prior's own images are (not yet the default: "
