@@ -246,7 +246,7 @@ def fill_enclosed(grid: GridLike, level: float, gap: int = 0) -> tuple[GridLike,
     passable = empty
     if gap > 0:
         passable = ~_grow(~empty, gap)
-    outside = _flood_from_border(passable)
+    outside = _flood_outside(passable)
     if gap > 0:
         # Give back the layer the grown matter hid. No voxel farther than `gap` from the flooded outside is
         # reached, so this cannot pass through a wall or an opening into the inside.
@@ -283,6 +283,23 @@ def _grow_axis(mask: Tensor, radius: int, axis: int) -> Tensor:
     return mask
 
 
+def _flood_outside(passable: Tensor) -> Tensor:
+    """``_flood_from_border`` over the box around the walls (and one voxel beyond) only: everything outside that
+    box is passable and touches the border, and the box's own faces are then passable voxels reached from
+    outside, so flooding the box from its faces reaches what flooding the grid would (an object fills about a
+    quarter of the grid)."""
+    walls = ~passable
+    outside = torch.ones_like(passable)
+    box = []
+    for axis in range(3):
+        present = torch.nonzero(walls.any(dim=tuple(a for a in range(3) if a != axis)), as_tuple=True)[0]
+        if present.numel() == 0:
+            return outside
+        box.append(slice(max(int(present[0]) - 1, 0), min(int(present[-1]) + 2, passable.shape[axis])))
+    outside[tuple(box)] = _flood_from_border(passable[tuple(box)])
+    return outside
+
+
 def _flood_from_border(passable: Tensor) -> Tensor:
     """Voxels of ``passable`` reachable (6-connected, through ``passable``) from the grid's faces.
 
@@ -310,19 +327,20 @@ def _sweep(reached: Tensor, passable: Tensor, axis: int) -> Tensor:
     """Every passable voxel whose run along ``axis`` (the passable voxels between two walls) holds a reached
     one. Each voxel's nearest event before it (a wall: even code, a reached voxel: odd) is a running maximum of
     codes that grow along the axis, and likewise after it on the reversed axis; a voxel is reached when either
-    nearest event is a reached voxel."""
-    n = passable.shape[axis]
-    shape = [1] * passable.ndim
-    shape[axis] = n
-    index = torch.arange(n, device=passable.device, dtype=torch.int32).reshape(shape)
+    nearest event is a reached voxel. The axis is moved last first: a running maximum along the last, contiguous
+    axis took a tenth of the time of one along the first on a CPU."""
+    reached_t = reached.movedim(axis, -1).contiguous()
+    passable_t = passable.movedim(axis, -1).contiguous()
+    n = passable_t.shape[-1]
+    index = torch.arange(n, device=passable.device, dtype=torch.int32)
     none = torch.tensor(-1, device=passable.device, dtype=torch.int32)
-    out = reached.clone()
+    out = reached_t.clone()
     for position in (index, (n - 1) - index):  # forward, then backward along the flipped axis
-        code = torch.where(reached, 2 * position + 1, torch.where(passable, none, 2 * position))
+        code = torch.where(reached_t, 2 * position + 1, torch.where(passable_t, none, 2 * position))
         if position is not index:
-            code = code.flip(axis)
-        last = torch.cummax(code, dim=axis).values
+            code = code.flip(-1)
+        last = torch.cummax(code, dim=-1).values
         if position is not index:
-            last = last.flip(axis)
+            last = last.flip(-1)
         out |= (last & 1).bool() & (last >= 0)
-    return out
+    return out.movedim(-1, axis)
