@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Modules a job should not import before its first step unless it needs them: the compiler torch.optim pulls in
+# (backend/optimiser.py), the other priors' and the GPU splatter's libraries, and the export's.
+HEAVY_MODULES = ("torch._dynamo", "sympy", "diffusers", "transformers", "gsplat", "xatlas", "mcubes",
+                 "fast_simplification", "scipy")
 # The export settings a preset sets (shared/settings.py); everything else stays as the run was trained.
 EXPORT_SETTINGS = ("mesh_resolution", "texture_size", "decimate_faces", "mesh_smooth_iterations")
 
@@ -181,30 +185,34 @@ def _device_name(device: str) -> str:
 
 def run_first_step_child(args: argparse.Namespace) -> int:
     """In a fresh process: the CLI's generate path up to the first step done; prints wall-clock stamps as JSON."""
-    stamps = {"child_start": time.time()}
+    stamps = {"child_start": time.time(), "cpu_child_start": time.process_time()}
     from backend.cli import _settings, build_parser
     from backend.jobs.runner import JobPlan, JobRun
     from backend.priors import load_prior
     from backend.train import TrainEvents
 
-    stamps["imported"] = time.time()
+    stamps["imported"], stamps["cpu_imported"] = time.time(), time.process_time()
     with tempfile.TemporaryDirectory() as out:
+        flags = [f"--{name.replace('_', '-')}={str(value).lower() if isinstance(value, bool) else value}"
+                 for name, value in json.loads(args.settings).items()]
         cli = build_parser().parse_args(["generate", args.prompt, "--device", args.device, "--out", out,
-                                         "--quality", args.quality, "--representation", args.representation])
+                                         "--quality", args.quality, "--representation", args.representation, *flags])
         settings, device = _settings(cli)
         run = JobRun(JobPlan(args.prompt, settings, Path(out)), device,
                      lambda model, resolution: load_prior(model, device, resolution))
         run.prepare()
         _sync(device)
-        stamps["prepared"] = time.time()
+        stamps["prepared"], stamps["cpu_prepared"] = time.time(), time.process_time()
         done: list[bool] = []
 
         def on_progress(p: Any) -> None:
             _sync(device)
             stamps.setdefault("first_step", time.time())
+            stamps.setdefault("cpu_first_step", time.process_time())
             done.append(True)
 
         run.train(TrainEvents(on_progress=on_progress, should_stop=lambda: bool(done)))
+    stamps["heavy_modules"] = sorted(m for m in HEAVY_MODULES if m in sys.modules)
     print("FIRST_STEP " + json.dumps(stamps), flush=True)
     return 0
 
@@ -233,7 +241,8 @@ def _importtime(stderr: str, top: int = 25) -> dict[str, Any]:
 def run_cold(args: argparse.Namespace) -> int:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-X", "importtime", str(Path(__file__).resolve()), "_first-step", "--device", args.device,
-           "--prompt", args.prompt, "--quality", args.quality, "--representation", args.representation]
+           "--prompt", args.prompt, "--quality", args.quality, "--representation", args.representation,
+           "--settings", args.settings]
     tries = []
     for _ in range(args.repeat):
         spawn = time.time()
@@ -246,6 +255,12 @@ def run_cold(args: argparse.Namespace) -> int:
         tries.append({"to_first_step": s["first_step"] - spawn, "interpreter": s["child_start"] - spawn,
                       "imports": s["imported"] - s["child_start"], "prepare": s["prepared"] - s["imported"],
                       "first_step": s["first_step"] - s["prepared"], "process_wall": end - spawn,
+                      "heavy_modules": s["heavy_modules"],
+                      # The child's own CPU seconds per phase: on a shared machine, what the phases cost without
+                      # the wait for a core (CUDA work and file reads are not in them).
+                      "cpu": {"to_first_step": s["cpu_first_step"], "imports": s["cpu_imported"] - s["cpu_child_start"],
+                              "prepare": s["cpu_prepared"] - s["cpu_imported"],
+                              "first_step": s["cpu_first_step"] - s["cpu_prepared"]},
                       "importtime": _importtime(proc.stderr)})
     helps = []
     for _ in range(3):
@@ -258,7 +273,8 @@ def run_cold(args: argparse.Namespace) -> int:
                       "representation": args.representation,
                       "to_first_step_seconds": [r["to_first_step"] for r in tries], "best": best,
                       "help_seconds_min": min(helps), "tries": tries})
-    print(json.dumps({k: round(v, 3) for k, v in best.items() if isinstance(v, float)}), file=sys.stderr)
+    print(json.dumps({k: round(v, 3) for k, v in best.items() if isinstance(v, float)}), json.dumps(best["cpu"]),
+          file=sys.stderr)
     return 0
 
 
@@ -340,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--prompt", default="a red cube")
         p.add_argument("--quality", default="standard")
         p.add_argument("--representation", default="gaussians", choices=("gaussians", "nerf"))
+        p.add_argument("--settings", default="{}", help="JSON settings over the preset's, as the CLI's flags.")
     cold.add_argument("--repeat", type=int, default=3)
     cold.add_argument("--out", type=Path, required=True)
     cmp = sub.add_parser("compare", help="Two --keep folders of the same scenes against each other.")
