@@ -217,6 +217,44 @@ def run_first_step_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_probe_child(args: argparse.Namespace) -> int:
+    """In a fresh process: the pieces of a cold start one after another, each timed (wall and CPU): torch's
+    import, CUDA's start, the backend's imports, torch._dynamo's import (what backend/optimiser.py avoids) and, on
+    CUDA, gsplat's extension load (its JIT build check runs on every start)."""
+    phases: dict[str, dict[str, float]] = {}
+
+    def timed(name: str, fn: Any) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        phases[name] = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+
+    def cuda_start() -> None:
+        import torch
+
+        if torch.device(args.device).type == "cuda":
+            torch.zeros(1, device=args.device).add_(1)
+            torch.cuda.synchronize(args.device)
+
+    def backend_imports() -> None:
+        import backend.cli  # noqa: F401
+        import backend.jobs.runner  # noqa: F401
+        import backend.priors  # noqa: F401
+
+    def gsplat_load() -> None:
+        import torch
+
+        if torch.device(args.device).type == "cuda":
+            from gsplat.cuda._backend import _C  # noqa: F401
+
+    timed("import_torch", lambda: __import__("torch"))
+    timed("cuda_start", cuda_start)
+    timed("import_backend", backend_imports)
+    timed("import_torch_dynamo", lambda: __import__("torch._dynamo"))
+    timed("gsplat_load", gsplat_load)
+    print("PROBE " + json.dumps(phases), flush=True)
+    return 0
+
+
 def _importtime(stderr: str, top: int = 25) -> dict[str, Any]:
     """-X importtime's lines -> the slowest top-level packages and modules (cumulative microseconds)."""
     rows = []
@@ -262,6 +300,10 @@ def run_cold(args: argparse.Namespace) -> int:
                               "prepare": s["cpu_prepared"] - s["cpu_imported"],
                               "first_step": s["cpu_first_step"] - s["cpu_prepared"]},
                       "importtime": _importtime(proc.stderr)})
+    probe = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_probe", "--device", args.device],
+                           cwd=ROOT, capture_output=True, text=True, env=env)
+    line = next((ln for ln in probe.stdout.splitlines() if ln.startswith("PROBE ")), None)
+    phases = json.loads(line[len("PROBE "):]) if line else {"error": probe.stderr[-2000:]}
     helps = []
     for _ in range(3):
         t = time.perf_counter()
@@ -272,7 +314,7 @@ def run_cold(args: argparse.Namespace) -> int:
                       "device": args.device, "prompt": args.prompt, "quality": args.quality,
                       "representation": args.representation,
                       "to_first_step_seconds": [r["to_first_step"] for r in tries], "best": best,
-                      "help_seconds_min": min(helps), "tries": tries})
+                      "help_seconds_min": min(helps), "phases_one_by_one": phases, "tries": tries})
     print(json.dumps({k: round(v, 3) for k, v in best.items() if isinstance(v, float)}), json.dumps(best["cpu"]),
           file=sys.stderr)
     return 0
@@ -357,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--quality", default="standard")
         p.add_argument("--representation", default="gaussians", choices=("gaussians", "nerf"))
         p.add_argument("--settings", default="{}", help="JSON settings over the preset's, as the CLI's flags.")
+    probe = sub.add_parser("_probe", help=argparse.SUPPRESS)
+    probe.add_argument("--device", default="cpu")
     cold.add_argument("--repeat", type=int, default=3)
     cold.add_argument("--out", type=Path, required=True)
     cmp = sub.add_parser("compare", help="Two --keep folders of the same scenes against each other.")
@@ -364,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--b", type=Path, required=True)
     cmp.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    return {"extract": run_extract, "cold": run_cold, "_first-step": run_first_step_child,
+    return {"extract": run_extract, "cold": run_cold, "_first-step": run_first_step_child, "_probe": run_probe_child,
             "compare": run_compare}[args.command](args)
 
 
