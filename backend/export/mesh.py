@@ -6,6 +6,7 @@ for each file format. Faces are counter-clockwise seen from outside, so face nor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,10 +57,10 @@ def marching_cubes(grid: np.ndarray | torch.Tensor, level: float, bound: float) 
     g = torch.as_tensor(grid)
     if g.ndim != 3 or min(g.shape) < 2:
         raise ValueError(f"grid must be [X, Y, Z] with at least 2 samples per axis, got {tuple(g.shape)}")
-    if not bool(torch.isfinite(g).all()):
-        raise ValueError("grid holds non-finite values")
     lo_t, hi_t = torch.aminmax(g.float())
     lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # the extremes carry any NaN or infinity
+        raise ValueError("grid holds non-finite values")
     if not lo < level < hi:
         where = "above" if level >= hi else "below"
         raise ValueError(
@@ -67,11 +68,12 @@ def marching_cubes(grid: np.ndarray | torch.Tensor, level: float, bound: float) 
             "the mesh would be " + ("empty" if level >= hi else "the whole grid")
         )
     solid = g >= level
+    xy = solid.any(dim=2)
     first, last = [], []
-    for axis in range(3):
-        present = torch.nonzero(solid.any(dim=tuple(a for a in range(3) if a != axis)), as_tuple=True)[0]
-        first.append(max(int(present[0]) - 1, 0))
-        last.append(min(int(present[-1]) + 1, g.shape[axis] - 1))
+    for axis, present in enumerate((xy.any(dim=1), xy.any(dim=0), solid.any(dim=(0, 1)))):
+        where = torch.nonzero(present, as_tuple=True)[0]
+        first.append(max(int(where[0]) - 1, 0))
+        last.append(min(int(where[-1]) + 1, g.shape[axis] - 1))
     box = g[first[0] : last[0] + 1, first[1] : last[1] + 1, first[2] : last[2] + 1]
     box = np.asarray(box.detach().to("cpu", torch.float32).numpy())
     padded = np.pad(box, 1, mode="constant", constant_values=lo)
