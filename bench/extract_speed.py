@@ -322,12 +322,24 @@ def run_cold(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------- comparison
 
+def _nearest(points: Any, cloud: Any) -> Any:
+    """Distance from each point to its nearest point of ``cloud`` (scipy's k-d tree when installed, else chunked
+    brute force: scipy is not one of the product's dependencies)."""
+    try:
+        from scipy.spatial import cKDTree
+    except ImportError:
+        from backend.metrics import _nearest_distance
+
+        return _nearest_distance(points, cloud)
+    return cKDTree(cloud).query(points)[0]
+
+
 def _compare_pair(a: Path, b: Path, prompt: str) -> dict[str, Any]:
     """Two kept exports of the same scene: counts, the extracted meshes' voxel IoU with each other, their surface
     distance, and each GLB's figures against the true object (backend/metrics.py)."""
     import numpy as np
 
-    from backend.metrics import _nearest_distance, mesh_figures, mesh_occupancy, sample_surface, voxel_iou
+    from backend.metrics import mesh_figures, mesh_occupancy, sample_surface, voxel_iou
 
     ma, mb = np.load(a / "extracted.npz"), np.load(b / "extracted.npz")
     row: dict[str, Any] = {"vertices": [len(ma["vertices"]), len(mb["vertices"])],
@@ -338,12 +350,21 @@ def _compare_pair(a: Path, b: Path, prompt: str) -> dict[str, Any]:
     axis = np.linspace(-0.55, 0.55, 128)
     occ = [mesh_occupancy(m["vertices"].astype(np.float64), m["faces"], axis) for m in (ma, mb)]
     row["mutual_voxel_iou_128"] = voxel_iou(occ[0], occ[1])
+    # Each surface's 20k samples against the other's 500k: the distance to a dense sampling stands for the distance
+    # to the surface; "floor" is the same measure between two samplings of one mesh (A against itself), what
+    # identical meshes would score.
     rng = np.random.default_rng(0)
-    pa, _, _ = sample_surface(ma["vertices"].astype(np.float64), ma["faces"], 20000, rng)
-    pb, _, _ = sample_surface(mb["vertices"].astype(np.float64), mb["faces"], 20000, rng)
-    d = np.concatenate([_nearest_distance(pa, pb), _nearest_distance(pb, pa)])
+    va, vb = ma["vertices"].astype(np.float64), mb["vertices"].astype(np.float64)
+    pa, _, _ = sample_surface(va, ma["faces"], 20000, rng)
+    pb, _, _ = sample_surface(vb, mb["faces"], 20000, rng)
+    dense_a, _, _ = sample_surface(va, ma["faces"], 500000, rng)
+    dense_b, _, _ = sample_surface(vb, mb["faces"], 500000, rng)
+    d = np.concatenate([_nearest(pa, dense_b), _nearest(pb, dense_a)])
+    floor = _nearest(pb if row["identical_faces"] else pa, dense_a)
     row["surface_distance_mean"] = float(d.mean())
     row["surface_distance_p99"] = float(np.quantile(d, 0.99))
+    row["surface_distance_max"] = float(d.max())
+    row["surface_distance_floor_mean"] = float(floor.mean())
     if (a / "mesh.glb").exists() and (b / "mesh.glb").exists():
         from backend.export.meshfile import read_glb
 
