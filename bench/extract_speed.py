@@ -334,6 +334,32 @@ def _nearest(points: Any, cloud: Any) -> Any:
     return cKDTree(cloud).query(points)[0]
 
 
+def _geometry_figures(mesh: Any, prompt: str) -> dict[str, Any]:
+    """An extracted mesh (no texture) against the prompt's true object: voxel IoU on mesh_figures' 64^3 grid and
+    the normal figures (backend/metrics.py); empty when the prompt names no single object."""
+    import numpy as np
+    import torch
+
+    from backend.metrics import mesh_occupancy, normal_figures, sample_surface, voxel_iou
+    from backend.priors.procedural import world
+
+    meaning = world.parse_prompt(prompt)
+    if len(meaning.shapes) != 1:
+        return {}
+    shape = meaning.shapes[0]
+    axis = np.linspace(-0.55, 0.55, 64)
+    points = torch.as_tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
+    truth = (world.sdf(shape, points) < 0).numpy().reshape((64,) * 3)
+    v, f = mesh["vertices"].astype(np.float64), mesh["faces"]
+    samples, face, _ = sample_surface(v, f, 20000, np.random.default_rng(0))
+    corners = v[f[face]]
+    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    figures = normal_figures(samples, normals, shape)
+    return {"voxel_iou": voxel_iou(mesh_occupancy(v, f, axis), truth),
+            "normal_error_mean_deg": figures["normal_error_mean_deg"], "normal_off_share": figures["normal_off_share"]}
+
+
 def _compare_pair(a: Path, b: Path, prompt: str) -> dict[str, Any]:
     """Two kept exports of the same scene: counts, the extracted meshes' voxel IoU with each other, their surface
     distance, and each GLB's figures against the true object (backend/metrics.py)."""
@@ -365,6 +391,8 @@ def _compare_pair(a: Path, b: Path, prompt: str) -> dict[str, Any]:
     row["surface_distance_p99"] = float(np.quantile(d, 0.99))
     row["surface_distance_max"] = float(d.max())
     row["surface_distance_floor_mean"] = float(floor.mean())
+    row["geometry_figures"] = {k: [x, y] for (k, x), y in zip(_geometry_figures(ma, prompt).items(),
+                                                              _geometry_figures(mb, prompt).values())}
     if (a / "mesh.glb").exists() and (b / "mesh.glb").exists():
         from backend.export.meshfile import read_glb
 
