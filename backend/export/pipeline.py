@@ -33,16 +33,18 @@ class StageClock:
     the host anyway, so these waits cost nothing a training step would feel (backend/phases.py is for those)."""
 
     def __init__(self, device: torch.device | str) -> None:
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
         self._last = time.perf_counter()
 
     def restart(self) -> None:
+        """Start the next stage now (time since the last mark is nobody's)."""
         self._last = time.perf_counter()
 
     def mark(self, stage: str) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
+        """End ``stage`` (adding to it when it ran before) and start the next."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
         self._last = now

@@ -36,14 +36,16 @@ from backend.scene.splatting import quat_to_rotmat, rasterize, views_to_opencv
 PARAMETER_NAMES: tuple[str, ...] = ("means", "log_scales", "quats", "opacity_logits", "albedo_logits")
 
 # density()/albedo(): points per chunk (small, so a chunk of grid points is a thin slab that few Gaussians
-# reach), the cut-off in standard deviations (exp(-4.3^2 / 2) ~ 1e-4), and point x Gaussian pairs per evaluation.
+# reach), the cut-off in standard deviations (exp(-4.3^2 / 2) ~ 1e-4), and point x Gaussian pairs per evaluation
+# (density_grid(): voxel visits per block on a CPU, eight times that on a GPU).
 FIELD_POINT_CHUNK = 1024
 FIELD_CUTOFF = 4.3
 FIELD_PAIR_BUDGET = 1 << 21
 # density_grid(): its cut-off, as a Mahalanobis distance (the ellipsoid, not a cube around it). At 4.3 the ellipsoid
 # dropped up to 1.4e-3 of density where many splats' tails overlap (the cube around it had kept their corners); at 5
 # a splat's dropped tail is under o exp(-12.5) (4e-6 o) and the grid stays within 5e-4 of the pointwise density
-# while visiting 277M voxels of a draft scene at 192^3, against the cube's 650M.
+# while visiting 277M voxels of a draft scene at 192^3, against the cube's 650M. Its z columns go in dense blocks by
+# length, rounded up to COLUMN_BUCKET voxels.
 GRID_CUTOFF = 5.0
 COLUMN_BUCKET = 8
 # surface_albedo(): how far outside the surface the viewing ray starts (world units; the objects span about 0.7 and
