@@ -132,18 +132,18 @@ def run_extract(args: argparse.Namespace) -> int:
             row["gaussians"] = int(trainer.scene.num_points)
         for i in range(args.repeat):
             keep = args.keep is not None and i == args.repeat - 1
-            folder = (args.keep / name) if keep else Path(tempfile.mkdtemp(prefix="extract_speed_"))
             formats = () if args.no_bake else ("glb", "obj", "ply")
-            _sync(trainer.device)
-            t, cpu = time.perf_counter(), time.process_time()
-            result = export_result(trainer, folder, formats=formats)
-            _sync(trainer.device)
-            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+            with tempfile.TemporaryDirectory(prefix="extract_speed_") as scratch:
+                folder = (args.keep / name) if keep else Path(scratch)
+                _sync(trainer.device)
+                t, cpu = time.perf_counter(), time.process_time()
+                result = export_result(trainer, folder, formats=formats)
+                _sync(trainer.device)
+                wall, cpu = time.perf_counter() - t, time.process_time() - cpu
             extract = result["extract"]
             rep = {"wall": wall, "cpu": cpu, "extract": result["seconds"]["extract"], "export": result["seconds"]["export"],
                    "extract_stages": extract.get("seconds", {}),
-                   "export_stages": result["export"].get("seconds", {}),
-                   "level_render": result["seconds"].get("level_render")}
+                   "export_stages": result["export"].get("seconds", {})}
             staged = sum(rep["extract_stages"].values())
             rep["extract_unstaged"] = rep["extract"] - staged  # the density grid, before it was a stage of its own
             row["repeats"].append(rep)
