@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.files import publish, tmp_name
+from backend.optimiser import AdamW
 from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
@@ -133,7 +134,7 @@ class Trainer:
                 representation = build_representation(settings["representation"], self.settings, prior,
                                                       self.device)
         self.scene = representation
-        self.optimiser = torch.optim.AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
+        self.optimiser = AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
         # Not checkpointed: a resumed run starts its strategy afresh (Gaussians: gradient statistics since the
         # last densification round), as it always has.
         self.strategy = self.scene.strategy()

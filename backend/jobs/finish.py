@@ -23,6 +23,7 @@ import torch
 
 from backend import records
 from backend.export import FORMATS, export_mesh, extract_mesh
+from backend.export.pipeline import StageClock
 from backend.export.field import DEFAULT_BOUND
 from backend.files import publish_folder, remove_leftovers
 from backend.images import save_png
@@ -52,16 +53,20 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FO
     s = trainer.settings
     scene = trainer.scene
     scene.eval()
+    t0 = time.perf_counter()
+    clock = StageClock(trainer.device)
     views = eval_views(LEVEL_VIEWS).to(trainer.device)
     opacity = trainer.render_eval(LEVEL_VIEWS, LEVEL_RESOLUTION, "albedo").opacity
-    t0 = time.perf_counter()
+    clock.mark("level_render")
     resolution = mesh_resolution or s["mesh_resolution"]
     with torch.no_grad():
-        grid = scene.density_grid(resolution, DEFAULT_BOUND)
+        grid = scene.density_grid(resolution, DEFAULT_BOUND)  # on the scene's device, where extraction keeps it
+    if grid is not None:
+        clock.mark("grid")
     mesh, extract_figures = extract_mesh(
         _field(scene.density), views, opacity, resolution=resolution,
         target_faces=s["decimate_faces"] or None, device=trainer.device, smooth_iterations=s["mesh_smooth_iterations"],
-        grid=None if grid is None else grid.float().cpu().numpy(),
+        grid=grid, clock=clock,
     )
     t1 = time.perf_counter()
     export_figures = export_mesh(out_dir, mesh, _field(scene.surface_albedo),

@@ -16,16 +16,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
 from backend import records
-from backend.export.meshread import InputMesh, read_mesh
-from backend.jobs.finish import Finished, finish_job
-from backend.jobs.texture import texture_export, texture_figures, texture_scene
 from backend.records import CHECKPOINT_FILE
 from backend.train import Trainer, TrainEvents
+
+if TYPE_CHECKING:
+    from backend.export.meshread import InputMesh
+    from backend.jobs.finish import Finished
+
+# The export's modules (finish, texture, meshread and what they import) load when a job reaches its end or reads a
+# mesh, not before its first step: a cold start waits only for what training needs.
 
 # (model, procedural_resolution) -> the loaded prior
 PriorLoader = Callable[[str, int], Any]
@@ -65,12 +69,16 @@ class JobRun:
         plan, s = self.plan, self.plan.settings
         self.started = records.now()
         if plan.mesh is not None:  # a bad mesh is refused before the prior loads
+            from backend.export.meshread import read_mesh
+
             self.source_mesh = read_mesh(plan.mesh)
         t0 = time.perf_counter()
         prior = self._load(s["model"], s["procedural_resolution"])
         self.load_seconds = time.perf_counter() - t0
         cadence = plan.cadence  # a server job's stream options over the run's own settings
         if plan.mesh is not None:
+            from backend.jobs.texture import texture_scene
+
             if plan.resume is not None or plan.source is not None:
                 # A checkpoint rebuilds its scene from the settings (registry.py); a textured mesh needs its mesh.
                 raise ValueError("a texture job cannot continue from a checkpoint yet")
@@ -102,6 +110,9 @@ class JobRun:
     def finish(self, record: Mapping[str, Any] | None = None) -> Finished:
         """Checkpoint, export, record: ``record`` (what the caller knows) gains the timings and the export's
         figures and is written last."""
+        from backend.jobs.finish import finish_job
+        from backend.jobs.texture import texture_export, texture_figures
+
         trainer = self.trainer
         assert trainer is not None, "prepare() first"
         if self.plan.checkpoint:
