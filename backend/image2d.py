@@ -31,9 +31,11 @@ def optimise_image(
     prompt: str,
     settings: Mapping[str, Any],
     on_step: ProgressFn | None = None,
+    reference: Float[Tensor, "3 H W"] | None = None,
 ) -> ImageRun:
-    """Run ``settings['image_steps']`` steps of the method on a randomly initialised sample."""
-    prompts = prompt_set(prompt, settings)
+    """Run ``settings['image_steps']`` steps of the method on a randomly initialised sample; ``reference`` is the
+    image an image-prompt method (ISD) reads."""
+    prompts = prompt_set(prompt, settings, reference)
     prior.check_prompts(prompts)
     generator = torch.Generator().manual_seed(settings["seed"])
     init = settings.get("image_init_std", 1.0) * torch.randn((1, *prior.sample_shape), generator=generator)

@@ -24,13 +24,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.files import publish, tmp_name
+from backend.distill.methods import METHODS
 from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
+from backend.reference import Reference, sample_reference
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
-from shared.settings import defaults, preset_values
+from shared.settings import SettingsError, defaults, preset_values
 
 CAMERA_BANK_AUTO = 96
 CHECKPOINT_FORMAT = 2
@@ -108,17 +110,38 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
     return settings["lambda_orientation_start"] + frac * (settings["lambda_orientation_end"] - settings["lambda_orientation_start"])
 
 
+def job_reference(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
+                  reference: Reference | None) -> Reference | None:
+    """The reference image a job's method reads: the one given, else (reference_source 'sample') one drawn from the
+    prior by the job's seed; None for a method without image prompts. SettingsError when they do not fit."""
+    method = settings["method"]
+    if not METHODS[method].image_prompt:
+        if reference is not None:
+            raise SettingsError(f"method '{method}' reads no reference image; image prompts are for method isd")
+        return None
+    if reference is not None:
+        return reference
+    if settings["reference_source"] == "image":
+        raise SettingsError("reference_source is 'image' but the job was given no reference image: pass --image "
+                            "PATH (PNG or JPEG), send the submit's 'reference' array, or use reference_source "
+                            "'sample' to draw one from the prior")
+    return sample_reference(prior, prompt, settings)
+
+
 class Trainer:
     def __init__(self, prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
                  representation: Representation | None = None, device: torch.device | str = "cpu",
-                 cadence_overrides: Mapping[str, int] | None = None) -> None:
+                 cadence_overrides: Mapping[str, int] | None = None, reference: Reference | None = None) -> None:
         """A run at step 0 (or on ``representation``, e.g. a checkpoint's). Its cadence is the settings' with
-        ``cadence_overrides`` (``Cadence`` fields, e.g. a server job's stream options) set over them."""
+        ``cadence_overrides`` (``Cadence`` fields, e.g. a server job's stream options) set over them. ``reference``
+        is an image-prompt method's reference image (None: drawn from the prior when the settings say so)."""
         self.prior = prior
         self.device = torch.device(device)
         self.settings = dict(settings)
         self.prompt = prompt
-        self.prompts = prompt_set(prompt, settings)
+        self.reference = job_reference(prior, prompt, settings, reference)
+        self._reference_image = None if self.reference is None else self.reference.tensor()
+        self.prompts = prompt_set(prompt, settings, self._reference_image)
         self.cameras = CameraConfig.from_settings(settings)
         self.distill = DistillConfig.from_settings(settings)
         prior.check_prompts(self.prompts)
@@ -180,7 +203,8 @@ class Trainer:
         groups: dict[str, list[int]] = {}
         for i, (az, el) in enumerate(angles):
             groups.setdefault(view_suffix(az, el), []).append(i)
-        return [(prompt_set(self.prompt + suffix, self.settings), idx) for suffix, idx in groups.items()]
+        return [(prompt_set(self.prompt + suffix, self.settings, self._reference_image), idx)
+                for suffix, idx in groups.items()]
 
     # --- one step -------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -289,6 +313,11 @@ class Trainer:
             "scene_extra": self.scene.extra_state(),
             "optimiser": self.optimiser.state_dict(),
             "generator": self.generator.get_state(),  # a uint8 tensor
+            **({} if self.reference is None else {
+                "reference": torch.from_numpy(self.reference.pixels.copy()),  # uint8 [H, W, 3]
+                "reference_source": self.reference.source,
+                "reference_given": self.reference.given_name,
+            }),
         }, tmp)
         publish(tmp, path)
 
@@ -307,7 +336,12 @@ class Trainer:
         merged = {**defaults(), **preset, **saved, **(settings or {})}
         scene = representation_class(state["representation"]).from_checkpoint(
             state["scene_state"], state["scene_extra"], merged, prior.background).to(device)
-        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence_overrides)
+        # The run's own reference image goes on with it (a refine to a method without one drops it).
+        reference = None
+        if "reference" in state and METHODS[merged["method"]].image_prompt:
+            reference = Reference(state["reference"].cpu().numpy(), str(state["reference_source"]),
+                                  state.get("reference_given"))
+        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence_overrides, reference)
         trainer.optimiser.load_state_dict(state["optimiser"])
         trainer.step = int(state["step"])
         trainer.total = int(state.get("total", state["settings"]["steps"]))
