@@ -272,12 +272,15 @@ def run_image(args: argparse.Namespace) -> int:
     if reference is not None:
         record["reference"] = {**reference.record(), "file": reference_file.name}
     if settings["model"] == "procedural":
-        record["figures"] = _procedural_figures(args.prompt, run.image, front_view(1), prior)
+        record["figures"] = _procedural_figures(args.prompt, run.image, front_view(1), prior,
+                                                None if reference is None else prompt_set(
+                                                    args.prompt, settings, reference.tensor()).reference)
     json_path = args.out.with_suffix(".json")
     json_path.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.out} and {json_path}")
     if "figures" in record and record["figures"]:
-        print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items()))
+        print("figures: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in record["figures"].items()))
     return 0
 
 
@@ -292,15 +295,29 @@ def _trace_summary(trace: list[dict[str, Any]]) -> dict[str, Any]:
     return {w: {k: sum(r[k] for r in rows) / len(rows) for k in keys} for w, rows in windows.items()}
 
 
-def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any) -> dict[str, float]:
+def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any, reference: Any = None) -> dict[str, Any]:
+    """Figures against the object the prompt names; for a prompt naming many, against the object the image is
+    nearest (``landed``) or, with a reference image, the one the reference selects (``reference_mode``)."""
     from backend.metrics import image_figures
     from backend.priors.procedural.world import ground_truth, parse_prompt
 
     meaning = parse_prompt(prompt)
-    if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
-        return {}  # a multi-modal prompt has no single ground truth
-    truth, _ = ground_truth(prompt, views, prior.resolution)
-    return image_figures(image, truth[0])
+    if len(meaning.shapes) == 1 and len(meaning.colours) == 1:
+        truth, _ = ground_truth(prompt, views, prior.resolution)
+        return image_figures(image, truth[0])
+    everything = parse_prompt("").components()
+    means, _ = prior.components("", views)  # every object of the world from this camera
+    mse = ((means[0] + 1) / 2 - image[None].to(means)).pow(2).flatten(1).mean(-1)
+    landed = everything[int(mse.argmin())]
+    out: dict[str, Any] = {"landed": f"a {landed.colour} {landed.shape}"}
+    target = out["landed"]
+    if reference is not None:
+        comps = prior.meaning(prompt).components()
+        mode = comps[int(prior.reference_weights(prompt, reference).argmax())]
+        target = out["reference_mode"] = f"a {mode.colour} {mode.shape}"
+        out["in_reference_mode"] = out["landed"] == target
+    truth, _ = ground_truth(target, views, prior.resolution)
+    return {**image_figures(image, truth[0]), **out}
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -11,12 +11,9 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from jaxtyping import Float
-from torch import Tensor
 
 from backend.files import write_bytes
 from shared.reference_image import (
@@ -26,6 +23,10 @@ from shared.reference_image import (
     check_reference_pixels,
     check_size,
 )
+
+if TYPE_CHECKING:  # torch only where tensors are made: the server saves a sent reference without it
+    from jaxtyping import Float
+    from torch import Tensor
 
 REFERENCE_FILE = "reference.png"
 # A reference drawn from the prior uses its own stream of the job's seed, so drawing it changes nothing else.
@@ -57,6 +58,8 @@ class Reference:
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> Float[Tensor, "3 H W"]:
+    import torch
+
     return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
 
 
@@ -129,6 +132,8 @@ def save_reference(folder: Path, pixels: np.ndarray, name: str = REFERENCE_FILE)
 
 def sample_reference(prior: Any, prompt: str, settings: Any) -> Reference:
     """ModeDreamer's default reference: a sample of the prior for the prompt, by the job's seed, in 8 bits."""
+    import torch
+
     from backend.distill.step import prompt_set
 
     generator = torch.Generator().manual_seed(int(settings["seed"]) + REFERENCE_SEED_OFFSET)
