@@ -222,17 +222,47 @@ def test_cli_image_flag_errors_name_what_is_wrong(tmp_path, capsys):
     assert not (tmp_path / "out" / "job.json").exists()
 
 
-def test_cli_image_experiment_with_a_reference_writes_it_beside_the_result(tmp_path):
+def test_cli_image_experiment_with_a_reference_writes_it_beside_the_result(tmp_path, capsys):
     good = write(tmp_path / "blue.png", Image.fromarray(blue_cube()))
     out = tmp_path / "isd.png"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "backend", "image", "a cube", "--method", "isd", "--image", str(good),
-                           "--out", str(out), "--steps", "60", "--procedural-resolution", "16", "--isd-noise-weight",
-                           "0.3", "--device", "cpu", "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = main(["image", "a cube", "--method", "isd", "--image", str(good), "--out", str(out), "--steps", "60",
+                 "--procedural-resolution", "16", "--isd-noise-weight", "0.3", "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err[-2000:]
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["reference"]["file"] == "isd_reference.png" and record["reference"]["given"] == "blue.png"
-    assert (tmp_path / "isd_reference.png").is_file()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "isd_reference.png")), blue_cube())
     assert record["figures"]["reference_mode"] == "a blue cube"
     assert record["figures"]["landed"] == "a blue cube" and record["figures"]["in_reference_mode"] is True
+
+
+def test_a_reference_sent_with_a_submit_is_checked_saved_and_used_by_a_real_server(tmp_path):
+    from server_support import QUIET_STREAM, ServerProcess, client, run_to_end, wait_for
+
+    sent = blue_cube(48)[:, 8:40].copy()  # not square: the prior reads its centred square
+    with ServerProcess(tmp_path / "results") as server:
+        c = client(server, "isd", hello=False)
+        c.send_hello(name="pytest")
+        limits = wait_for(c, lambda m: m.type == "welcome", 30)["capabilities"]["limits"]
+        assert (limits["min_reference_side"], limits["max_reference_side"], limits["max_reference_pixels"]) == \
+            (16, MAX_REFERENCE_SIDE, MAX_REFERENCE_PIXELS)
+        rid = c.send_submit("a cube", {**TINY, "method": "isd"}, QUIET_STREAM, reference=sent)
+        accepted = wait_for(c, lambda m: m.get("id") == rid, 30)
+        assert accepted.type == "accepted", accepted.header
+        seen = run_to_end(c, accepted.job, 300)
+        assert seen[-1].type == "finished", [m.header for m in seen if m.type == "error"]
+        folder = server.results / accepted.job
+        assert np.array_equal(np.asarray(Image.open(folder / REFERENCE_FILE)), sent)
+        record = json.loads((folder / "job.json").read_text())
+        assert record["settings"]["reference_source"] == "image" and record["reference_image"] == REFERENCE_FILE
+        assert record["reference"]["source"] == "image" and record["reference"]["mode"] == "a blue cube"
+        # Refused before queueing, naming the array and what is allowed; the server keeps serving.
+        for settings, array, code, words in (
+                ({"method": "isd"}, np.zeros((8, 8, 3), np.uint8), "bad_field", "allowed: sides 16-4096"),
+                ({"method": "isd"}, np.zeros((32, 32, 3), np.float32), "bad_field", "allowed: uint8"),
+                ({"method": "sds"}, sent, "bad_field", "reads none"),
+                ({"method": "isd", "reference_source": "image"}, None, "settings", "no 'reference' array")):
+            rid = c.send_submit("a cube", {**TINY, **settings}, QUIET_STREAM, reference=array)
+            refused = wait_for(c, lambda m: m.get("id") == rid, 30)
+            assert refused.type == "error" and refused["code"] == code and words in refused["message"], \
+                refused.header
+        c.close()
