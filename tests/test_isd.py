@@ -205,7 +205,8 @@ def test_a_sampled_reference_is_one_seeded_object_of_the_mixture(prior):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_isd_step_is_one_call_with_four_branches_and_the_right_gradient(prior):
+@pytest.mark.parametrize("noise_weight", [None, 0.0])
+def test_isd_step_is_one_call_with_four_branches_and_the_right_gradient(prior, noise_weight):
     calls = []
     real = prior._denoise
 
@@ -214,7 +215,8 @@ def test_isd_step_is_one_call_with_four_branches_and_the_right_gradient(prior):
         calls.append({"texts": list(texts), "images": images, "out": out.detach().clone()})
         return out
 
-    settings = validate({"method": "isd", "ip_scale": 0.7})
+    settings = validate({"method": "isd", "ip_scale": 0.7,
+                         **({} if noise_weight is None else {"isd_noise_weight": noise_weight})})
     reference = render_of(prior, "green", "cube")
     b, seed, progress = 3, 11, 0.2
     x = (rand(b, *prior.sample_shape, seed=20) * 0.5).requires_grad_(True)
@@ -233,10 +235,12 @@ def test_isd_step_is_one_call_with_four_branches_and_the_right_gradient(prior):
     assert not images[2].zero and images[3].zero and images[2].prompt.image is reference
     assert images[2].prompt.scale == 0.7 and images[2].prompt.temperature == settings["ip_temperature"]
     e_t, e_n, e_ipt, e_ipn = call["out"]
-    s = settings["isd_guidance_scale"]
-    g = (e_ipn + s * (e_ipt - e_ipn)) - (e_n + s * (e_t - e_n))
+    s, a = settings["isd_guidance_scale"], settings["isd_noise_weight"]
+    assert a == (0.5 if noise_weight is None else noise_weight)  # the default blend (METHODS.md session 14); 0: eq. 7
     gen = torch.Generator().manual_seed(seed)
     t = sample_timesteps(b, progress, TimestepConfig.from_settings(settings), 1000, gen)
+    noise = torch.randn(x.shape, generator=gen).double()
+    g = (e_ipn + s * (e_ipt - e_ipn)) - ((1 - a) * (e_n + s * (e_t - e_n)) + a * noise)
     w = (1 - prior.alphas_cumprod[t].double()).view(-1, 1, 1, 1)  # ModeDreamer trains with threestudio's SDS w(t)
     result.loss.backward()
     torch.testing.assert_close(x.grad, w * g / b, rtol=1e-8, atol=1e-12)
