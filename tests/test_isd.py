@@ -245,3 +245,33 @@ def test_isd_step_is_one_call_with_four_branches_and_the_right_gradient(prior, n
     result.loss.backward()
     torch.testing.assert_close(x.grad, w * g / b, rtol=1e-8, atol=1e-12)
     assert float(x.grad.abs().max()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# In 3D: the reference decides the colour of "a cube" on both representations
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("representation, steps", [("gaussians", 30), ("nerf", 20)])
+def test_the_reference_decides_the_colour_of_a_3d_cube(prior, representation, steps):
+    """Two runs of "a cube" identical but for the reference (a red and a blue cube): the red one renders redder
+    than blue and the blue one bluer than red. A few steps at 16 px only (the full draft runs, where the result is
+    the reference's cube, are bench/isd_study.py's: docs/METHODS.md, session 14); with the reference ignored the
+    two runs would be the same run."""
+    from backend.reference import Reference, tensor_to_pixels
+    from backend.train import Trainer
+
+    settings = validate({"quality": "draft", "representation": representation, "method": "isd", "steps": steps,
+                         "procedural_resolution": RES, "render_res_start": RES, "render_res_end": RES,
+                         "camera_bank_size": 4, "gaussian_points": 200, "nerf_samples_per_ray": 16,
+                         "preview_every": 0, "checkpoint_every": 0})
+    red_minus_blue = {}
+    for colour in ("red", "blue"):
+        reference = Reference(tensor_to_pixels(render_of(prior, colour, "cube")), "image")
+        trainer = Trainer(prior, PROMPT, settings, reference=reference)
+        trainer.run()
+        out = trainer.render_eval(4, RES)
+        seen = out.rgb.permute(0, 2, 3, 1)[out.opacity[:, 0] > 0.5]
+        assert len(seen) > 20, "nothing rendered"
+        red_minus_blue[colour] = float(seen[:, 0].mean() - seen[:, 2].mean())
+    assert red_minus_blue["red"] > 0.01 and red_minus_blue["blue"] < -0.01, red_minus_blue
