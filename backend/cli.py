@@ -233,7 +233,7 @@ def run_image(args: argparse.Namespace) -> int:
     from backend.scene.cameras import front_view
 
     from backend.reference import Reference, read_reference_file, save_reference
-    from backend.train import job_reference
+    from backend.reference import job_reference
 
     given_pixels = None if args.image is None else read_reference_file(args.image)  # before loading the prior
     settings, device, prior, load_seconds = _load(args)

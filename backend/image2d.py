@@ -12,6 +12,7 @@ from torch import Tensor
 
 from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.priors.base import DiffusionPrior
+from backend.reference import job_reference
 from backend.scene.cameras import front_view
 
 ProgressFn = Callable[[int, int, float, Mapping[str, Any]], None]
@@ -34,7 +35,10 @@ def optimise_image(
     reference: Float[Tensor, "3 H W"] | None = None,
 ) -> ImageRun:
     """Run ``settings['image_steps']`` steps of the method on a randomly initialised sample; ``reference`` is the
-    image an image-prompt method (ISD) reads."""
+    image an image-prompt method (ISD) reads (None: drawn from the prior, as a 3D job's is)."""
+    if reference is None:
+        drawn = job_reference(prior, prompt, settings, None)
+        reference = None if drawn is None else drawn.tensor()
     prompts = prompt_set(prompt, settings, reference)
     prior.check_prompts(prompts)
     generator = torch.Generator().manual_seed(settings["seed"])

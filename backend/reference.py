@@ -11,7 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -141,5 +141,26 @@ def sample_reference(prior: Any, prompt: str, settings: Any) -> Reference:
     return Reference(tensor_to_pixels(image), "sample")
 
 
-__all__ = ["REFERENCE_FILE", "Reference", "ReferenceImageError", "pixels_to_tensor", "png_bytes",
+def job_reference(prior: Any, prompt: str, settings: Mapping[str, Any],
+                  reference: Reference | None) -> Reference | None:
+    """The reference image a job's method reads: the one given, else (reference_source 'sample') one drawn from the
+    prior by the job's seed; None for a method without image prompts. SettingsError when they do not fit."""
+    from backend.distill.methods import METHODS
+    from shared.settings import SettingsError
+
+    method = settings["method"]
+    if not METHODS[method].image_prompt:
+        if reference is not None:
+            raise SettingsError(f"method '{method}' reads no reference image; image prompts are for method isd")
+        return None
+    if reference is not None:
+        return reference
+    if settings["reference_source"] == "image":
+        raise SettingsError("reference_source is 'image' but the job was given no reference image: pass --image "
+                            "PATH (PNG or JPEG), send the submit's 'reference' array, or use reference_source "
+                            "'sample' to draw one from the prior")
+    return sample_reference(prior, prompt, settings)
+
+
+__all__ = ["REFERENCE_FILE", "job_reference", "Reference", "ReferenceImageError", "pixels_to_tensor", "png_bytes",
            "read_reference_file", "sample_reference", "save_reference", "tensor_to_pixels"]

@@ -28,11 +28,11 @@ from backend.distill.methods import METHODS
 from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
-from backend.reference import Reference, sample_reference
+from backend.reference import Reference, job_reference
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
-from shared.settings import SettingsError, defaults, preset_values
+from shared.settings import defaults, preset_values
 
 CAMERA_BANK_AUTO = 96
 CHECKPOINT_FORMAT = 2
@@ -108,24 +108,6 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
     """Linear ramp from start to end over the first half of the run (threestudio: 10 -> 1000 by step 5000)."""
     frac = min(progress / 0.5, 1.0)
     return settings["lambda_orientation_start"] + frac * (settings["lambda_orientation_end"] - settings["lambda_orientation_start"])
-
-
-def job_reference(prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
-                  reference: Reference | None) -> Reference | None:
-    """The reference image a job's method reads: the one given, else (reference_source 'sample') one drawn from the
-    prior by the job's seed; None for a method without image prompts. SettingsError when they do not fit."""
-    method = settings["method"]
-    if not METHODS[method].image_prompt:
-        if reference is not None:
-            raise SettingsError(f"method '{method}' reads no reference image; image prompts are for method isd")
-        return None
-    if reference is not None:
-        return reference
-    if settings["reference_source"] == "image":
-        raise SettingsError("reference_source is 'image' but the job was given no reference image: pass --image "
-                            "PATH (PNG or JPEG), send the submit's 'reference' array, or use reference_source "
-                            "'sample' to draw one from the prior")
-    return sample_reference(prior, prompt, settings)
 
 
 class Trainer:

@@ -139,7 +139,7 @@ def run_3d(case: dict[str, Any], refs: dict[str, Path], runs: Path, threads: int
     return row
 
 
-def run_2d(out: Path) -> list[dict[str, Any]]:
+def run_2d(out: Path, groups: list[str]) -> list[dict[str, Any]]:
     """The image experiment (64 px, 500 steps) over mode cases, the noise blend and the IP scale, three seeds."""
     import torch
 
@@ -149,7 +149,7 @@ def run_2d(out: Path) -> list[dict[str, Any]]:
     from backend.priors.procedural.prior import ProceduralPrior
     from backend.priors.procedural.world import ground_truth
     from backend.scene.cameras import front_view
-    from backend.train import job_reference
+    from backend.reference import job_reference
     from shared.settings import validate
 
     torch.set_num_threads(1)
@@ -162,10 +162,13 @@ def run_2d(out: Path) -> list[dict[str, Any]]:
         for scale in SCALES:
             grid.append(("scale", "a cube", ref, {"method": "isd", "ip_scale": scale}))
     grid.append(("modes", "a red object", "a red torus", {"method": "isd"}))
+    grid.append(("modes", "a cube", None, {"method": "isd"}))  # a reference drawn from the prior per seed
     for method in ("sds", "tbsd"):
         grid.append(("modes", "a cube", None, {"method": method}))
         grid.append(("modes", "a red object", None, {"method": method}))
     for group, prompt, ref, settings in grid:
+        if group not in groups:
+            continue
         for seed in SEEDS:
             s = validate({**settings, "seed": seed, "image_steps": 500})
             given = None
@@ -179,6 +182,7 @@ def run_2d(out: Path) -> list[dict[str, Any]]:
             image_prompt = None if tensor is None else prompt_set(prompt, s, tensor).reference
             figures = _procedural_figures(prompt, run.image, front_view(1), prior, image_prompt)
             rows.append({"group": group, "prompt": prompt, "reference": ref, "seed": seed, "settings": settings,
+                         "reference_source": None if reference is None else reference.source,
                          **figures, "seconds": round(run.seconds, 2)})
             print(json.dumps(rows[-1]), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -219,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part == "2d":
-        rows = run_2d(args.out)
+        rows = run_2d(args.out, args.groups.split(","))
         summary = summarise(rows, ("group", "prompt", "reference", "settings"))
-        (args.out / "study_2d.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+        (args.out / f"study_2d_{args.groups.replace(',', '_')}.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
         return 0
     todo = cases(args.groups.split(","), args.representation)
     if args.only:
