@@ -153,6 +153,11 @@ def job_reference(prior: Any, prompt: str, settings: Mapping[str, Any],
         if reference is not None:
             raise SettingsError(f"method '{method}' reads no reference image; image prompts are for method isd")
         return None
+    if not getattr(prior, "supports_image_prompts", False):
+        from backend.priors.base import PriorError
+
+        raise PriorError(f"method '{method}' needs a prior with an image prompt; '{settings['model']}' has none yet "
+                         "(the Stable Diffusion IP-Adapter is still to come): use --model procedural")
     if reference is not None:
         return reference
     if settings["reference_source"] == "image":

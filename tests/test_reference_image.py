@@ -150,6 +150,9 @@ def test_admission_fits_the_reference_to_the_method_and_its_source():
     assert admission.reference(ok, given, settings).pixels.shape == (32, 32, 3)
     assert settings["reference_source"] == "image"  # a sent image is the job's reference
     assert admission.reference({}, given, admission.admit("a cube", given)) is None  # drawn from the prior
+    with pytest.raises(Refused) as err:
+        admission.admit("a cube", {"method": "isd", "model": "world-sd"})
+    assert err.value.code == "model" and "no" in err.value.message and "image prompt" in err.value.message
     cases = [
         ({"method": "tbsd"}, ok, "bad_field", "method 'tbsd' reads none"),
         ({"method": "isd", "reference_source": "sample"}, ok, "settings", "drop one of them"),
@@ -201,6 +204,14 @@ def test_a_drawn_reference_is_a_seeded_sample_and_other_methods_take_none(tmp_pa
         Trainer(prior, "a cube", validate({**TINY, "method": "sds"}), reference=Reference(a.pixels, "image"))
     with pytest.raises(SettingsError, match="given no reference image"):
         Trainer(prior, "a cube", validate({**TINY, "method": "isd", "reference_source": "image"}))
+
+    class TextOnly(ProceduralPrior):
+        supports_image_prompts = False
+
+    from backend.priors.base import PriorError
+
+    with pytest.raises(PriorError, match="needs a prior with an image prompt"):  # refused when the job starts
+        Trainer(TextOnly(resolution=16), "a cube", validate({**TINY, "method": "isd"}))
 
 
 def test_cli_image_flag_errors_name_what_is_wrong(tmp_path, capsys):

@@ -52,6 +52,11 @@ class Admission:
             check_model(settings["model"], self.models_dir)
         except ModelMissing as exc:
             raise Refused("model", str(exc)) from None
+        if settings["method"] == "isd" and settings["model"] != PROCEDURAL:
+            # Only the procedural prior answers image prompts so far (backend/priors/base.py supports_image_prompts).
+            raise Refused("model", f"method 'isd' needs a prior with an image prompt; model '{settings['model']}' "
+                                   "has none yet (the Stable Diffusion IP-Adapter is still to come): use model "
+                                   "'procedural'")
         return settings
 
     def prompt(self, prompt: str, settings: Mapping[str, Any]) -> None:
