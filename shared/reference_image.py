@@ -64,6 +64,34 @@ def check_reference_pixels(array: Any, what: str = "the reference image") -> Ref
     return ReferenceImage(np.ascontiguousarray(a))
 
 
+def reference_from_pixels(flat: Any, width: int, height: int, channels: int, linear: bool = False) -> Any:
+    """A reference to send from an image's float pixels (Blender's ``Image.pixels``: rows bottom to top, 1-4
+    channels in [0, 1]): uint8 [H, W, 3], rows top to bottom, alpha laid over mid grey (0.5, the renders'
+    background), linear values (a float image, e.g. a render) encoded as sRGB, and shrunk by a whole factor (box
+    average) until it fits the limits. ReferenceImageError for an image too small or empty."""
+    import numpy as np
+
+    if width < 1 or height < 1 or channels not in (1, 2, 3, 4):
+        raise ReferenceImageError(f"the reference image is empty or has {channels} channels ({width} x {height})")
+    a = np.asarray(flat, dtype=np.float32).reshape(height, width, channels)[::-1]
+    if channels in (1, 2):
+        a = np.concatenate([np.repeat(a[..., :1], 3, axis=2), a[..., 1:]], axis=2)
+    rgb, alpha = a[..., :3], (a[..., 3:4] if a.shape[2] == 4 else np.ones_like(a[..., :1]))
+    rgb = np.clip(rgb, 0.0, 1.0)
+    if linear:  # the sRGB transfer function: the picture as displayed, which is what a prior was trained on
+        rgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * np.power(rgb, 1 / 2.4) - 0.055)
+    rgb = rgb * alpha + 0.5 * (1 - alpha)
+    factor = 1
+    while (height // factor) * (width // factor) > MAX_REFERENCE_PIXELS or max(height, width) // factor > \
+            MAX_REFERENCE_SIDE:
+        factor += 1
+    if factor > 1:
+        h, w = height // factor, width // factor
+        rgb = rgb[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
+    out = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return check_reference_pixels(out).pixels
+
+
 def check_reference_arrays(arrays: Mapping[str, Any], rid: Any = None) -> ReferenceImage | None:
     """The ``reference`` array of a submit's arrays (None when absent), or ProtocolError ``bad_field`` naming the
     array, the problem and what is allowed."""
@@ -77,4 +105,4 @@ def check_reference_arrays(arrays: Mapping[str, Any], rid: Any = None) -> Refere
 
 __all__ = ["MAX_REFERENCE_FILE_BYTES", "MAX_REFERENCE_PIXELS", "MAX_REFERENCE_SIDE", "MIN_REFERENCE_SIDE",
            "REFERENCE_ARRAY", "REFERENCE_FORMATS", "ReferenceImage", "ReferenceImageError", "check_reference_arrays",
-           "check_reference_pixels", "check_size", "limits_text"]
+           "check_reference_pixels", "check_size", "limits_text", "reference_from_pixels"]

@@ -277,3 +277,26 @@ def test_a_reference_sent_with_a_submit_is_checked_saved_and_used_by_a_real_serv
             assert refused.type == "error" and refused["code"] == code and words in refused["message"], \
                 refused.header
         c.close()
+
+
+def test_an_images_float_pixels_become_the_arrays_rows_top_down_alpha_on_grey_and_within_limits():
+    """What the add-on sends from a Blender image (shared/reference_image.py reference_from_pixels)."""
+    from shared.reference_image import reference_from_pixels
+
+    h, w = 20, 30
+    rgba = np.zeros((h, w, 4), np.float32)  # bottom-up, as Image.pixels
+    rgba[0, :, 0] = 1.0  # the bottom row red
+    rgba[..., 3] = 1.0
+    rgba[:, w // 2:, 3] = 0.0  # the right half transparent
+    out = reference_from_pixels(rgba.ravel(), w, h, 4)
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+    assert (out[-1, : w // 2] == [255, 0, 0]).all() and (out[0, : w // 2] == 0).all()  # rows flipped
+    assert (out[:, w // 2:] == 128).all()
+    # A linear (float) image is encoded as displayed: 0.2140 linear is sRGB 0.5.
+    grey = reference_from_pixels(np.full(h * w * 3, 0.2140, np.float32), w, h, 3, linear=True)
+    assert abs(int(grey[0, 0, 0]) - 128) <= 1
+    # Too many pixels: shrunk by a whole factor with a box average; too small: refused.
+    big = reference_from_pixels(np.ones(3000 * 2000, np.float32), 3000, 2000, 1)
+    assert big.shape == (1000, 1500, 3) and (big == 255).all()
+    with pytest.raises(ReferenceImageError, match="allowed: sides"):
+        reference_from_pixels(np.ones(8 * 8 * 4, np.float32), 8, 8, 4)
