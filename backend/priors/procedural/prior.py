@@ -80,7 +80,7 @@ class ProceduralPrior(DiffusionPrior):
         self._composed: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
         self._cache_composed = cache_composed
         # (text, reference identity) -> mse_k: a job reads one reference for thousands of steps.
-        self._reference_mse: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._reference_mse: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 
     # --- prompts --------------------------------------------------------------------------------
     def meaning(self, text: str) -> world.PromptMeaning:
