@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from shared.settings import SCHEMA, SettingsError, validate
+from shared.settings import EDIT_SETTINGS, SCHEMA, SettingsError, check_new_job, editing, validate
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, skip: set[str]) -> None:
@@ -51,14 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     image.add_argument("--image", type=Path, default=None, help=IMAGE_HELP)
     image.add_argument("--quiet", action="store_true", help="No progress bar.")
-    _add_setting_flags(image, skip={"image_steps", "steps", "representation"})
+    _add_setting_flags(image, skip={"image_steps", "steps", "representation", *EDIT_SETTINGS})
 
     gen = sub.add_parser("generate", help="Text to textured mesh: train a NeRF or 3D Gaussians, export GLB/OBJ/PLY.")
     gen.add_argument("prompt", help="Text prompt, e.g. 'a red cube'.")
     gen.add_argument("--out", required=True, type=Path, help="Output folder (mesh.glb, mesh.obj, preview.png, job.json).")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     gen.add_argument("--resume", type=Path, default=None,
-                     help="Continue from a checkpoint.pt of an earlier run, to that run's end; with --steps N, N more steps.")
+                     help="Continue from a checkpoint.pt of an earlier run, to that run's end; with --steps N, N more steps. "
+                          "With --edit-prompt ATTRIBUTE, edit it toward the prompt instead (CSD's text editing), e.g. "
+                          "'a green cube' --edit-prompt red on a red cube's checkpoint.")
     gen.add_argument("--image", type=Path, default=None, help=IMAGE_HELP)
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     tex.add_argument("--out", required=True, type=Path, help="Output folder (mesh.glb, mesh.obj, preview.png, job.json).")
     tex.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     tex.add_argument("--quiet", action="store_true", help="No progress bar.")
-    _add_setting_flags(tex, skip=set(IMAGE_ONLY) | set(NOT_TEXTURE))
+    _add_setting_flags(tex, skip=set(IMAGE_ONLY) | set(NOT_TEXTURE) | set(EDIT_SETTINGS))
 
     batch = sub.add_parser("batch", help="Many prompts: one folder per row, a summary table and a contact sheet; "
                                          "a rerun skips finished rows.")
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="With --executor local: worker processes running rows side by side [1].")
     batch.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_executor_flags(batch)
-    _add_setting_flags(batch, skip=set(IMAGE_ONLY))
+    _add_setting_flags(batch, skip=set(IMAGE_ONLY) | set(EDIT_SETTINGS))
 
     serve = sub.add_parser("serve", help="The ZeroMQ job server for the Blender add-on (docs/PROTOCOL.md).")
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555",
@@ -325,6 +327,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from backend.priors import load_prior
 
     settings, device = _settings(args)
+    if args.resume is None:
+        check_new_job(settings)
     if args.image is not None:
         from backend.reference import read_reference_file
 
@@ -334,13 +338,16 @@ def run_generate(args: argparse.Namespace) -> int:
                    reference_name=None if args.image is None else args.image.name)
     if args.resume is not None:
         given = _given_settings(args)
+        if editing(settings) and "steps" not in given:
+            # "On to the run's end" is no step at all for a finished run, so an edit says how long it runs.
+            raise SettingsError("an edit (--edit-prompt) continues a run for --steps N more steps; give --steps")
         # --steps with --resume: that many more steps; without it, on to the run's end
         plan.source, plan.more_steps, plan.overrides = args.resume, given.pop("steps", None), given or None
     run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
     trainer = run.prepare()
     plan.checkpoint = trainer.settings["checkpoint_every"] > 0
     checkpoint = args.out / "checkpoint.pt" if plan.checkpoint else None
-    return _train_and_finish(run, trainer, args, f"{trainer.settings['method']} {trainer.settings['representation']}",
+    return _train_and_finish(run, trainer, args, f"{trainer.distill.spec.name} {trainer.settings['representation']}",
                              checkpoint)
 
 

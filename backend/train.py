@@ -34,7 +34,7 @@ from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_
 from backend.scene.nerf import init_radius
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
-from shared.settings import defaults, preset_values
+from shared.settings import defaults, preset_values, refine_base
 
 CAMERA_BANK_AUTO = 96
 CHECKPOINT_FORMAT = 2
@@ -319,6 +319,8 @@ class Trainer:
         run code."""
         state = load_checkpoint(path, device)
         saved = state["settings"]
+        if prompt is not None or settings is not None:  # a refine: the source's edit is not this run's
+            saved = refine_base(saved)
         # A checkpoint written before a setting existed resumes with what a new run of its preset would get.
         preset = preset_values(saved.get("quality", "standard"), saved.get("representation", "nerf"))
         merged = {**defaults(), **preset, **saved, **(settings or {})}

@@ -466,13 +466,14 @@ def generate_batch(context: Any) -> list[str]:
 
 
 def refine(context: Any, obj: Any) -> str:
-    """Continue ``obj``'s job with the panel's prompt and settings; the new job's meshes replace ``obj``'s."""
+    """Continue ``obj``'s job with the panel's prompt and settings (an edit when the edit box names an attribute to
+    remove); the new job's meshes replace ``obj``'s."""
     job = obj.get(JOB_KEY)
     if not job:
         raise ValueError(f"{obj.name} was not made by TBSD Studio (no {JOB_KEY} property)")
     props = context.scene.tbsd
     prompt = props.prompt.strip() or str(obj.get(PROMPT_KEY, ""))
-    settings = job_settings(props)
+    settings = job_settings(props, refine=True)
     session = _session(context)
     view = _start_view(context, prompt, settings, obj.name)
     rid = session.client.send_refine(str(job), prompt=prompt, settings=settings, stream=stream_options(props))

@@ -8,7 +8,7 @@ import bpy
 
 from . import preview
 from ._vendor.shared.status import JobStatus
-from .schema_ui import BASIC, prompt_settings, sections
+from .schema_ui import BASIC, edit_settings, prompt_settings, sections
 
 CATEGORY = "TBSD"
 
@@ -64,6 +64,11 @@ class TBSD_PT_main(bpy.types.Panel):
         sub = row.row(align=True)
         sub.enabled = running
         sub.operator("tbsd.cancel", icon="CANCEL", text="")
+        edit = layout.box()
+        edit.label(text="Refine: edit (prompt = the object wanted)")
+        col = edit.column(align=True)
+        for name in edit_settings(props.show_advanced):
+            col.prop(props, name)
         layout.operator("tbsd.texture_selected", icon="TEXTURE")
         row = layout.row(align=True)
         row.prop(props, "batch_text", text="")

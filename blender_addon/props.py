@@ -14,6 +14,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        PointerProperty, StringProperty)
 
 from ._vendor.shared.settings import (
+    EDIT_SETTINGS,
     MAX_PROMPT_CHARS,
     PRESETS,
     REPRESENTATION_PRESETS,
@@ -148,15 +149,17 @@ TBSD_JobSettings = _settings_class()
 ALWAYS_SENT = ("quality", "method", "representation", "seed", "steps", "model")
 
 
-def job_settings(props: Any) -> dict[str, Any]:
+def job_settings(props: Any, refine: bool = False) -> dict[str, Any]:
     """The job's settings: what the panel shows that differs from the chosen quality preset, plus ALWAYS_SENT
-    (the job's ``model`` among them: the one the panel shows, whatever the backend's default).
+    (the job's ``model`` among them: the one the panel shows, whatever the backend's default). The edit box's
+    settings go with a Refine only (``refine``): a new job has nothing to edit, and the backend refuses them there.
 
     Only differences are sent so that a Refine changes exactly what was changed in the panel. Blender stores floats in 32 bits, so
     a float equal to the preset within float32 precision counts as unchanged; a changed one is sent rounded to
     7 significant digits (what float32 holds) rather than as 0.019999999552965164.
     """
-    shown = {name: getattr(props, name) for name in SCHEMA if name not in HIDDEN}
+    shown = {name: getattr(props, name) for name in SCHEMA
+             if name not in HIDDEN and (refine or name not in EDIT_SETTINGS)}
     preset = validate({"quality": shown["quality"], "representation": shown["representation"]})
     out: dict[str, Any] = {}
     for name, value in shown.items():

@@ -27,6 +27,8 @@ HIDDEN["reference_source"] = "the add-on cannot send a reference image yet; isd 
 BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed")
 # The descriptors the method turns into a negative prompt: under the prompt, for the methods that use them.
 PROMPT_GROUP = "prompt"
+# An edit is a Refine's (shared/settings.py check_new_job): drawn beside the Refine button, not among Generate's.
+EDIT_GROUP = "edit"
 
 
 def _visible(method: str, representation: str | None = None) -> list[Setting]:
@@ -38,13 +40,20 @@ def prompt_settings(method: str) -> list[str]:
     return [s.name for s in _visible(method) if s.group == PROMPT_GROUP]
 
 
+def edit_settings(advanced: bool) -> list[str]:
+    """What Refine's edit box shows: the attribute to remove, and its weights when ``advanced``."""
+    return [s.name for s in SCHEMA.values()
+            if s.group == EDIT_GROUP and s.name not in HIDDEN and (advanced or not s.advanced)]
+
+
 def sections(method: str, representation: str) -> list[tuple[str, list[str]]]:
     """(title, setting names) below the basic fields: the non-advanced "Settings", then advanced groups, each with
     the settings ``method`` on ``representation`` uses.
 
     Advanced sections are titled "Advanced: <group>" and sit in the panel's collapsible advanced box.
     """
-    rest = [s for s in _visible(method, representation) if s.name not in BASIC and s.group != PROMPT_GROUP]
+    rest = [s for s in _visible(method, representation)
+            if s.name not in BASIC and s.group not in (PROMPT_GROUP, EDIT_GROUP)]
     out: list[tuple[str, list[str]]] = [("Settings", [s.name for s in rest if not s.advanced])]
     by_group: dict[str, list[str]] = {}
     for s in rest:
@@ -56,7 +65,7 @@ def sections(method: str, representation: str) -> list[tuple[str, list[str]]]:
 
 def drawn_names(method: str, representation: str) -> set[str]:
     """Every setting the panel draws for ``method`` on ``representation``."""
-    names = set(BASIC) | set(prompt_settings(method))
+    names = set(BASIC) | set(prompt_settings(method)) | set(edit_settings(advanced=True))
     for _, group in sections(method, representation):
         names.update(group)
     return names

@@ -49,6 +49,8 @@ DEFAULT_WEIGHTING_BY_METHOD: dict[str, str] = {
 # Where an image-prompt method's reference comes from: a sample of the prior for the prompt (ModeDreamer's default),
 # or the image the job was given (--image PATH, the submit's 'reference' array).
 REFERENCE_SOURCES: tuple[str, ...] = ("sample", "image")
+# w(t) of CSD's edit (a refine with an edit prompt) when ``weighting`` is "auto": CSD's own.
+EDIT_WEIGHTING = "uniform"
 
 MAX_PROMPT_CHARS = 500
 
@@ -216,6 +218,22 @@ _ALL: tuple[Setting, ...] = (
        "Procedural prior: how far (mean squared pixel difference, image units) a component's render may be from "
        "the reference before its weight falls by e^-ip_scale; smaller picks the nearest object more sharply.",
        "image_prompt", 1e-6, 1.0, methods=("isd",), advanced=True),
+    # --- editing by text (a refine only) ---------------------------------------------------------------
+    _s("edit_prompt", str, "",
+       "Refine only: the attribute to remove (CSD's y_edit, e.g. 'red'), while the refine's prompt names the "
+       "object wanted ('a green cube'); the refine then runs CSD's edit direction (eq. 11) instead of the job's "
+       "method. Empty: a plain refine. It belongs to the refine that names it (refining an edited asset again "
+       "does not repeat the edit) and is refused on a new job.", "edit"),
+    _s("edit_w1", float, 1.0, "Edit weight w1 on the wanted object's classifier score (CSD paper: 1).", "edit",
+       0.0, 100.0, advanced=True),
+    _s("edit_w2", float, 0.5,
+       "Edit weight w2 on the removed attribute's classifier score (CSD paper: 0.5; larger moves further from it, "
+       "smaller keeps more of the original).", "edit", 0.0, 100.0, advanced=True),
+    _s("edit_anchor", float, 1.0,
+       "Weight of a denoising anchor (e_tgt - eps) added to the edit's direction; 0 is the paper's eq. 11. Not in "
+       "the paper: eq. 11's classifier terms have no fixed point at the target, and without it a red cube edited "
+       "green came out mottled and hollow (voxel IoU 0.41; docs/METHODS.md, session 14).", "edit", 0.0, 100.0,
+       advanced=True),
     # --- 3D run: cameras ----------------------------------------------------------------------------
     _s("quality", str, "standard",
        "Preset that sets resolution, samples and step counts together (see PRESETS); explicit settings win.",
@@ -356,6 +374,8 @@ _ALL: tuple[Setting, ...] = (
 )
 
 SCHEMA: dict[str, Setting] = {s.name: s for s in _ALL}
+# CSD's edit: a refine's, never a new job's (check_new_job), never inherited by a refine (refine_base).
+EDIT_SETTINGS: tuple[str, ...] = tuple(s.name for s in _ALL if s.group == "edit")
 
 # Quality presets: overrides applied under explicit settings. "draft" is sized for a CPU.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -426,14 +446,38 @@ def validate(values: Mapping[str, Any] | None = None, *, base: Mapping[str, Any]
     return out
 
 
+def editing(settings: Mapping[str, Any]) -> bool:
+    """Whether a job runs CSD's edit instead of its method: a refine that names an edit prompt."""
+    return bool(settings["edit_prompt"].strip())
+
+
+def check_new_job(settings: Mapping[str, Any]) -> None:
+    """Raise SettingsError when a new job (not a refine) names an edit: there is nothing to edit yet."""
+    if editing(settings):
+        raise SettingsError(
+            f"setting 'edit_prompt' ({settings['edit_prompt']!r}) edits an existing asset, so it goes with a refine "
+            "(the add-on's Refine, `generate --resume CHECKPOINT`, the wire's refine); a new job has nothing to edit")
+
+
+def refine_base(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a refine starts from: its source's, without the source's edit (an edit belongs to the refine
+    that names it, so a refine of an edited asset runs the job's method unless it names an edit of its own)."""
+    return {**source, **{name: SCHEMA[name].default for name in EDIT_SETTINGS}}
+
+
 def resolved_negative_prompt(settings: Mapping[str, Any]) -> str:
-    """The general negative prompt a method uses: the setting, else the method's published one."""
+    """The negative branch's text: an edit's y_edit (CSD's eq. 11 puts it where eq. 10 has y_neg), else the
+    general negative prompt a method uses: the setting, else the method's published one."""
+    if editing(settings):
+        return settings["edit_prompt"]
     return settings["negative_prompt"] or DEFAULT_NEGATIVE_BY_METHOD.get(settings["method"], "")
 
 
 def resolved_weighting(settings: Mapping[str, Any]) -> str:
     w = settings["weighting"]
-    return DEFAULT_WEIGHTING_BY_METHOD[settings["method"]] if w == "auto" else w
+    if w != "auto":
+        return w
+    return EDIT_WEIGHTING if editing(settings) else DEFAULT_WEIGHTING_BY_METHOD[settings["method"]]
 
 
 def settings_for(method: str, representation: str | None = None) -> list[Setting]:
@@ -451,6 +495,7 @@ def groups() -> Iterable[str]:
 
 __all__ = [
     "METHODS", "REPRESENTATIONS", "REFERENCE_SOURCES", "SCHEMA", "PRESETS", "REPRESENTATION_PRESETS", "preset_values", "Setting", "SettingsError", "defaults", "validate",
-    "resolved_negative_prompt", "resolved_weighting", "settings_for", "groups",
+    "resolved_negative_prompt", "resolved_weighting", "settings_for", "groups", "EDIT_SETTINGS", "editing",
+    "check_new_job", "refine_base",
     "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",
 ]

@@ -131,7 +131,9 @@ def test_refine_continues_the_generated_object_in_place(run):
     assert obj["name"] == "a red cube" and obj["mesh_ptr"] == report["before_refine_mesh_ptr"]
     assert obj["job"] == r["job_id"] and obj["prompt"] == "a green cube"
     assert (obj["vertices"], obj["faces"]) == glb_counts(results, r["job_id"])
-    assert json.loads((results / r["job_id"] / "job.json").read_text())["parent"] == report["first_job"]
+    record = json.loads((results / r["job_id"] / "job.json").read_text())
+    assert record["parent"] == report["first_job"]
+    assert record["settings"]["edit_prompt"] == "red"  # the edit box goes with Refine
 
 
 def test_results_list_and_import(run):
@@ -153,7 +155,9 @@ def test_generate_batch_submits_one_job_per_line_and_lists_each_result_as_it_fin
     for i, job in enumerate(batch["jobs"]):
         assert job["final"] and job["vertices"] > 0
         assert job["location"] == [2.0 + 1.5 * i, 0.0, 0.0]  # side by side from the cursor
-        assert json.loads((results / job["job"] / "job.json").read_text())["status"] == "finished"
+        record = json.loads((results / job["job"] / "job.json").read_text())
+        # The edit box was still filled in: a new job never sends it (the backend would refuse it).
+        assert record["status"] == "finished" and record["settings"]["edit_prompt"] == ""
     # Its own object, not the earlier "a red cube" Generate made.
     assert batch["jobs"][1]["name"] != report["generated_object"]["name"]
     # The list showed the first result while the second job was still to end (one worker: they run in turn).

@@ -23,6 +23,10 @@ from shared.settings import (
     NFSD_NEGATIVE,
     TARGET_NEGATIVE_DESCRIPTORS,
     SettingsError,
+    check_new_job,
+    refine_base,
+    resolved_negative_prompt,
+    resolved_weighting,
     validate,
 )
 
@@ -219,6 +223,29 @@ def test_csd_negative_weight_rises_linearly_to_w2(progress, anneal_until, expect
     assert M.csd_negative_weight(progress, 2.0, anneal_until) == pytest.approx(2.0 * expected_fraction)
 
 
+@pytest.mark.parametrize("w1, w2", [(1.0, 0.5), (1.7, 0.3), (0.4, 2.0)])
+def test_csd_edit_is_eq_11(w1, w2):
+    """CSD eq. 11 in its expanded form, w1 e(y_target) + (w2 - w1) e(empty) - w2 e(y_edit), item by item."""
+    e_tgt, e_null, e_edit, _, _ = preds(60)
+    expected = torch.stack([w1 * e_tgt[i] + (w2 - w1) * e_null[i] - w2 * e_edit[i] for i in range(B)])
+    torch.testing.assert_close(M.csd_edit(e_tgt, e_null, e_edit, w1, w2), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_csd_edit_without_an_attribute_is_csd_without_a_negative():
+    # The paper's remark: generation is the special case w2 = 0 (and an empty y_edit leaves w1's term alone).
+    e_tgt, e_null, e_edit, _, _ = preds(61)
+    torch.testing.assert_close(M.csd_edit(e_tgt, e_null, e_edit, 1.3, 0.0), M.csd(e_tgt, e_null, e_edit, 1.3, 0.0))
+    torch.testing.assert_close(M.csd_edit(e_tgt, e_null, e_null, 1.3, 0.5), 1.3 * (e_tgt - e_null))
+
+
+def test_csd_edit_anchor_adds_e_tgt_minus_eps():
+    e_tgt, e_null, e_edit, _, noise = preds(62)
+    plain = M.csd_edit(e_tgt, e_null, e_edit, 1.0, 0.5)
+    torch.testing.assert_close(M.csd_edit(e_tgt, e_null, e_edit, 1.0, 0.5, noise, 0.7), plain + 0.7 * (e_tgt - noise))
+    with pytest.raises(ValueError, match="noise"):
+        M.csd_edit(e_tgt, e_null, e_edit, 1.0, 0.5, None, 0.7)
+
+
 def test_bridge_stage2():
     e_tgt, _, _, e_tnp, _ = preds(40)
     torch.testing.assert_close(M.bridge_stage2(e_tgt, e_tnp, 1.5), 1.5 * (e_tgt - e_tnp))
@@ -310,6 +337,10 @@ CASES = {
     "bsd_paper": ({"method": "bsd", "bsd_use_negative": False}, 0.3, [PROMPT, ""]),
     "tbsd": ({"method": "tbsd"}, 0.1, [PROMPT, "", TNP]),
     "tbsd_late": ({"method": "tbsd", "tbsd_scale": 2.5}, 0.9, [PROMPT, "", TNP]),
+    # A refine naming an edit runs CSD's edit whatever the job's method, y_edit in place of any negative prompt.
+    "edit": ({"method": "tbsd", "edit_prompt": "green"}, 0.7, [PROMPT, "", "green"]),
+    "edit_weights": ({"method": "nfsd", "edit_prompt": "green", "edit_w1": 2.0, "edit_w2": 1.5, "edit_anchor": 0.0}, 0.2,
+                     [PROMPT, "", "green"]),
 }
 
 
@@ -332,6 +363,9 @@ def _expected_direction(case, settings, progress, e, t, noise):
     """REFERENCE.md's table, written out again (not through backend.distill.methods)."""
     s = settings
     m = s["method"]
+    if s["edit_prompt"]:
+        w1, w2 = s["edit_w1"], s["edit_w2"]
+        return w1 * e[PROMPT] + (w2 - w1) * e[""] - w2 * e[s["edit_prompt"]] + s["edit_anchor"] * (e[PROMPT] - noise)
     if m == "sds" or (m == "bridge" and progress < s["bridge_switch_at"]):
         return e[""] + s["sds_guidance_scale"] * (e[PROMPT] - e[""]) - noise
     if m == "bridge":
@@ -364,6 +398,7 @@ WEIGHT = {  # REFERENCE.md defaults: w = 1 - abar (SDS family), uniform (CSD), s
     "tbsd": lambda abar: 1 - abar,
     "csd": lambda abar: torch.ones_like(abar),
     "bsd": lambda abar: abar.sqrt(),
+    "csd_edit": lambda abar: torch.ones_like(abar),  # CSD's
 }
 
 
@@ -394,7 +429,7 @@ def test_distillation_loss_one_call_right_branches_and_gradient(spied_prior, cas
 
     e = {text: calls[0]["out"][i] for i, text in enumerate(calls[0]["texts"])}
     g = _expected_direction(case, settings, progress, e, t, noise)
-    w = expand(WEIGHT[settings["method"]](abar), x)
+    w = expand(WEIGHT["csd_edit" if settings["edit_prompt"] else settings["method"]](abar), x)
 
     result.loss.backward()
     assert torch.isfinite(x.grad).all()
@@ -567,3 +602,18 @@ def test_validate_rejects_t_min_above_t_max():
     with pytest.raises(SettingsError, match="t_min"):
         validate({"t_min": 0.6, "t_max": 0.5})
     validate({"t_min": 0.5, "t_max": 0.5})  # equal is fine
+
+
+def test_an_edit_belongs_to_a_refine():
+    edit = validate({"method": "csd", "edit_prompt": "red", "negative_prompt": "blurry"})
+    with pytest.raises(SettingsError, match="edit_prompt.*refine"):
+        check_new_job(edit)
+    check_new_job(validate({"edit_prompt": "  "}))  # blank: no edit
+    # The edit's text takes the negative branch, and its w(t) is CSD's unless one is named.
+    assert resolved_negative_prompt(edit) == "red" and resolved_weighting(edit) == "uniform"
+    assert resolved_weighting({**edit, "weighting": "sds"}) == "sds"
+    plain = {**edit, "edit_prompt": ""}
+    assert resolved_negative_prompt(plain) == "blurry" and resolved_weighting(plain) == "uniform"
+    # A refine of an edited asset starts without its source's edit, and keeps everything else.
+    base = refine_base({**edit, "edit_w2": 0.9, "steps": 123})
+    assert (base["edit_prompt"], base["edit_w2"], base["steps"], base["negative_prompt"]) == ("", 0.5, 123, "blurry")

@@ -221,6 +221,24 @@ def test_steps_keep_their_message_meaning_and_a_refine_defaults_to_its_sources_o
     c.close()
 
 
+def test_an_edit_goes_with_a_refine_and_the_next_refine_does_not_repeat_it(server, finished_job):
+    accepted, _ = finished_job
+    c = client(server, "streamer")
+    refused = submit(c, "a green cube", {**TINY, "edit_prompt": "red"})
+    assert refused.type == "error" and refused["code"] == "settings" and "refine" in refused["message"]
+    source = accepted.job
+    for given, edit in (({"steps": 2, "edit_prompt": "red"}, "red"), ({"steps": 2}, "")):
+        rid = c.send_refine(source, prompt="a green cube", settings=given, stream=QUIET_STREAM)
+        refined = wait_for(c, lambda m: m.get("id") == rid, 10)
+        assert refined.type == "accepted", refined.header
+        assert run_to_end(c, refined.job)[-1].type == "finished"
+        record = json.loads((server.results / refined.job / "job.json").read_text())
+        # The edit's record names it; a refine of the edit carries none (shared/settings.py refine_base).
+        assert record["settings"]["edit_prompt"] == edit and record["parent"] == source
+        source = refined.job
+    c.close()
+
+
 def test_refine_of_a_running_job_stops_it_and_continues_its_state(server):
     c = client(server, "live-refiner")
     source = submit(c, settings=LONG).job

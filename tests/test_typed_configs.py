@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 
 from backend.config import config_from_settings
-from backend.distill.methods import METHODS
+from backend.distill.methods import EDIT, METHODS
 from backend.distill.step import DistillConfig
 from backend.distill.timesteps import TimestepConfig
 from backend.priors.procedural.prior import ProceduralPrior
@@ -17,7 +17,7 @@ from backend.scene.cameras import CameraConfig
 from backend.train import Trainer
 from shared.settings import SCHEMA, validate
 
-TYPED_CONFIGS = (CameraConfig, TimestepConfig, *(spec.params for spec in METHODS.values()))
+TYPED_CONFIGS = (CameraConfig, TimestepConfig, EDIT.params, *(spec.params for spec in METHODS.values()))
 
 
 @pytest.mark.parametrize("cls", TYPED_CONFIGS)
@@ -50,6 +50,11 @@ def test_a_methods_parameters_are_the_method_settings_tagged_for_it(method):
     tagged = {name for name, setting in SCHEMA.items()
               if setting.group == "method" and setting.methods is not None and method in setting.methods}
     assert fields_ == tagged
+
+
+def test_the_edit_parameters_are_the_edit_settings_it_weighs_with():
+    fields_ = {f.name for f in fields(EDIT.params)}
+    assert fields_ == {name for name, s in SCHEMA.items() if s.group == "edit" and s.kind is float}
 
 
 def test_a_job_missing_a_method_setting_fails_when_it_starts():

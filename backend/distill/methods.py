@@ -72,6 +72,28 @@ def csd(e_tgt: Direction, e_null: Direction, e_neg: Direction, w1: float, w2: fl
     return g
 
 
+def csd_edit(e_tgt: Direction, e_null: Direction, e_edit: Direction, w1: float, w2: float,
+             noise: Direction | None = None, anchor: float = 0.0) -> Direction:
+    """CSD's text-guided editing (CSD paper, eq. 11, applied in its sec. 5.4):
+    g = w1 (e_tgt - e_null) - w2 (e_edit - e_null) = w1 e(y_target) + (w2 - w1) e(empty) - w2 e(y_edit).
+
+    ``e_edit`` is the prediction under y_edit, the attribute to remove ("red"), ``e_tgt`` under the wanted object
+    ("a green cube"); paper: w1 = 1, w2 = 0.5. Like CSD's, eq. 11 is used as it is (no ``- eps``): both terms are
+    classifier scores. Written as the two differences, which keeps the cancellation between close predictions out
+    of a sum of three large ones.
+
+    ``anchor`` > 0 adds ``anchor (e_tgt - eps)`` (not in the paper), as TBSD's anchor does and for the same reason:
+    the classifier terms have no fixed point at the target (the first vanishes once the prior names the target, the
+    second never does), so eq. 11 alone leaves an edited asset mottled and hollowed (docs/METHODS.md, session 14).
+    """
+    g = w1 * (e_tgt - e_null) - w2 * (e_edit - e_null)
+    if anchor:
+        if noise is None:
+            raise ValueError("csd_edit: an anchor needs the injected noise")
+        g = g + anchor * (e_tgt - noise)
+    return g
+
+
 def bridge_stage2(e_tgt: Direction, e_src: Direction, k: float) -> Direction:
     """SDS-Bridge's second stage: g = k (e_tgt - e_src), e_src the target-negative prompt."""
     return k * (e_tgt - e_src)
@@ -186,6 +208,13 @@ class ISDParams:
 
 
 @dataclass(frozen=True)
+class EditParams:
+    edit_w1: float
+    edit_w2: float
+    edit_anchor: float
+
+
+@dataclass(frozen=True)
 class StepContext:
     """What a method may read besides the predictions: run progress, timesteps, injected noise, and its own
     parameters (the method's ``params`` dataclass, built once from the settings when a job starts)."""
@@ -233,6 +262,13 @@ def _csd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, d
     return csd(e["target"], e["null"], e["negative"], p.csd_w1, w2, p.csd_normalize), {"csd_w2": w2}
 
 
+def _edit_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    # The negative branch carries y_edit (shared/settings.py resolved_negative_prompt): eq. 11 is eq. 10 with
+    # y_neg replaced by y_edit, so the prior needs no branch of its own.
+    p = ctx.params
+    return csd_edit(e["target"], e["null"], e["negative"], p.edit_w1, p.edit_w2, ctx.noise, p.edit_anchor), {}
+
+
 def _bridge_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
     if _bridge_stage(ctx) == 1:
         g, _ = _sds_dir(e, ctx)
@@ -278,3 +314,8 @@ METHODS: dict[str, MethodSpec] = {
     "isd": MethodSpec("isd", ISDParams, lambda ctx: ("target", "null", "image_target", "image_null"), _isd_dir,
                       image_prompt=True),
 }
+
+# Not a generation method, so not in METHODS (nor in the method lists built from shared/settings.py's): the
+# direction a refine runs instead of its job's method when it names an edit prompt (shared/settings.py `editing`).
+EDIT = MethodSpec("csd_edit", EditParams, lambda ctx: ("target", "null", "negative"), _edit_dir)
+

@@ -14,12 +14,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from backend.config import config_from_settings
-from backend.distill.methods import METHODS, StepContext
+from backend.distill.methods import EDIT, METHODS, MethodSpec, StepContext
 from backend.distill.timesteps import TimestepConfig, sample_timesteps, timestep_weight
 from backend.priors.base import DiffusionPrior, ImagePrompt, PromptSet
 from backend.scene.cameras import Views
 from backend.transfer import host_to_device
-from shared.settings import resolved_negative_prompt, resolved_weighting
+from shared.settings import editing, resolved_negative_prompt, resolved_weighting
 
 
 @dataclass
@@ -34,18 +34,19 @@ class StepResult:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """What one distillation step needs from a job's settings, built once when the job starts: the method, its
-    typed parameters, the timestep schedule and the resolved weighting w(t)."""
+    """What one distillation step needs from a job's settings, built once when the job starts: the direction (the
+    job's method, or CSD's edit on a refine that names an edit prompt), its typed parameters, the timestep schedule
+    and the resolved weighting w(t)."""
 
-    method: str
-    params: Any  # METHODS[method].params
+    spec: MethodSpec
+    params: Any  # spec.params
     timesteps: TimestepConfig
     weighting: str
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> DistillConfig:
-        spec = METHODS[settings["method"]]
-        return cls(method=spec.name, params=config_from_settings(spec.params, settings),
+        spec = EDIT if editing(settings) else METHODS[settings["method"]]
+        return cls(spec=spec, params=config_from_settings(spec.params, settings),
                    timesteps=TimestepConfig.from_settings(settings), weighting=resolved_weighting(settings))
 
 
@@ -74,7 +75,7 @@ def distillation_loss(
 
     ``loss = 0.5 * ||x - (x - w g).detach()||^2 / B``, so d loss / d x = w(t) g / B.
     """
-    spec = METHODS[config.method]
+    spec = config.spec
     b = x.shape[0]
     t = sample_timesteps(b, progress, config.timesteps, prior.num_train_timesteps, generator, device=x.device)
     # Drawn from the run's CPU generator so a seed repeats a run on any device.

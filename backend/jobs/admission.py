@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from backend.jobs.models import PROCEDURAL, ModelMissing, check_model
 from shared.protocol import ProtocolError
 from shared.reference_image import REFERENCE_ARRAY, ReferenceImage, check_reference_arrays
-from shared.settings import MAX_PROMPT_CHARS, SettingsError, validate
+from shared.settings import MAX_PROMPT_CHARS, SettingsError, check_new_job, validate
 from shared.texture_mesh import TextureMesh, check_texture_mesh
 
 
@@ -44,6 +44,8 @@ class Admission:
         """``given`` validated (over ``base``, a refine's source settings), with the model checked."""
         try:
             settings = validate(dict(given or {}), base=dict(base) if base is not None else None)
+            if base is None:  # not a refine: a new job
+                check_new_job(settings)
         except SettingsError as exc:
             raise Refused("settings", str(exc)) from None
         if self.default_model is not None and "model" not in (given or {}) and base is None:

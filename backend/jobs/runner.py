@@ -24,6 +24,7 @@ from backend import records
 from backend.records import CHECKPOINT_FILE
 from backend.reference import REFERENCE_FILE, Reference, read_reference_file, save_reference
 from backend.train import Trainer, TrainEvents
+from shared.settings import check_new_job
 
 if TYPE_CHECKING:
     from backend.export.meshread import InputMesh
@@ -72,6 +73,8 @@ class JobRun:
 
     def prepare(self) -> Trainer:
         plan, s = self.plan, self.plan.settings
+        if plan.source is None and plan.resume is None:
+            check_new_job(s)
         self.started = records.now()
         if plan.mesh is not None:  # a bad mesh is refused before the prior loads
             from backend.export.meshread import read_mesh

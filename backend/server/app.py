@@ -39,7 +39,7 @@ from backend.reference import save_reference
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import protocol as P
 from shared.reference_image import MAX_REFERENCE_PIXELS, MAX_REFERENCE_SIDE, MIN_REFERENCE_SIDE, REFERENCE_ARRAY
-from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS
+from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, refine_base
 from shared.status import LIVE_STATUSES, JobStatus
 from shared.texture_mesh import JOB_KINDS, MAX_TEXTURE_FACES, MAX_TEXTURE_VERTICES
 
@@ -512,7 +512,7 @@ class Server:
         # One source of the defaults, live or not: the source's record, whose settings are the job's as given
         # (written before it was accepted), so ``steps`` defaults to the source's own run length.
         source = record or {}
-        base = dict(source.get("settings") or {})
+        base = refine_base(source.get("settings") or {})
         given = m.get("settings") or {}
         for name in REFINE_FIXED:
             if name in given and given[name] != base.get(name):

@@ -184,6 +184,7 @@ def main(argv: list[str]) -> dict:
     obj.select_set(True)
     bpy.context.view_layer.objects.active = obj
     props.prompt = "a green cube"
+    props.edit_prompt = "red"  # an edit: the refine runs CSD's edit toward the prompt; the batch below keeps it set
     report["before_refine_mesh_ptr"] = obj.data.as_pointer()
     n_objects_before = len(bpy.data.objects)
     assert bpy.ops.tbsd.refine() == {"FINISHED"}
