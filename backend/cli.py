@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--steps", dest="image_steps", type=int, default=None,
                        help=f"Optimisation steps [{SCHEMA['image_steps'].default}].")
     image.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    image.add_argument("--image", type=Path, default=None, help=IMAGE_HELP)
     image.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(image, skip={"image_steps", "steps", "representation", *EDIT_SETTINGS})
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Continue from a checkpoint.pt of an earlier run, to that run's end; with --steps N, N more steps. "
                           "With --edit-prompt ATTRIBUTE, edit it toward the prompt instead (CSD's text editing), e.g. "
                           "'a green cube' --edit-prompt red on a red cube's checkpoint.")
+    gen.add_argument("--image", type=Path, default=None, help=IMAGE_HELP)
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
 
@@ -137,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 IMAGE_ONLY = ("image_steps", "image_lr", "image_init_std", "image_batch")
+IMAGE_HELP = ("Reference image, PNG or JPEG (an image-prompt method, --method isd, makes the prompt's mode it shows); "
+              "read at most 4096 px a side and 2048 x 2048 pixels, transparency laid on mid grey. Without it, isd "
+              "draws a reference from the prior (--reference-source sample).")
 # Settings of a generated scene's shape that a texture job (fixed geometry) never reads.
 NOT_TEXTURE = ("representation", "mesh_resolution", "decimate_faces", "checkpoint_every")
 
@@ -173,11 +178,32 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in SCHEMA if getattr(args, name, None) is not None}
 
 
+def _given_reference(args: argparse.Namespace, given: dict[str, Any]) -> None:
+    """With --image: check it fits the method and settings (SettingsError naming what to change) and select
+    reference_source 'image'."""
+    from backend.distill.methods import METHODS as METHOD_TABLE
+
+    if getattr(args, "image", None) is None:
+        return
+    method = given.get("method", SCHEMA["method"].default)
+    if method in METHOD_TABLE and not METHOD_TABLE[method].image_prompt:
+        raise SettingsError(f"--image is a reference image for an image-prompt method; method '{method}' reads "
+                            "none (add --method isd)")
+    if given.get("reference_source", "image") != "image":
+        raise SettingsError(f"--image gives a reference image but --reference-source is "
+                            f"'{given['reference_source']}'; drop one of them")
+    if getattr(args, "resume", None) is not None:
+        raise SettingsError("--image cannot go with --resume: a run continued from a checkpoint keeps its own "
+                            "reference image")
+    given["reference_source"] = "image"
+
+
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Validated settings and the device."""
     from backend.priors import resolve_device
 
     given = _given_settings(args)
+    _given_reference(args, given)
     device = resolve_device(args.device)
     if (args.command == "texture" or args.command == "generate" and args.resume is None) and "quality" not in given \
             and device.type == "cpu":
@@ -208,8 +234,14 @@ def run_image(args: argparse.Namespace) -> int:
     from backend.images import save_png
     from backend.scene.cameras import front_view
 
+    from backend.reference import Reference, read_reference_file, save_reference
+    from backend.reference import job_reference
+
+    given_pixels = None if args.image is None else read_reference_file(args.image)  # before loading the prior
     settings, device, prior, load_seconds = _load(args)
     prior.check_prompts(prompt_set(args.prompt, settings))  # fail before any work on a bad prompt
+    given = None if given_pixels is None else Reference(given_pixels, "image", args.image.name)
+    reference = job_reference(prior, args.prompt, settings, given)
     bar = None if args.quiet else tqdm(total=settings["image_steps"], desc=f"{settings['method']} '{args.prompt}'",
                                        unit="step", file=sys.stderr)
 
@@ -219,11 +251,15 @@ def run_image(args: argparse.Namespace) -> int:
             if step % 10 == 0 or step == total:
                 bar.set_postfix(loss=f"{loss:.3g}", t=int(record["t"]))
 
-    run = optimise_image(prior, args.prompt, settings, on_step)
+    run = optimise_image(prior, args.prompt, settings, on_step,
+                         reference=None if reference is None else reference.tensor())
     if bar is not None:
         bar.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_png(run.image, args.out)
+    reference_file = args.out.with_name(args.out.stem + "_reference.png")
+    if reference is not None:  # beside the result: the pixels the method read
+        save_reference(args.out.parent, reference.pixels, reference_file.name)
     record: dict[str, Any] = {
         "command": "image",
         "prompt": args.prompt,
@@ -235,13 +271,18 @@ def run_image(args: argparse.Namespace) -> int:
         "trace_summary": _trace_summary(run.trace),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
+    if reference is not None:
+        record["reference"] = {**reference.record(), "file": reference_file.name}
     if settings["model"] == "procedural":
-        record["figures"] = _procedural_figures(args.prompt, run.image, front_view(1), prior)
+        record["figures"] = _procedural_figures(args.prompt, run.image, front_view(1), prior,
+                                                None if reference is None else prompt_set(
+                                                    args.prompt, settings, reference.tensor()).reference)
     json_path = args.out.with_suffix(".json")
     json_path.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.out} and {json_path}")
     if "figures" in record and record["figures"]:
-        print("figures: " + ", ".join(f"{k} {v:.3f}" for k, v in record["figures"].items()))
+        print("figures: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in record["figures"].items()))
     return 0
 
 
@@ -256,15 +297,29 @@ def _trace_summary(trace: list[dict[str, Any]]) -> dict[str, Any]:
     return {w: {k: sum(r[k] for r in rows) / len(rows) for k in keys} for w, rows in windows.items()}
 
 
-def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any) -> dict[str, float]:
+def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any, reference: Any = None) -> dict[str, Any]:
+    """Figures against the object the prompt names; for a prompt naming many, against the object the image is
+    nearest (``landed``) or, with a reference image, the one the reference selects (``reference_mode``)."""
     from backend.metrics import image_figures
     from backend.priors.procedural.world import ground_truth, parse_prompt
 
     meaning = parse_prompt(prompt)
-    if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
-        return {}  # a multi-modal prompt has no single ground truth
-    truth, _ = ground_truth(prompt, views, prior.resolution)
-    return image_figures(image, truth[0])
+    if len(meaning.shapes) == 1 and len(meaning.colours) == 1:
+        truth, _ = ground_truth(prompt, views, prior.resolution)
+        return image_figures(image, truth[0])
+    everything = parse_prompt("").components()
+    means, _ = prior.components("", views)  # every object of the world from this camera
+    mse = ((means[0] + 1) / 2 - image[None].to(means)).pow(2).flatten(1).mean(-1)
+    landed = everything[int(mse.argmin())]
+    out: dict[str, Any] = {"landed": f"a {landed.colour} {landed.shape}"}
+    target = out["landed"]
+    if reference is not None:
+        comps = prior.meaning(prompt).components()
+        mode = comps[int(prior.reference_weights(prompt, reference).argmax())]
+        target = out["reference_mode"] = f"a {mode.colour} {mode.shape}"
+        out["in_reference_mode"] = out["landed"] == target
+    truth, _ = ground_truth(target, views, prior.resolution)
+    return {**image_figures(image, truth[0]), **out}
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -274,8 +329,13 @@ def run_generate(args: argparse.Namespace) -> int:
     settings, device = _settings(args)
     if args.resume is None:
         check_new_job(settings)
+    if args.image is not None:
+        from backend.reference import read_reference_file
+
+        read_reference_file(args.image)  # refuse a bad image before making the folder or loading the prior
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = JobPlan(args.prompt, settings, args.out)
+    plan = JobPlan(args.prompt, settings, args.out, reference=args.image,
+                   reference_name=None if args.image is None else args.image.name)
     if args.resume is not None:
         given = _given_settings(args)
         if editing(settings) and "steps" not in given:
@@ -414,6 +474,7 @@ def run_keys(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from backend.priors.base import PriorError
+    from shared.reference_image import ReferenceImageError
 
     try:
         if args.command == "image":
@@ -433,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_bench(args)
             return 0
-    except (SettingsError, PriorError) as exc:
+    except (SettingsError, PriorError, ReferenceImageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from backend.distill.step import DistillConfig, distillation_loss, prompt_set
 from backend.priors.base import DiffusionPrior
+from backend.reference import job_reference
 from backend.scene.cameras import front_view
 
 ProgressFn = Callable[[int, int, float, Mapping[str, Any]], None]
@@ -31,9 +32,14 @@ def optimise_image(
     prompt: str,
     settings: Mapping[str, Any],
     on_step: ProgressFn | None = None,
+    reference: Float[Tensor, "3 H W"] | None = None,
 ) -> ImageRun:
-    """Run ``settings['image_steps']`` steps of the method on a randomly initialised sample."""
-    prompts = prompt_set(prompt, settings)
+    """Run ``settings['image_steps']`` steps of the method on a randomly initialised sample; ``reference`` is the
+    image an image-prompt method (ISD) reads (None: drawn from the prior, as a 3D job's is)."""
+    if reference is None:
+        drawn = job_reference(prior, prompt, settings, None)
+        reference = None if drawn is None else drawn.tensor()
+    prompts = prompt_set(prompt, settings, reference)
     prior.check_prompts(prompts)
     generator = torch.Generator().manual_seed(settings["seed"])
     init = settings.get("image_init_std", 1.0) * torch.randn((1, *prior.sample_shape), generator=generator)

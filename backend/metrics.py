@@ -264,6 +264,40 @@ def count_components(vertices: np.ndarray, faces: np.ndarray) -> int:
     return int(len(np.unique(labels[merged[faces[:, 0]]])))
 
 
+def shape_ious(occupied: np.ndarray, axis: np.ndarray) -> dict[str, float]:
+    """Voxel IoU of an occupancy grid (``mesh_occupancy`` over ``axis``) with every catalogue shape's solid."""
+    grid = torch.as_tensor(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
+    shape = occupied.shape
+    return {name: voxel_iou(occupied, (world.sdf(name, grid) < 0).numpy().reshape(shape)) for name in world.SHAPES}
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    """The catalogue colour nearest an albedo (RGB in [0, 1])."""
+    return min(world.COLOURS, key=lambda name: float(np.linalg.norm(np.asarray(rgb) - np.array(world.COLOURS[name]))))
+
+
+def landed_object(glb: dict[str, np.ndarray], samples: int = 20000, seed: int = 0,
+                  resolution: int = 64) -> dict[str, object]:
+    """Which catalogue object a mesh is (for a prompt with many: "a cube" is ten): the shape whose solid it overlaps
+    most (voxel IoU) and the colour nearest its surface's mean albedo. ``landed`` reads as a prompt ("a blue cube"),
+    so ``mesh_figures(glb, landed)`` measures the mesh against it."""
+    vertices, faces = glb["vertices"].astype(np.float64), glb["faces"]
+    if len(faces) == 0:
+        return {"landed": None, "nearest_shape": None, "nearest_colour": None, "shape_ious": {}}
+    axis = np.linspace(-0.55, 0.55, resolution)
+    ious = shape_ious(mesh_occupancy(vertices, faces, axis), axis)
+    points, face, bary = sample_surface(vertices, faces, samples, np.random.default_rng(seed))
+    uv = np.einsum("nk,nkj->nj", bary, glb["uvs"][faces[face]].astype(np.float64))
+    texture = glb["texture"]
+    h, w = texture.shape[:2]
+    cols = np.clip((uv[:, 0] * w).astype(np.int64), 0, w - 1)
+    rows = np.clip(((1.0 - uv[:, 1]) * h).astype(np.int64), 0, h - 1)
+    mean = (texture[rows, cols, :3].astype(np.float64) / 255.0).mean(0)
+    shape, colour = max(ious, key=ious.get), nearest_colour(mean)
+    return {"landed": f"a {colour} {shape}", "nearest_shape": shape, "nearest_colour": colour,
+            "shape_ious": {k: round(v, 4) for k, v in ious.items()}}
+
+
 def mesh_figures(glb: dict[str, np.ndarray], prompt: str, samples: int = 20000, seed: int = 0,
                  resolution: int = 64) -> dict[str, object]:
     """Figures of a textured mesh (``backend.export.meshfile.read_glb``'s arrays, world +Z up) against the one

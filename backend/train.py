@@ -23,11 +23,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from backend.files import publish, tmp_name
+from backend.distill.methods import METHODS
 from backend.distill.step import DistillConfig, distillation_loss, prompt_set
+from backend.files import publish, tmp_name
+from backend.optimiser import AdamW
 from backend.phases import PhaseClock
 from backend.priors.base import DiffusionPrior, PromptSet
+from backend.reference import Reference, job_reference
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
+from backend.scene.nerf import init_radius
 from backend.scene.registry import representation_class
 from backend.scene.representation import RenderOutput, Representation
 from shared.settings import defaults, preset_values, refine_base
@@ -111,24 +115,31 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
 class Trainer:
     def __init__(self, prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
                  representation: Representation | None = None, device: torch.device | str = "cpu",
-                 cadence_overrides: Mapping[str, int] | None = None) -> None:
+                 cadence_overrides: Mapping[str, int] | None = None, reference: Reference | None = None) -> None:
         """A run at step 0 (or on ``representation``, e.g. a checkpoint's). Its cadence is the settings' with
-        ``cadence_overrides`` (``Cadence`` fields, e.g. a server job's stream options) set over them."""
+        ``cadence_overrides`` (``Cadence`` fields, e.g. a server job's stream options) set over them. ``reference``
+        is an image-prompt method's reference image (None: drawn from the prior when the settings say so)."""
         self.prior = prior
         self.device = torch.device(device)
         self.settings = dict(settings)
         self.prompt = prompt
-        self.prompts = prompt_set(prompt, settings)
+        self.reference = job_reference(prior, prompt, settings, reference)
+        self._reference_image = None if self.reference is None else self.reference.tensor()
+        self.prompts = prompt_set(prompt, settings, self._reference_image)
         self.cameras = CameraConfig.from_settings(settings)
         self.distill = DistillConfig.from_settings(settings)
         prior.check_prompts(self.prompts)
         if representation is None:
+            # Resolved once, into the settings the checkpoint and job.json keep: the blob stays in the NeRF's
+            # density for the whole run, so a resume must rebuild the same one.
+            self.settings["nerf_init_radius"] = init_radius(settings["nerf_init_radius"], prior.camera_aware)
             # Initial weights follow the run's seed, without disturbing the caller's global RNG.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(settings["seed"])
-                representation = build_representation(settings["representation"], settings, prior, self.device)
+                representation = build_representation(settings["representation"], self.settings, prior,
+                                                      self.device)
         self.scene = representation
-        self.optimiser = torch.optim.AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
+        self.optimiser = AdamW(self.scene.optimiser_groups(settings["lr"]), lr=settings["lr"])
         # Not checkpointed: a resumed run starts its strategy afresh (Gaussians: gradient statistics since the
         # last densification round), as it always has.
         self.strategy = self.scene.strategy()
@@ -180,7 +191,8 @@ class Trainer:
         groups: dict[str, list[int]] = {}
         for i, (az, el) in enumerate(angles):
             groups.setdefault(view_suffix(az, el), []).append(i)
-        return [(prompt_set(self.prompt + suffix, self.settings), idx) for suffix, idx in groups.items()]
+        return [(prompt_set(self.prompt + suffix, self.settings, self._reference_image), idx)
+                for suffix, idx in groups.items()]
 
     # --- one step -------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -289,6 +301,11 @@ class Trainer:
             "scene_extra": self.scene.extra_state(),
             "optimiser": self.optimiser.state_dict(),
             "generator": self.generator.get_state(),  # a uint8 tensor
+            **({} if self.reference is None else {
+                "reference": torch.from_numpy(self.reference.pixels.copy()),  # uint8 [H, W, 3]
+                "reference_source": self.reference.source,
+                "reference_given": self.reference.given_name,
+            }),
         }, tmp)
         publish(tmp, path)
 
@@ -309,12 +326,19 @@ class Trainer:
         merged = {**defaults(), **preset, **saved, **(settings or {})}
         scene = representation_class(state["representation"]).from_checkpoint(
             state["scene_state"], state["scene_extra"], merged, prior.background).to(device)
-        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence_overrides)
+        # The run's own reference image goes on with it (a refine to a method without one drops it).
+        reference = None
+        if "reference" in state and METHODS[merged["method"]].image_prompt:
+            reference = Reference(state["reference"].cpu().numpy(), str(state["reference_source"]),
+                                  state.get("reference_given"))
+        trainer = cls(prior, prompt or state["prompt"], merged, scene, device, cadence_overrides, reference)
         trainer.optimiser.load_state_dict(state["optimiser"])
         trainer.step = int(state["step"])
         trainer.total = int(state.get("total", state["settings"]["steps"]))
         trainer.settings["steps"] = trainer.total
-        trainer.generator.set_state(state["generator"])
+        # The generator is a CPU one: a checkpoint loaded onto the GPU brought its state there too, and
+        # set_state takes only a CPU uint8 tensor (every GPU resume and refine failed on this).
+        trainer.generator.set_state(state["generator"].to("cpu"))
         return trainer
 
 

@@ -8,6 +8,8 @@
 # packs every study's results into $OUT/quality.tar.gz (the device tool returns at most 8 files).
 # MPS=1 runs the studies under CUDA MPS: without it concurrent processes time-slice the GPU, so a dozen small runs
 # take as long as one after another (session 5: 12 Gaussian runs at once, 6.5 min each, 35 s alone).
+# Keep a lease to about 48 processes at once: session 14 started 90 and 14 failed on MPS's client limit ("CUDA-capable
+# device(s) is/are busy or unavailable") and 3 ran out of the GPU's memory.
 set -u
 mode=$1; shift
 if [ "$mode" = start ]; then

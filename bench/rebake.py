@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import subprocess
+from concurrent.futures import ProcessPoolExecutor
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, required=True, help="Folder of kept runs (bench/quality.py --keep).")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write; the new files go beside it.")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--workers", type=int, default=1, help="Runs re-exported at once (separate processes).")
     parser.add_argument("--settings", default="{}",
                         help='JSON object of export settings over each run\'s own, e.g. \'{"mesh_smooth_iterations": 0}\'.')
     args = parser.parse_args(argv)
     settings = json.loads(args.settings)
-    rows = []
-    for run in sorted(p for p in args.runs.iterdir() if (p / "checkpoint.pt").exists()):
-        rows.append(rebake(run, args.out.parent / f"{args.out.stem}_runs" / run.name, args.device, settings))
-        print(json.dumps(rows[-1]), flush=True)
+    runs = sorted(p for p in args.runs.iterdir() if (p / "checkpoint.pt").exists())
+    with ProcessPoolExecutor(max(1, args.workers)) as pool:
+        futures = [pool.submit(rebake, run, args.out.parent / f"{args.out.stem}_runs" / run.name, args.device,
+                               settings) for run in runs]
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            print(json.dumps(rows[-1]), flush=True)
     done = [r for r in rows if "after" in r]
     summary = {when: {k: statistics.median(r[when][k] for r in done) for k in FIGURES if k != "nearest_colour"}
                for when in ("before", "after")} if done else {}

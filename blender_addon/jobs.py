@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bpy
+import numpy as np
 
 from . import connection, local_backend, preferences, preview, scene_mesh, texture_target
 from ._vendor.shared.client import Client, load_curve_keys
 from ._vendor.shared.protocol import Message
+from ._vendor.shared.reference_image import reference_from_pixels
 from ._vendor.shared.status import JobStatus
 from .props import job_settings
 
@@ -370,15 +372,31 @@ def _start_view(context: Any, prompt: str, settings: dict[str, Any], object_name
     return JobView(prompt, settings, object_name, tuple(context.scene.cursor.location))
 
 
+def reference_pixels(props: Any) -> Any:
+    """The panel's reference image as the submit's ``reference`` array (uint8 [H, W, 3], shared/reference_image.py),
+    or None: no image picked, or a method that reads none (the backend would refuse it)."""
+    image = props.reference_image
+    if image is None or props.method != "isd":
+        return None
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"the reference image '{image.name}' has no pixels (is its file missing?)")
+    flat = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(flat)
+    # A byte image's pixels are its stored (sRGB) values; a float one's (a render, an EXR) are linear.
+    return reference_from_pixels(flat, width, height, image.channels, linear=image.is_float)
+
+
 def generate(context: Any) -> str:
     props = context.scene.tbsd
     prompt = props.prompt.strip()
     if not prompt:
         raise ValueError("type a prompt first")
     settings = job_settings(props)
+    reference = reference_pixels(props)
     session = _session(context)
     view = _start_view(context, prompt, settings, scene_mesh.object_name(prompt))
-    rid = session.client.send_submit(prompt, settings, stream_options(props))
+    rid = session.client.send_submit(prompt, settings, stream_options(props), reference=reference)
     session.requests[rid] = view
     return rid
 
@@ -428,6 +446,7 @@ def generate_batch(context: Any) -> list[str]:
     if not prompts:
         raise ValueError(f"the text '{props.batch_text.name}' holds no prompts (one a line)")
     settings = job_settings(props)
+    reference = reference_pixels(props)  # one reference for every line
     session = _session(context)
     state = connection.state(context)
     rids: list[str] = []
@@ -439,7 +458,7 @@ def generate_batch(context: Any) -> list[str]:
             JobView(prompt, settings, name, tuple(context.scene.cursor.location))
         view.batch = True
         view.cursor = (view.cursor[0] + i * BATCH_SPACING, view.cursor[1], view.cursor[2])
-        rid = session.client.send_submit(prompt, settings, stream_options(props))
+        rid = session.client.send_submit(prompt, settings, stream_options(props), reference=reference)
         session.requests[rid] = view
         rids.append(rid)
     state.batch_total, state.batch_ended = len(prompts), 0

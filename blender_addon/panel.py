@@ -48,6 +48,13 @@ class TBSD_PT_main(bpy.types.Panel):
                 col.prop(props, "model", text="")
             else:
                 col.prop(props, name)
+        if props.method == "isd":
+            # The image prompt: pick (or open) an image; none lets the backend draw one from its prior.
+            box = layout.box()
+            box.label(text="Reference image" + ("" if props.reference_image else " (none: drawn by the backend)"))
+            box.template_ID(props, "reference_image", open="image.open")
+            if props.reference_image is not None and props.reference_image.preview is not None:
+                box.template_icon(icon_value=props.reference_image.preview.icon_id, scale=5.0)
 
         row = layout.row(align=True)
         row.scale_y = 1.4

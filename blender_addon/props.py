@@ -129,6 +129,11 @@ def _settings_class() -> type:
         name="Preview size", default=96, min=16, max=512,
         description="Side in pixels of each view of the live preview (a bigger one costs the backend time)")
     annotations["show_advanced"] = BoolProperty(name="Advanced", default=False)
+    # Not a schema setting: an image, sent with an isd job as its reference (the submit's 'reference' array).
+    annotations["reference_image"] = PointerProperty(
+        type=bpy.types.Image, name="Reference image",
+        description="Image prompt of an isd job: the mode of the prompt to make. None: the backend draws one from "
+                    "its prior for the prompt")
     annotations["batch_text"] = PointerProperty(
         type=bpy.types.Text, name="Prompts",
         description="Text datablock (Text Editor) with one prompt a line, for Generate batch")

@@ -19,6 +19,9 @@ HIDDEN: dict[str, str] = {
 # Texture jobs (`python -m backend texture`) have no panel yet (issue 25's "Texture selected" is still to build).
 HIDDEN.update({name: "texture jobs only; the add-on cannot start one yet"
                for name, s in SCHEMA.items() if s.group == "texture"})
+# The panel has no image picker yet, so an isd job from the add-on always draws its reference from the prior (the
+# setting's default); 'image' would only be refused by the server for want of the image.
+HIDDEN["reference_source"] = "the add-on cannot send a reference image yet; isd jobs draw theirs from the prior"
 
 # Drawn at the top, always, in this order (the prompt itself is not a schema setting).
 BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed")

@@ -80,8 +80,11 @@ class Client:
         return self.send("hello", client=self.client_id, name=name)
 
     def send_submit(self, prompt: str, settings: Mapping[str, Any] | None = None,
-                    stream: Mapping[str, Any] | None = None) -> str:
-        return self.send("submit", prompt=prompt, settings=dict(settings or {}), stream=dict(stream or {}))
+                    stream: Mapping[str, Any] | None = None, reference: Any = None) -> str:
+        """Submit a generate job; ``reference`` (uint8 [H, W, 3] RGB, shared/reference_image.py) is the reference
+        image of an image-prompt method (method isd)."""
+        arrays = {"reference": reference} if reference is not None else None
+        return self.send("submit", arrays, prompt=prompt, settings=dict(settings or {}), stream=dict(stream or {}))
 
     def send_texture(self, prompt: str, vertices: Any, faces: Any, uvs: Any = None,
                      settings: Mapping[str, Any] | None = None, stream: Mapping[str, Any] | None = None) -> str:

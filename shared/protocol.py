@@ -150,10 +150,12 @@ MESSAGES: dict[str, MessageSpec] = {
     # client -> server
     "hello": MessageSpec("c2s", {"client": _ID, "name": FieldSpec((str,), max_length=200)},
                          summary="introduce the client; optional stable client token owns its jobs"),
-    # A texture job (kind "texture") carries the user's mesh as arrays (shared/texture_mesh.py checks them).
+    # A texture job (kind "texture") carries the user's mesh as arrays (shared/texture_mesh.py checks them); an
+    # image-prompt job (method isd) may carry its reference image (shared/reference_image.py).
     "submit": MessageSpec("c2s", {"prompt": FieldSpec((str,), True), "settings": _OBJ, "stream": _OBJ,
                                   "kind": FieldSpec((str,), max_length=16)},
-                          ("vertices", "faces", "uvs"), summary="queue a job: generate, or texture the mesh sent"),
+                          ("vertices", "faces", "uvs", "reference"),
+                          summary="queue a job: generate, or texture the mesh sent; with a reference image for isd"),
     "cancel": MessageSpec("c2s", {"job": _JOB}, summary="stop a queued or running job"),
     "refine": MessageSpec("c2s", {"job": _JOB, "prompt": _STR, "settings": _OBJ, "stream": _OBJ},
                           summary="continue a job's state with a new prompt and/or settings, as a new job"),

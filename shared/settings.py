@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-METHODS: tuple[str, ...] = ("tbsd", "sds", "nfsd", "csd", "bridge", "bsd")
+METHODS: tuple[str, ...] = ("tbsd", "sds", "nfsd", "csd", "bridge", "bsd", "isd")
 REPRESENTATIONS: tuple[str, ...] = ("nerf", "gaussians")
 WEIGHTINGS: tuple[str, ...] = ("auto", "sds", "uniform", "sqrt_abar", "abar")
 T_SCHEDULES: tuple[str, ...] = ("random", "random_step_anneal", "random_linear_anneal", "deterministic")
@@ -44,7 +44,11 @@ DEFAULT_WEIGHTING_BY_METHOD: dict[str, str] = {
     "bridge": "sds",
     "bsd": "sqrt_abar",
     "tbsd": "sds",
+    "isd": "sds",  # ModeDreamer trains in threestudio, whose default w(t) is SDS's
 }
+# Where an image-prompt method's reference comes from: a sample of the prior for the prompt (ModeDreamer's default),
+# or the image the job was given (--image PATH, the submit's 'reference' array).
+REFERENCE_SOURCES: tuple[str, ...] = ("sample", "image")
 # w(t) of CSD's edit (a refine with an edit prompt) when ``weighting`` is "auto": CSD's own.
 EDIT_WEIGHTING = "uniform"
 
@@ -190,6 +194,30 @@ _ALL: tuple[Setting, ...] = (
        "Weight of a denoising anchor (e_tgt - eps) added to TBSD's direction; 0 is the paper's TBSD. Not in the "
        "paper: both TBSD terms vanish once the prior names the target, so without it a run stops on the decision "
        "boundary (docs/METHODS.md).", "method", 0.0, 100.0, methods=("tbsd",), advanced=True),
+    _s("isd_guidance_scale", float, 7.5,
+       "ISD's classifier-free guidance scale, the same on the image-prompt (IP) prior and the plain prior "
+       "(ModeDreamer: 7.5).", "method", 0.0, 100.0, methods=("isd",)),
+    # 0.5, not the paper's 0: eq. 7 is a difference of two priors' predictions, zero wherever the prompt's objects
+    # agree, so in the procedural world it never denoises the background nor shapes the object (draft Gaussians,
+    # "a cube" with a blue cube: voxel IoU 0.57 at 0 (a blue blob), 0.79 at 0.1, 0.84 at 0.2, 0.87 at 0.5, 0.88 at 1).
+    _s("isd_noise_weight", float, 0.5,
+       "Weight a of the injected noise in ISD's control variate, g = e_IP - ((1 - a) e_SD + a eps): 0 is the "
+       "paper's ISD (eq. 7), 1 its IP-SDS (eq. 4). Not in the paper as a blend: at 0 a run never forms the shape in "
+       "the procedural world (docs/METHODS.md, session 14).", "method", 0.0, 1.0, methods=("isd",), advanced=True),
+    # --- image prompt (ISD's reference image) ------------------------------------------------------
+    _s("reference_source", str, "sample",
+       "ISD's reference image: 'sample' draws one from the prior for the prompt (ModeDreamer's default; the "
+       "procedural prior: one object of the prompt's mixture, by the seed), 'image' uses the image the job was "
+       "given (--image PATH, or the submit's reference array). Giving an image selects 'image'.",
+       "image_prompt", choices=REFERENCE_SOURCES, methods=("isd",)),
+    _s("ip_scale", float, 0.5,
+       "How strongly the reference conditions the image-prompt branches: the IP-Adapter scale (ModeDreamer: 0.5; "
+       "its study: 0, 0.2, 0.5, 0.7, 1.0). On the procedural prior the exponent of the reference's likelihood: 0 is "
+       "the text prior, 1 the full image posterior.", "image_prompt", 0.0, 2.0, methods=("isd",)),
+    _s("ip_temperature", float, 0.001,
+       "Procedural prior: how far (mean squared pixel difference, image units) a component's render may be from "
+       "the reference before its weight falls by e^-ip_scale; smaller picks the nearest object more sharply.",
+       "image_prompt", 1e-6, 1.0, methods=("isd",), advanced=True),
     # --- editing by text (a refine only) ---------------------------------------------------------------
     _s("edit_prompt", str, "",
        "Refine only: the attribute to remove (CSD's y_edit, e.g. 'red'), while the refine's prompt names the "
@@ -281,6 +309,12 @@ _ALL: tuple[Setting, ...] = (
        "The NeRF's background where the prior has none of its own (Stable Diffusion): 'learned' (a small MLP of "
        "the view direction) or 'grey' (fixed mid grey, as the Gaussians always use).", "nerf",
        choices=NERF_BACKGROUNDS, representations=("nerf",), advanced=True),
+    _s("nerf_init_radius", float, 0.0,
+       "Radius of the density blob the NeRF starts from (world units; its visible edge, at half opacity, lies "
+       "inside it: 0.25 shows a ball of radius 0.185, 0.36 one of 0.29, the Gaussians' starting ball). 0: auto, "
+       "0.25 on a prior that sees the camera (procedural), which pulls the size to its own, and 0.36 on one that "
+       "does not (Stable Diffusion), which keeps about the size it starts from (docs/METHODS.md, session 14).",
+       "nerf", 0.0, 0.5, representations=("nerf",), advanced=True),
     _s("nerf_pixel_jitter", bool, False,
        "Cast each training ray through a random point of its pixel rather than its centre, so the renders the "
        "prior judges are, on average, the pixel's area as the prior's own images are (not yet the default: "
@@ -460,7 +494,7 @@ def groups() -> Iterable[str]:
 
 
 __all__ = [
-    "METHODS", "REPRESENTATIONS", "SCHEMA", "PRESETS", "REPRESENTATION_PRESETS", "preset_values", "Setting", "SettingsError", "defaults", "validate",
+    "METHODS", "REPRESENTATIONS", "REFERENCE_SOURCES", "SCHEMA", "PRESETS", "REPRESENTATION_PRESETS", "preset_values", "Setting", "SettingsError", "defaults", "validate",
     "resolved_negative_prompt", "resolved_weighting", "settings_for", "groups", "EDIT_SETTINGS", "editing",
     "check_new_job", "refine_base",
     "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",

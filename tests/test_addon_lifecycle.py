@@ -56,7 +56,8 @@ def test_installs_as_extension_with_pyzmq_from_its_wheel_and_vendored_shared(rep
 def test_every_schema_setting_is_in_the_panel_or_deliberately_hidden(report):
     schema = report["schema"]
     assert schema["problems"] == []
-    assert schema["hidden"] == ["image_batch", "image_init_std", "image_lr", "image_steps", "texture_fit"]
+    assert schema["hidden"] == ["image_batch", "image_init_std", "image_lr", "image_steps", "reference_source",
+                                "texture_fit"]
     assert len(schema["drawn"]) == schema["n_schema"] - len(schema["hidden"])
 
 

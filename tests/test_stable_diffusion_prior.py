@@ -271,3 +271,25 @@ def test_random_components_are_reproducible() -> None:
             assert torch.equal(pa, pb)
     ids = a["tokenizer"](["a red cube", "a blue cube"], padding="max_length", max_length=77).input_ids
     assert len(ids[0]) == len(ids[1]) == 77 and ids[0] != ids[1]
+
+
+def test_the_nerf_starts_larger_on_a_prior_not_told_the_camera(prior: StableDiffusionPrior, tmp_path: Path) -> None:
+    """nerf_init_radius 0 (auto) resolves by the prior's kind when a run starts, into the settings its checkpoint
+    keeps, so a resumed run's density has the same blob."""
+    from backend.priors.procedural.prior import ProceduralPrior
+    from backend.scene.nerf import INIT_RADIUS_CAMERA_AWARE, INIT_RADIUS_CAMERA_UNAWARE
+    from backend.train import Trainer
+    from shared.settings import validate
+
+    settings = validate({"quality": "draft", "representation": "nerf", "steps": 1, "preview_every": 0,
+                         "checkpoint_every": 0, "nerf_grid_levels": 4, "nerf_grid_log2_table": 10,
+                         "nerf_samples_per_ray": 8})
+    assert settings["nerf_init_radius"] == 0.0
+    sd = Trainer(prior, "a red cube", settings)
+    assert sd.scene.blob_radius == sd.settings["nerf_init_radius"] == INIT_RADIUS_CAMERA_UNAWARE
+    procedural = Trainer(ProceduralPrior(resolution=32), "a red cube", settings)
+    assert procedural.scene.blob_radius == INIT_RADIUS_CAMERA_AWARE
+    sd.save_checkpoint(tmp_path / "checkpoint.pt")
+    assert Trainer.from_checkpoint(tmp_path / "checkpoint.pt", prior).scene.blob_radius == INIT_RADIUS_CAMERA_UNAWARE
+    chosen = Trainer(prior, "a red cube", {**settings, "nerf_init_radius": 0.3})
+    assert chosen.scene.blob_radius == 0.3

@@ -69,3 +69,16 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_presets_val
     expected = validate({"quality": "draft", "representation": "gaussians"})
     assert resumed.settings["mesh_resolution"] == expected["mesh_resolution"] == 64  # the draft preset's, not 192
     assert resumed.settings["mesh_smooth_iterations"] == expected["mesh_smooth_iterations"]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_resumes_on_the_gpu_with_its_generator(tmp_path: Path):
+    """A checkpoint loaded onto the GPU brings the (CPU) generator's state there; resuming must still work and
+    continue the same random stream (session 14: every GPU resume failed with 'RNG state must be a ByteTensor')."""
+    gpu_prior = ProceduralPrior(resolution=32, device="cuda")
+    trainer = Trainer(gpu_prior, "a red cube", _settings(steps=2), device="cuda")
+    trainer.run(TrainEvents())
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", gpu_prior, device="cuda")
+    assert resumed.step == 2
+    assert __import__("torch").equal(resumed.generator.get_state(), trainer.generator.get_state())

@@ -131,6 +131,30 @@ def tbsd(e_tgt: Direction, e_null: Direction, e_tnp: Direction, factor: float, n
     return g, mu
 
 
+def isd(e_ip_tgt: Direction, e_ip_null: Direction, e_tgt: Direction, e_null: Direction,
+        guidance_scale: float, noise: Direction | None = None, noise_weight: float = 0.0) -> Direction:
+    """Image-prompt Score Distillation (ModeDreamer, seed 004 eq. 7): g = e_IP(x_t; y, x_ref) - e_SD(x_t; y).
+
+    Both terms with classifier-free guidance at the same scale (the paper: 7.5 on both): the IP prior's
+    ``e_ip_null + s (e_ip_tgt - e_ip_null)``, its null branch being the empty text with a zero image embedding,
+    minus the plain prior's ``e_null + s (e_tgt - e_null)``. The plain prior's prediction stands where SDS has the
+    injected noise: a control variate that correlates with the IP prior's prediction far better than noise does.
+
+    ``noise_weight`` a > 0 blends the two control variates the paper compares (sec. 4.2, Table 3):
+    ``g = e_IP_cfg - ((1 - a) e_SD_cfg + a eps)``; a = 0 is eq. 7, a = 1 IP-SDS (eq. 4). Not in the paper as a
+    blend: eq. 7 alone is a difference of two priors' predictions, which vanishes wherever they agree (in the
+    procedural world: everywhere the prompt's objects look alike, e.g. the background), so it never denoises there;
+    the noise term does (docs/METHODS.md, session 14).
+    """
+    g = cfg(e_ip_null, e_ip_tgt, guidance_scale)
+    e_sd = cfg(e_null, e_tgt, guidance_scale)
+    if not noise_weight:
+        return g - e_sd
+    if noise is None:
+        raise ValueError("isd: a noise weight needs the injected noise")
+    return g - ((1 - noise_weight) * e_sd + noise_weight * noise)
+
+
 # ---------------------------------------------------------------------------------------------
 # Method table: each method's parameters, the branches it needs and how it combines them
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +202,12 @@ class TBSDParams:
 
 
 @dataclass(frozen=True)
+class ISDParams:
+    isd_guidance_scale: float
+    isd_noise_weight: float
+
+
+@dataclass(frozen=True)
 class EditParams:
     edit_w1: float
     edit_w2: float
@@ -202,6 +232,8 @@ class MethodSpec:
     params: type
     branches: Callable[[StepContext], tuple[str, ...]]
     direction: Callable[[Mapping[str, Direction], StepContext], tuple[Direction, dict[str, Any]]]
+    # Whether the method reads a reference image (its branches include the image-prompt ones).
+    image_prompt: bool = False
 
 
 def _bridge_stage(ctx: StepContext) -> int:
@@ -261,6 +293,12 @@ def _tbsd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, 
     return p.tbsd_scale * g, {"mgda_weight": mu, "tbsd_factor": f}
 
 
+def _isd_dir(e: Mapping[str, Direction], ctx: StepContext) -> tuple[Direction, dict[str, Any]]:
+    p = ctx.params
+    return isd(e["image_target"], e["image_null"], e["target"], e["null"], p.isd_guidance_scale, ctx.noise,
+               p.isd_noise_weight), {}
+
+
 METHODS: dict[str, MethodSpec] = {
     "sds": MethodSpec("sds", SDSParams, lambda ctx: ("target", "null"), _sds_dir),
     "nfsd": MethodSpec("nfsd", NFSDParams, lambda ctx: ("target", "null", "negative"), _nfsd_dir),
@@ -273,6 +311,8 @@ METHODS: dict[str, MethodSpec] = {
     ),
     "bsd": MethodSpec("bsd", BSDParams, lambda ctx: ("target", _bsd_uncond(ctx.params)), _bsd_dir),
     "tbsd": MethodSpec("tbsd", TBSDParams, lambda ctx: ("target", "null", "target_negative"), _tbsd_dir),
+    "isd": MethodSpec("isd", ISDParams, lambda ctx: ("target", "null", "image_target", "image_null"), _isd_dir,
+                      image_prompt=True),
 }
 
 # Not a generation method, so not in METHODS (nor in the method lists built from shared/settings.py's): the

@@ -16,7 +16,7 @@ from torch import Tensor
 from backend.config import config_from_settings
 from backend.distill.methods import EDIT, METHODS, MethodSpec, StepContext
 from backend.distill.timesteps import TimestepConfig, sample_timesteps, timestep_weight
-from backend.priors.base import DiffusionPrior, PromptSet
+from backend.priors.base import DiffusionPrior, ImagePrompt, PromptSet
 from backend.scene.cameras import Views
 from backend.transfer import host_to_device
 from shared.settings import editing, resolved_negative_prompt, resolved_weighting
@@ -50,12 +50,15 @@ class DistillConfig:
                    timesteps=TimestepConfig.from_settings(settings), weighting=resolved_weighting(settings))
 
 
-def prompt_set(prompt: str, settings: Mapping[str, Any]) -> PromptSet:
-    """The texts a job's branches use, from its prompt and settings."""
+def prompt_set(prompt: str, settings: Mapping[str, Any], reference: Tensor | None = None) -> PromptSet:
+    """The texts a job's branches use, from its prompt and settings, and its reference image (RGB [3, H, W] in
+    [0, 1]) for the image-prompt branches, read at the settings' ``ip_scale`` and ``ip_temperature``."""
+    image = None if reference is None else ImagePrompt(reference, settings["ip_scale"], settings["ip_temperature"])
     return PromptSet(
         target=prompt,
         negative=resolved_negative_prompt(settings),
         target_negative_descriptors=settings["target_negative_descriptors"],
+        reference=image,
     )
 
 

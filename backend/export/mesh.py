@@ -6,10 +6,11 @@ for each file format. Faces are counter-clockwise seen from outside, so face nor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import mcubes
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -40,30 +41,46 @@ class Mesh:
         return int(self.faces.shape[0])
 
 
-def marching_cubes(grid: np.ndarray, level: float, bound: float) -> Mesh:
+def marching_cubes(grid: np.ndarray | torch.Tensor, level: float, bound: float) -> Mesh:
     """The ``level`` iso-surface of ``grid`` (indexed [x, y, z] over [-bound, bound]^3, see density_grid).
 
     Inside is where the field is above ``level``; PyMCubes then emits faces whose normals point outward (toward
     lower values), which tests/test_export.py checks on a sphere. The grid is padded by one cell of the field's
     minimum, so a surface cut by the grid's border is closed rather than left open.
+
+    A tensor grid stays on its device until only the box around the voxels at or above the level (and one voxel
+    beyond it) is left to copy: the cells outside that box hold no surface, so PyMCubes gives the same faces in the
+    same order from the box alone (an object fills about a quarter of the grid).
     """
-    grid = np.asarray(grid, dtype=np.float32)
-    if grid.ndim != 3 or min(grid.shape) < 2:
-        raise ValueError(f"grid must be [X, Y, Z] with at least 2 samples per axis, got {grid.shape}")
-    if not np.isfinite(grid).all():
+    import mcubes  # at export only: it imports scipy.ndimage (a quarter of a second) for its smoothing
+
+    g = torch.as_tensor(grid)
+    if g.ndim != 3 or min(g.shape) < 2:
+        raise ValueError(f"grid must be [X, Y, Z] with at least 2 samples per axis, got {tuple(g.shape)}")
+    lo_t, hi_t = torch.aminmax(g.float())
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # the extremes carry any NaN or infinity
         raise ValueError("grid holds non-finite values")
-    lo, hi = float(grid.min()), float(grid.max())
     if not lo < level < hi:
         where = "above" if level >= hi else "below"
         raise ValueError(
             f"marching-cubes level {level:.6g} is {where} the field's range [{lo:.6g}, {hi:.6g}]: "
             "the mesh would be " + ("empty" if level >= hi else "the whole grid")
         )
-    padded = np.pad(grid, 1, mode="constant", constant_values=lo)
+    solid = g >= level
+    xy = solid.any(dim=2)
+    first, last = [], []
+    for axis, present in enumerate((xy.any(dim=1), xy.any(dim=0), solid.any(dim=(0, 1)))):
+        where = torch.nonzero(present, as_tuple=True)[0]
+        first.append(max(int(where[0]) - 1, 0))
+        last.append(min(int(where[-1]) + 1, g.shape[axis] - 1))
+    box = g[first[0] : last[0] + 1, first[1] : last[1] + 1, first[2] : last[2] + 1]
+    box = np.asarray(box.detach().to("cpu", torch.float32).numpy())
+    padded = np.pad(box, 1, mode="constant", constant_values=lo)
     verts, faces = mcubes.marching_cubes(padded, float(level))
-    spacing = 2.0 * bound / (np.asarray(grid.shape, dtype=np.float64) - 1.0)
-    # Padded index p sits at world coordinate -bound + (p - 1) * spacing.
-    verts = (verts - 1.0) * spacing - bound
+    spacing = 2.0 * bound / (np.asarray(g.shape, dtype=np.float64) - 1.0)
+    # Padded index p of the box sits at grid index p - 1 + first, world -bound + (p - 1 + first) * spacing.
+    verts = (verts - 1.0 + np.asarray(first, dtype=np.float64)) * spacing - bound
     return drop_degenerate_faces(Mesh(verts.astype(np.float32), faces.astype(np.int64)))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.export.field import DEFAULT_BOUND, FieldFn, SurfaceFn, density_grid, fill_enclosed, level_from_renders
+from backend.export.field import DEFAULT_BOUND, FieldFn, GridLike, SurfaceFn, fill_enclosed, level_from_renders, sample_grid
 from backend.export.mesh import Mesh, decimate, marching_cubes, remove_small_components
 from backend.export.meshfile import mesh_arrays
 from backend.export.smooth import smooth_mesh
@@ -27,6 +27,29 @@ FORMATS: tuple[str, ...] = tuple(WRITERS)
 FILL_GAP = 0.03
 
 
+class StageClock:
+    """Seconds per stage of an export. On CUDA each mark waits for the device first, so a stage's seconds are its
+    own work and not the queue it inherited; an export has a handful of stages, each of which hands its result to
+    the host anyway, so these waits cost nothing a training step would feel (backend/phases.py is for those)."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start the next stage now (time since the last mark is nobody's)."""
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        """End ``stage`` (adding to it when it ran before) and start the next."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
 def extract_mesh(
     density_fn: FieldFn,
     views: Views,
@@ -37,61 +60,62 @@ def extract_mesh(
     min_component_fraction: float = 0.05,
     target_faces: int | None = None,
     device: torch.device | str = "cpu",
-    grid: np.ndarray | None = None,
+    grid: GridLike | None = None,
     smooth_iterations: int = 0,
+    clock: StageClock | None = None,
 ) -> tuple[Mesh, dict]:
     """Density grid -> level from the renders (``opacity`` [B, 1, H, W] of ``views``) -> enclosed cavities
     filled -> marching cubes -> floater removal -> ``smooth_iterations`` passes of Taubin smoothing
     (smooth.py) -> optional decimation. Returns the mesh and JSON-ready figures.
 
     ``level`` overrides the render-derived choice (then ``views``/``opacity`` are not used). ``grid`` is the
-    density already sampled on the grid (a representation's faster path), else ``density_fn`` is sampled.
+    density already sampled on the grid (a representation's faster path), else ``density_fn`` is sampled. The
+    grid, the level and the fill stay on ``device`` (a tensor grid on its own); the mesh is made on the host.
+    ``clock`` carries stages timed before this call (the caller's renders and grid) into ``figures["seconds"]``.
     """
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
+    clock = clock or StageClock(device)
     if grid is None:
-        grid = density_grid(density_fn, resolution, bound, device=device)
-    elif grid.shape != (resolution,) * 3:
-        raise ValueError(f"grid has shape {grid.shape}, expected {(resolution,) * 3}")
-    seconds["grid"] = time.perf_counter() - t
+        grid = sample_grid(density_fn, resolution, bound, device=device)
+        clock.mark("grid")
+    else:
+        grid = torch.as_tensor(grid, dtype=torch.float32)
+        if grid.device.type == "cpu":
+            grid = grid.to(device)
+        if tuple(grid.shape) != (resolution,) * 3:
+            raise ValueError(f"grid has shape {tuple(grid.shape)}, expected {(resolution,) * 3}")
+    field_min, field_max = torch.aminmax(grid)
     figures: dict = {"resolution": int(resolution), "bound": float(bound),
-                     "field_min": float(grid.min()), "field_max": float(grid.max())}
-    t = time.perf_counter()
+                     "field_min": float(field_min), "field_max": float(field_max)}
     if level is None:
-        level, iou = level_from_renders(grid, bound, views, opacity, device=device)
+        level, iou = level_from_renders(grid, bound, views, opacity, device=grid.device)
         figures["silhouette_iou"] = iou
         figures["level_source"] = "renders"
     else:
         figures["level_source"] = "given"
     figures["level"] = float(level)
-    seconds["level"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.mark("level")
     gap = max(1, round(FILL_GAP * (resolution - 1) / (2 * bound)))  # world units -> voxels of this grid
     grid, figures["filled_voxels"] = fill_enclosed(grid, level, gap)
     figures["fill_gap_voxels"] = gap
-    seconds["fill"] = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.mark("fill")
     mesh = marching_cubes(grid, level, bound)
-    seconds["marching_cubes"] = time.perf_counter() - t
+    clock.mark("marching_cubes")
     figures["faces_raw"] = mesh.n_faces
-    t = time.perf_counter()
     mesh = remove_small_components(mesh, min_component_fraction)
-    seconds["clean"] = time.perf_counter() - t
+    clock.mark("clean")
     figures["faces_after_clean"] = mesh.n_faces
     if smooth_iterations:
         # Before decimation: quadric collapse keeps the surface it is given, lumps included, and a smooth surface
         # needs fewer faces to keep.
-        t = time.perf_counter()
         mesh = smooth_mesh(mesh, smooth_iterations)
-        seconds["smooth"] = time.perf_counter() - t
+        clock.mark("smooth")
     figures["smooth_iterations"] = int(smooth_iterations)
     if target_faces is not None:
-        t = time.perf_counter()
         mesh = decimate(mesh, target_faces)
-        seconds["decimate"] = time.perf_counter() - t
+        clock.mark("decimate")
     figures["vertices"] = mesh.n_vertices
     figures["faces"] = mesh.n_faces
-    figures["seconds"] = seconds
+    figures["seconds"] = dict(clock.seconds)
     return mesh, figures
 
 
@@ -122,37 +146,34 @@ def export_mesh(
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {list(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    clock = StageClock(device)
     files: dict[str, str] = {}
-    result: dict = {"vertices": mesh.n_vertices, "faces": mesh.n_faces, "files": files, "seconds": seconds}
+    result: dict = {"vertices": mesh.n_vertices, "faces": mesh.n_faces, "files": files, "seconds": clock.seconds}
 
     textured = [name for name, writer in WRITERS.items() if name in formats and writer.textured]
     plain = [name for name, writer in WRITERS.items() if name in formats and not writer.textured]
     if textured:
-        t = time.perf_counter()
         uv_mesh, uvs = (mesh, np.asarray(uvs, dtype=np.float32)) if uvs is not None else unwrap_uvs(mesh, texture_size)
-        seconds["unwrap"] = time.perf_counter() - t
-        t = time.perf_counter()
+        clock.mark("unwrap")
         raster = rasterise_uv(uvs, uv_mesh.faces, texture_size)
         texture = bake_texture(uv_mesh, uvs, colour_fn, texture_size, raster=raster, device=device)
-        seconds["bake"] = time.perf_counter() - t
+        clock.mark("bake")
         result.update(uv_vertices=uv_mesh.n_vertices, texture_size=int(texture_size),
                       texture_coverage=raster.coverage, uv_source="unwrapped" if uvs_given is None else "mesh")
-        t = time.perf_counter()
         surface = Surface(uv_mesh, uvs=uvs, texture=texture)
         for name in textured:
             files.update({key: str(path) for key, path in WRITERS[name].write(out_dir, stem, surface).items()})
         if "glb" in textured and wire_arrays:  # what the server sends, instead of reading the file back
             result["arrays"] = mesh_arrays(uv_mesh, uvs, texture)
-        seconds["write_textured"] = time.perf_counter() - t
+        clock.mark("write_textured")
     coloured: Surface | None = None
     for name in plain:  # each under its own name; the first also evaluates the vertex colours
-        t = time.perf_counter()
+        clock.restart()
         if coloured is None:
             coloured = Surface(mesh, vertex_colours=vertex_colours(mesh, colour_fn, device=device))
         files.update({key: str(path) for key, path in WRITERS[name].write(out_dir, stem, coloured).items()})
-        seconds[name] = time.perf_counter() - t
+        clock.mark(name)
     return result
 
 
-__all__ = ["FORMATS", "extract_mesh", "export_mesh"]
+__all__ = ["FORMATS", "StageClock", "extract_mesh", "export_mesh"]

@@ -19,7 +19,6 @@ in OBJ and Blender; the texture array's row 0 is the image's top (v = 1). glTF f
 from __future__ import annotations
 
 import numpy as np
-import xatlas
 
 from backend.export.mesh import Mesh
 
@@ -37,6 +36,8 @@ def unwrap_uvs(
     ``padding`` texels (at ``texture_size``) separate charts, so bilinear filtering and the seam dilation of
     the bake never mix two charts. ``max_chart_fraction`` bounds each chart's area as a fraction of the surface.
     """
+    import xatlas  # at export only: a job's start does not need it
+
     if mesh.n_faces == 0:
         raise ValueError("cannot unwrap a mesh with no faces")
     v = mesh.vertices.astype(np.float64)

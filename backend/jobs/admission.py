@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from backend.jobs.models import PROCEDURAL, ModelMissing, check_model
 from shared.protocol import ProtocolError
+from shared.reference_image import REFERENCE_ARRAY, ReferenceImage, check_reference_arrays
 from shared.settings import MAX_PROMPT_CHARS, SettingsError, check_new_job, validate
 from shared.texture_mesh import TextureMesh, check_texture_mesh
 
@@ -53,6 +54,11 @@ class Admission:
             check_model(settings["model"], self.models_dir)
         except ModelMissing as exc:
             raise Refused("model", str(exc)) from None
+        if settings["method"] == "isd" and settings["model"] != PROCEDURAL:
+            # Only the procedural prior answers image prompts so far (backend/priors/base.py supports_image_prompts).
+            raise Refused("model", f"method 'isd' needs a prior with an image prompt; model '{settings['model']}' "
+                                   "has none yet (the Stable Diffusion IP-Adapter is still to come): use model "
+                                   "'procedural'")
         return settings
 
     def prompt(self, prompt: str, settings: Mapping[str, Any]) -> None:
@@ -76,6 +82,32 @@ class Admission:
             return check_texture_mesh(arrays)
         except ProtocolError as exc:
             raise Refused(exc.code, exc.message) from None
+
+    def reference(self, arrays: Mapping[str, Any], given: Mapping[str, Any] | None,
+                  settings: dict[str, Any]) -> ReferenceImage | None:
+        """A submit's reference image (shared/reference_image.py), checked against the job's method and
+        ``reference_source``; a sent image makes ``settings['reference_source']`` 'image'. ``Refused`` (code
+        ``bad_field`` for the array, ``settings`` for a setting that contradicts it) naming what is allowed."""
+        from backend.distill.methods import METHODS
+
+        try:
+            reference = check_reference_arrays(arrays)
+        except ProtocolError as exc:
+            raise Refused(exc.code, exc.message) from None
+        image_prompt = METHODS[settings["method"]].image_prompt
+        if reference is None:
+            if image_prompt and settings["reference_source"] == "image":
+                raise Refused("settings", "reference_source is 'image' but the submit carries no 'reference' array "
+                                          "(uint8 [H, W, 3]); send one, or use reference_source 'sample'")
+            return None
+        if not image_prompt:
+            raise Refused("bad_field", f"array '{REFERENCE_ARRAY}' is a reference image for an image-prompt method; "
+                                       f"method '{settings['method']}' reads none (use method isd)")
+        if (given or {}).get("reference_source", "image") != "image":
+            raise Refused("settings", f"the submit carries a reference image but reference_source is "
+                                      f"'{(given or {})['reference_source']}'; drop one of them")
+        settings["reference_source"] = "image"
+        return reference
 
     def admit(self, prompt: str, given: Mapping[str, Any] | None,
               base: Mapping[str, Any] | None = None) -> dict[str, Any]:

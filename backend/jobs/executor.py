@@ -62,6 +62,7 @@ class JobSpec:
     recovered: int = 0  # restarts of the server this job has been resumed after
     attempt: int = 1  # a Ray actor's attempt at it (backend/jobs/ray_executor.py retries a dead actor's job)
     input_mesh: str | None = None  # a texture job: its mesh's file in the job's folder (backend/jobs/mesh_input.py)
+    reference_image: str | None = None  # an image-prompt job's reference sent with its submit, in the job's folder
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "JobSpec":
@@ -79,6 +80,8 @@ class JobSpec:
         plan = JobPlan(self.prompt, self.settings, folder, cadence={
             "progress_every": 1, "preview_views": s["preview_views"], "preview_size": s["preview_size"],
             "mesh_every": s["mesh_every"]})
+        if self.reference_image is not None:
+            plan.reference, plan.reference_name = folder / self.reference_image, "sent with the submit"
         if self.input_mesh is not None:
             plan.mesh = folder / self.input_mesh  # a texture job always starts afresh (runner.py: no checkpoint yet)
         elif self.resume_checkpoint is not None:
@@ -102,6 +105,8 @@ class JobSpec:
             restart["recovered"] = self.recovered
         if self.input_mesh is not None:
             restart["input_mesh"] = self.input_mesh
+        if self.reference_image is not None:
+            restart["reference_image"] = self.reference_image
         return records.job_record(status, job=self.id, owner=self.owner, prompt=self.prompt, parent=self.parent,
                                   created=self.created, settings=self.settings, stream=self.stream,
                                   prior_loaded=prior_loaded, head=head, process=process,

@@ -23,6 +23,7 @@ import torch
 
 from backend import records
 from backend.export import FORMATS, export_mesh, extract_mesh
+from backend.export.pipeline import StageClock
 from backend.export.field import DEFAULT_BOUND
 from backend.files import publish_folder, remove_leftovers
 from backend.images import save_png
@@ -52,16 +53,20 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FO
     s = trainer.settings
     scene = trainer.scene
     scene.eval()
+    t0 = time.perf_counter()
+    clock = StageClock(trainer.device)
     views = eval_views(LEVEL_VIEWS).to(trainer.device)
     opacity = trainer.render_eval(LEVEL_VIEWS, LEVEL_RESOLUTION, "albedo").opacity
-    t0 = time.perf_counter()
+    clock.mark("level_render")
     resolution = mesh_resolution or s["mesh_resolution"]
     with torch.no_grad():
-        grid = scene.density_grid(resolution, DEFAULT_BOUND)
+        grid = scene.density_grid(resolution, DEFAULT_BOUND)  # on the scene's device, where extraction keeps it
+    if grid is not None:
+        clock.mark("grid")
     mesh, extract_figures = extract_mesh(
         _field(scene.density), views, opacity, resolution=resolution,
         target_faces=s["decimate_faces"] or None, device=trainer.device, smooth_iterations=s["mesh_smooth_iterations"],
-        grid=None if grid is None else grid.float().cpu().numpy(),
+        grid=grid, clock=clock,
     )
     t1 = time.perf_counter()
     export_figures = export_mesh(out_dir, mesh, _field(scene.surface_albedo),
@@ -72,29 +77,58 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FO
             "seconds": {"extract": t1 - t0, "export": t2 - t1}}
 
 
-def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int = 64) -> dict[str, float]:
-    """Voxel IoU of the mesh with the true shape and the mean surface colour's error, when the prompt names one
-    object. The mesh (what the artist gets) is voxelised by ray parity, so holes and inner shells count."""
+def procedural_figures(prompt: str, trainer: Trainer, mesh: Any, resolution: int = 64) -> dict[str, Any]:
+    """Voxel IoU of the mesh with the true shape and the mean surface colour's error. The mesh (what the artist
+    gets) is voxelised by ray parity, so holes and inner shells count. A prompt naming one object is measured
+    against it; one naming many (no colour, or no shape) against the object the mesh is nearest (``landed``), or,
+    for an image-prompt job, the object its reference selects (``reference_mode``, ``in_reference_mode``)."""
     from backend.export import vertex_normals
-    from backend.metrics import mesh_occupancy, voxel_iou
+    from backend.metrics import mesh_occupancy, nearest_colour, shape_ious, voxel_iou
     from backend.priors.procedural import world
 
     meaning = world.parse_prompt(prompt)
-    if len(meaning.shapes) != 1 or len(meaning.colours) != 1:
-        return {}
+    single = len(meaning.shapes) == 1 and len(meaning.colours) == 1
+    mode = reference_mode(trainer) if trainer.reference is not None else None
     axis = torch.linspace(-DEFAULT_BOUND, DEFAULT_BOUND, resolution)
-    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    truth = (world.sdf(meaning.shapes[0], pts) < 0).numpy().reshape((resolution,) * 3)
     occupied = mesh_occupancy(np.asarray(mesh.vertices), np.asarray(mesh.faces), axis.numpy())
     with torch.no_grad():
         colours = _field(trainer.scene.surface_albedo)(
             torch.as_tensor(mesh.vertices, dtype=torch.float32, device=trainer.device),
             torch.as_tensor(vertex_normals(mesh), dtype=torch.float32, device=trainer.device)).cpu().numpy()
-    true_colour = np.array(world.COLOURS[meaning.colours[0]])
     mean = colours.mean(0)
-    nearest = min(world.COLOURS, key=lambda name: float(np.linalg.norm(mean - np.array(world.COLOURS[name]))))
+    nearest = nearest_colour(mean)
+    if single:
+        shape, colour = meaning.shapes[0], meaning.colours[0]
+        out: dict[str, Any] = {}
+    else:
+        # A prompt that names many objects is measured against the one the result is (``landed``), or, with a
+        # reference image, the one the reference selects (its ``mode``): did the run make that one?
+        ious = shape_ious(occupied, axis.numpy())
+        landed_shape = max(ious, key=ious.get)
+        out = {"landed": f"a {nearest} {landed_shape}", "shape_ious": {k: round(v, 4) for k, v in ious.items()}}
+        shape, colour = landed_shape, nearest
+        if mode is not None:
+            shape, colour = mode.shapes[0], mode.colours[0]
+            out["reference_mode"] = f"a {colour} {shape}"
+            out["in_reference_mode"] = out["landed"] == out["reference_mode"]
+    truth = (world.sdf(shape, torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)) < 0)
+    truth = truth.numpy().reshape((resolution,) * 3)
+    true_colour = np.array(world.COLOURS[colour])
     return {"voxel_iou": voxel_iou(occupied, truth), "mean_colour": mean.tolist(),
-            "colour_error": float(np.linalg.norm(mean - true_colour)), "nearest_colour": nearest}
+            "colour_error": float(np.linalg.norm(mean - true_colour)), "nearest_colour": nearest, **out}
+
+
+def reference_mode(trainer: Trainer) -> Any:
+    """The object (a ``PromptMeaning`` of one shape and colour) an image-prompt job's reference selects on the
+    procedural prior: the component of the prompt's mixture with the largest weight; None on another prior."""
+    from backend.priors.procedural import world
+
+    weights_of = getattr(trainer.prior, "reference_weights", None)
+    if weights_of is None or trainer.prompts.reference is None:
+        return None
+    comps = trainer.prior.meaning(trainer.prompt).components()
+    best = comps[int(weights_of(trainer.prompt, trainer.prompts.reference).argmax())]
+    return world.PromptMeaning((best.shape,), (best.colour,), (None,))
 
 
 @dataclass

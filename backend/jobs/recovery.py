@@ -47,7 +47,7 @@ def spec_of(record: dict[str, Any]) -> JobSpec | None:
     return JobSpec(record["job"], record["owner"], record["prompt"], record["settings"], record["stream"],
                    record["created"], parent=record.get("parent"), source_checkpoint=record.get("source_checkpoint"),
                    refine_steps=int(record.get("refine_steps", 0)), recovered=int(record.get("recovered", 0)),
-                   input_mesh=record.get("input_mesh"))
+                   input_mesh=record.get("input_mesh"), reference_image=record.get("reference_image"))
 
 
 def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
@@ -67,6 +67,8 @@ def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
             why = f"it refines a checkpoint that is gone ({spec.source_checkpoint}) and kept none of its own"
         elif spec.input_mesh is not None and not (folder / spec.input_mesh).is_file():
             why = f"it textures a mesh whose file is gone ({spec.input_mesh})"
+        elif spec.reference_image is not None and not (folder / spec.reference_image).is_file():
+            why = f"its reference image is gone ({spec.reference_image})"
         if why is not None or spec is None:
             store.mark_lost(job_id, record, why or "")
             out.lost.append(job_id)

@@ -16,17 +16,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
 from backend import records
-from backend.export.meshread import InputMesh, read_mesh
-from backend.jobs.finish import Finished, finish_job
-from backend.jobs.texture import texture_export, texture_figures, texture_scene
 from backend.records import CHECKPOINT_FILE
+from backend.reference import REFERENCE_FILE, Reference, read_reference_file, save_reference
 from backend.train import Trainer, TrainEvents
 from shared.settings import check_new_job
+
+if TYPE_CHECKING:
+    from backend.export.meshread import InputMesh
+    from backend.jobs.finish import Finished
+
+# The export's modules (finish, texture, meshread and what they import) load when a job reaches its end or reads a
+# mesh, not before its first step: a cold start waits only for what training needs.
 
 # (model, procedural_resolution) -> the loaded prior
 PriorLoader = Callable[[str, int], Any]
@@ -46,6 +51,10 @@ class JobPlan:
     checkpoint: bool = True  # keep checkpoint.pt beside the meshes (saved before the export)
     cadence: Mapping[str, int] | None = None  # Cadence fields over the settings' (a server job's stream options)
     mesh: Path | None = None  # a texture job: the user's mesh (.glb/.obj/.ply) whose appearance alone is trained
+    # An image-prompt job's reference image (PNG/JPEG; a served job's reference.png in its folder), and the name the
+    # user gave it. None: drawn from the prior, or the checkpoint's own.
+    reference: Path | None = None
+    reference_name: str | None = None
 
 
 class JobRun:
@@ -68,19 +77,28 @@ class JobRun:
             check_new_job(s)
         self.started = records.now()
         if plan.mesh is not None:  # a bad mesh is refused before the prior loads
+            from backend.export.meshread import read_mesh
+
             self.source_mesh = read_mesh(plan.mesh)
+        reference = None
+        if plan.reference is not None and plan.resume is None and plan.source is None:  # so is a bad image
+            # (A run from a checkpoint goes on with the checkpoint's own reference.)
+            reference = Reference(read_reference_file(plan.reference), "image",
+                                  plan.reference_name or plan.reference.name)
         t0 = time.perf_counter()
         prior = self._load(s["model"], s["procedural_resolution"])
         self.load_seconds = time.perf_counter() - t0
         cadence = plan.cadence  # a server job's stream options over the run's own settings
         if plan.mesh is not None:
+            from backend.jobs.texture import texture_scene
+
             if plan.resume is not None or plan.source is not None:
                 # A checkpoint rebuilds its scene from the settings (registry.py); a textured mesh needs its mesh.
                 raise ValueError("a texture job cannot continue from a checkpoint yet")
             assert self.source_mesh is not None
             scene = texture_scene(self.source_mesh, s, prior, self.device)
             trainer = Trainer(prior, plan.prompt, s, representation=scene, device=self.device,
-                              cadence_overrides=cadence)
+                              cadence_overrides=cadence, reference=reference)
         elif plan.resume is not None:
             trainer = Trainer.from_checkpoint(plan.resume, prior, self.device, cadence_overrides=cadence)
             self.resumed_at = trainer.step
@@ -90,7 +108,11 @@ class JobRun:
             if plan.more_steps is not None:
                 trainer.extend(plan.more_steps)
         else:
-            trainer = Trainer(prior, plan.prompt, s, device=self.device, cadence_overrides=cadence)
+            trainer = Trainer(prior, plan.prompt, s, device=self.device, cadence_overrides=cadence,
+                              reference=reference)
+        if trainer.reference is not None:
+            # Beside the results, before training: the pixels the method reads, whatever their source.
+            save_reference(plan.folder, trainer.reference.pixels)
         self.trainer = trainer
         return trainer
 
@@ -105,6 +127,9 @@ class JobRun:
     def finish(self, record: Mapping[str, Any] | None = None) -> Finished:
         """Checkpoint, export, record: ``record`` (what the caller knows) gains the timings and the export's
         figures and is written last."""
+        from backend.jobs.finish import finish_job
+        from backend.jobs.texture import texture_export, texture_figures
+
         trainer = self.trainer
         assert trainer is not None, "prepare() first"
         if self.plan.checkpoint:
@@ -117,6 +142,8 @@ class JobRun:
             known["checkpoint"] = CHECKPOINT_FILE
         if self.resumed_at is not None:
             known["resumed_at_step"] = self.resumed_at  # == steps_done: only the export ran again
+        if trainer.reference is not None:
+            known["reference"] = reference_record(trainer)
         if self.source_mesh is not None:
             source, name = self.source_mesh, Path(self.plan.mesh or "").name
             known = {"command": "texture", "mesh_source": name, **known}
@@ -124,6 +151,28 @@ class JobRun:
                               export=lambda t, folder: texture_export(t, folder, source, name),
                               figures=texture_figures)
         return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint)
+
+
+def reference_record(trainer: Trainer) -> dict[str, Any]:
+    """job.json's account of the reference: its file, source and size; on the procedural prior also the
+    mixture's weights p(k | prompt, reference) at the job's ip_scale (the three largest) and its mode (the object
+    the reference selects), which the figures measure the result against."""
+    assert trainer.reference is not None
+    out = trainer.reference.record()
+    weights_of = getattr(trainer.prior, "reference_weights", None)
+    meaning_of = getattr(trainer.prior, "meaning", None)
+    if weights_of is not None and meaning_of is not None and trainer.prompts.reference is not None:
+        weights = weights_of(trainer.prompt, trainer.prompts.reference)
+        comps = meaning_of(trainer.prompt).components()
+        order = torch.argsort(weights, descending=True)[:3].tolist()
+        out["weights"] = {_component_text(comps[i]): round(float(weights[i]), 4) for i in order}
+        out["mode"] = _component_text(comps[order[0]])
+    return out
+
+
+def _component_text(component: Any) -> str:
+    text = f"a {component.colour} {component.shape}"
+    return f"{text} ({component.degradation})" if component.degradation else text
 
 
 def run_job(plan: JobPlan, device: torch.device, load: PriorLoader, record: Mapping[str, Any] | None = None,
@@ -139,4 +188,4 @@ def fixed_prior(prior: Any) -> PriorLoader:
     return lambda model, resolution: prior
 
 
-__all__ = ["JobPlan", "JobRun", "PriorLoader", "fixed_prior", "run_job"]
+__all__ = ["REFERENCE_FILE", "JobPlan", "JobRun", "PriorLoader", "fixed_prior", "reference_record", "run_job"]

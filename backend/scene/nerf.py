@@ -31,6 +31,21 @@ SURFACE_MIN_ALPHA = 0.05
 SURFACE_POINT_CHUNK = 8192
 
 
+# The starting blob's radius (setting nerf_init_radius 0). A camera-aware prior (procedural) pulls the object to its
+# true size from any start, and measured slightly better from the smaller blob; a prior not told the camera's
+# distance (Stable Diffusion) keeps about the size it starts from, so the NeRF starts as large as the Gaussians do
+# (visible radius 0.29 against 0.185): world-SD draft NeRF voxel IoU median 0.523 -> 0.644, 12 of 12 prompts up.
+INIT_RADIUS_CAMERA_AWARE = 0.25
+INIT_RADIUS_CAMERA_UNAWARE = 0.36
+
+
+def init_radius(setting: float, camera_aware: bool) -> float:
+    """The blob radius a run starts from: the setting's, or for 0 (auto) the one for the prior's kind."""
+    if setting > 0:
+        return setting
+    return INIT_RADIUS_CAMERA_AWARE if camera_aware else INIT_RADIUS_CAMERA_UNAWARE
+
+
 class NeRFScene(Representation):
     kind = "nerf"
 
@@ -40,7 +55,10 @@ class NeRFScene(Representation):
                    samples_per_ray=settings["nerf_samples_per_ray"],
                    background=background if background is not None or settings["nerf_background"] == "learned"
                    else (0.5, 0.5, 0.5),
-                   normal_eps=settings["nerf_normal_eps"], pixel_jitter=settings["nerf_pixel_jitter"])
+                   normal_eps=settings["nerf_normal_eps"], pixel_jitter=settings["nerf_pixel_jitter"],
+                   # 0 (auto) is resolved when a run starts (Trainer); it is still 0 here only in a checkpoint
+                   # written before the setting existed, when every run started from this radius.
+                   blob_radius=settings["nerf_init_radius"] or INIT_RADIUS_CAMERA_AWARE)
 
     def __init__(
         self,

@@ -35,8 +35,10 @@ from backend.jobs.models import local_models
 from backend.jobs.recovery import recover
 from backend.jobs.results import ResultStore
 from backend.jobs.scheduler import Scheduler
+from backend.reference import save_reference
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import protocol as P
+from shared.reference_image import MAX_REFERENCE_PIXELS, MAX_REFERENCE_SIDE, MIN_REFERENCE_SIDE, REFERENCE_ARRAY
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, refine_base
 from shared.status import LIVE_STATUSES, JobStatus
 from shared.texture_mesh import JOB_KINDS, MAX_TEXTURE_FACES, MAX_TEXTURE_VERTICES
@@ -367,7 +369,8 @@ class Server:
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
                        "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
                        "max_unread_bytes": self.max_unread_bytes, "max_texture_vertices": MAX_TEXTURE_VERTICES,
-                       "max_texture_faces": MAX_TEXTURE_FACES},
+                       "max_texture_faces": MAX_TEXTURE_FACES, "min_reference_side": MIN_REFERENCE_SIDE,
+                       "max_reference_side": MAX_REFERENCE_SIDE, "max_reference_pixels": MAX_REFERENCE_PIXELS},
             "job_kinds": list(JOB_KINDS),
             "stream_defaults": dict(P.STREAM_DEFAULTS), "dtypes": list(P.DTYPES),
             "heartbeat_interval_s": P.HEARTBEAT_INTERVAL_S, "backend_timeout_s": P.BACKEND_TIMEOUT_S,
@@ -424,8 +427,9 @@ class Server:
         if kind not in JOB_KINDS:
             raise P.ProtocolError("bad_field", f"submit: field 'kind' is {kind!r}; allowed: {', '.join(JOB_KINDS)}",
                                   rid)
-        if kind != "texture" and m.arrays:
-            raise P.ProtocolError("bad_field", f"submit: arrays ({', '.join(sorted(m.arrays))}) come only with "
+        mesh_arrays = {k: v for k, v in m.arrays.items() if k != REFERENCE_ARRAY}
+        if kind != "texture" and mesh_arrays:
+            raise P.ProtocolError("bad_field", f"submit: arrays ({', '.join(sorted(mesh_arrays))}) come only with "
                                                "kind 'texture' (the mesh to texture)", rid)
         prompt = P.check_prompt(m["prompt"], MAX_PROMPT_CHARS, rid)
         stream = P.check_stream(m.get("stream"), rid)
@@ -434,20 +438,23 @@ class Server:
                                                "is the mesh sent, and the textured mesh comes when it finishes", rid)
         settings = self._admit(prompt, m.get("settings"), None, rid)
         mesh = None
-        if kind == "texture":
-            try:
-                mesh = self.admission.mesh(m.arrays)
-            except Refused as exc:
-                raise P.ProtocolError(exc.code, exc.message, rid) from None
+        try:
+            if kind == "texture":
+                mesh = self.admission.mesh(mesh_arrays)
+            reference = self.admission.reference(m.arrays, m.get("settings"), settings)
+        except Refused as exc:
+            raise P.ProtocolError(exc.code, exc.message, rid) from None
         self._check_queue(identity, rid)
         spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created())
-        if mesh is not None:
-            # In the job's folder before its record: the worker, and a restarted server, build the job from it.
-            try:
+        # In the job's folder before its record: the worker, and a restarted server, build the job from them.
+        try:
+            if mesh is not None:
                 spec.input_mesh = save_input_mesh(self.store.job_dir(spec.id), mesh)
-            except OSError as exc:
-                raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was "
-                                                   "queued", rid) from None
+            if reference is not None:
+                spec.reference_image = save_reference(self.store.job_dir(spec.id), reference.pixels).name
+        except OSError as exc:
+            raise P.ProtocolError("bad_state", f"the results folder cannot be written ({exc}); no job was "
+                                               "queued", rid) from None
         job = self._queue(identity, spec)
         self.reply(identity, m, {"type": "accepted", "job": job.id, "position": self._position(job)})
 
