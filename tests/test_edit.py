@@ -85,9 +85,9 @@ def test_a_small_edit_end_to_end_turns_the_colour_and_the_next_refine_drops_it(t
     texts: set[str] = set()
     denoise = prior._denoise
 
-    def spy(x_t, t, branch_texts, views):  # the texts each step's one prior call is asked for
+    def spy(x_t, t, branch_texts, views, **images):  # the texts each step's one prior call is asked for
         texts.update(branch_texts)
-        return denoise(x_t, t, branch_texts, views)
+        return denoise(x_t, t, branch_texts, views, **images)
 
     prior._denoise = spy
     cpu, settings = torch.device("cpu"), validate(TINY)
