@@ -6,7 +6,8 @@ here, so a job's composition and its record's timings have one definition. ``Job
 ``prepare``); ``run_job`` is the three in a row.
 
 A trainer comes from one of three places (``JobPlan``): a fresh run; a checkpoint to continue with this job's
-prompt and settings for ``more_steps`` (a refine, ``generate --resume``); or this job's own checkpoint, continued
+prompt and settings for ``more_steps`` (a refine, ``generate --resume``; an edit when the settings name
+``edit_prompt``, which a fresh job may not); or this job's own checkpoint, continued
 exactly as it was (a job a restarted server resumes: from a periodic checkpoint when it was training, or from the
 one saved at the end of training when it was exporting, so only the export runs again).
 """
