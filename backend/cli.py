@@ -311,9 +311,9 @@ def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any, referen
     landed = everything[int(mse.argmin())]
     out: dict[str, Any] = {"landed": f"a {landed.colour} {landed.shape}"}
     target = out["landed"]
-    if reference is not None:
-        comps = prior.meaning(prompt).components()
-        mode = comps[int(prior.reference_weights(prompt, reference).argmax())]
+    weights = None if reference is None else prior.reference_weights(prompt, reference)
+    if weights is not None and float(weights.max() - weights.min()) > 1e-6:  # equal weights select no mode
+        mode = prior.meaning(prompt).components()[int(weights.argmax())]
         target = out["reference_mode"] = f"a {mode.colour} {mode.shape}"
         out["in_reference_mode"] = out["landed"] == target
     truth, _ = ground_truth(target, views, prior.resolution)

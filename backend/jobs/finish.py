@@ -122,7 +122,10 @@ def reference_mode(trainer: Trainer) -> Any:
     if weights_of is None or trainer.prompts.reference is None:
         return None
     comps = trainer.prior.meaning(trainer.prompt).components()
-    best = comps[int(weights_of(trainer.prompt, trainer.prompts.reference).argmax())]
+    weights = weights_of(trainer.prompt, trainer.prompts.reference)
+    if float(weights.max() - weights.min()) <= 1e-6:
+        return None  # equal weights (ip_scale 0): the reference selects nothing
+    best = comps[int(weights.argmax())]
     return world.PromptMeaning((best.shape,), (best.colour,), (None,))
 
 

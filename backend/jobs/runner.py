@@ -152,7 +152,8 @@ def reference_record(trainer: Trainer) -> dict[str, Any]:
         comps = meaning_of(trainer.prompt).components()
         order = torch.argsort(weights, descending=True)[:3].tolist()
         out["weights"] = {_component_text(comps[i]): round(float(weights[i]), 4) for i in order}
-        out["mode"] = _component_text(comps[order[0]])
+        # Equal weights (ip_scale 0, or a reference equally far from every object) select no mode.
+        out["mode"] = _component_text(comps[order[0]]) if float(weights.max() - weights.min()) > 1e-6 else None
     return out
 
 
