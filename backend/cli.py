@@ -313,9 +313,8 @@ def _procedural_figures(prompt: str, image: Any, views: Any, prior: Any, referen
     landed = everything[int(mse.argmin())]
     out: dict[str, Any] = {"landed": f"a {landed.colour} {landed.shape}"}
     target = out["landed"]
-    if reference is not None:
-        comps = prior.meaning(prompt).components()
-        mode = comps[int(prior.reference_weights(prompt, reference).argmax())]
+    mode = None if reference is None else prior.reference_mode(prompt, reference)
+    if mode is not None:
         target = out["reference_mode"] = f"a {mode.colour} {mode.shape}"
         out["in_reference_mode"] = out["landed"] == target
     truth, _ = ground_truth(target, views, prior.resolution)

@@ -275,3 +275,25 @@ def test_the_reference_decides_the_colour_of_a_3d_cube(prior, representation, st
         assert len(seen) > 20, "nothing rendered"
         red_minus_blue[colour] = float(seen[:, 0].mean() - seen[:, 2].mean())
     assert red_minus_blue["red"] > 0.01 and red_minus_blue["blue"] < -0.01, red_minus_blue
+
+
+def test_at_ip_scale_zero_a_reference_selects_no_mode(tmp_path):
+    """Equal weights pick nothing: job.json names no mode and the figures measure the object the run made."""
+    from backend.jobs.runner import JobPlan, JobRun, fixed_prior
+    from backend.reference import tensor_to_pixels
+
+    prior = ProceduralPrior(resolution=RES)
+    path = tmp_path / "ref.png"
+    from PIL import Image
+
+    Image.fromarray(tensor_to_pixels(render_of(prior, "blue", "cube"))).save(path)
+    settings = validate({"quality": "draft", "representation": "gaussians", "method": "isd", "ip_scale": 0.0,
+                         "steps": 1, "procedural_resolution": RES, "render_res_start": RES, "render_res_end": RES,
+                         "gaussian_points": 100, "camera_bank_size": 1, "mesh_resolution": 32, "texture_size": 64,
+                         "preview_every": 0, "checkpoint_every": 0})
+    run = JobRun(JobPlan(PROMPT, settings, tmp_path / "job", reference=path), torch.device("cpu"), fixed_prior(prior))
+    run.prepare()
+    run.train()
+    record = run.finish().record
+    assert record["reference"]["mode"] is None and "reference_mode" not in record["figures"]
+    assert record["figures"]["landed"].startswith("a ")

@@ -123,11 +123,12 @@ def reference_mode(trainer: Trainer) -> Any:
     procedural prior: the component of the prompt's mixture with the largest weight; None on another prior."""
     from backend.priors.procedural import world
 
-    weights_of = getattr(trainer.prior, "reference_weights", None)
-    if weights_of is None or trainer.prompts.reference is None:
+    mode_of = getattr(trainer.prior, "reference_mode", None)
+    if mode_of is None or trainer.prompts.reference is None:
         return None
-    comps = trainer.prior.meaning(trainer.prompt).components()
-    best = comps[int(weights_of(trainer.prompt, trainer.prompts.reference).argmax())]
+    best = mode_of(trainer.prompt, trainer.prompts.reference)
+    if best is None:
+        return None
     return world.PromptMeaning((best.shape,), (best.colour,), (None,))
 
 

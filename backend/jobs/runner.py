@@ -167,7 +167,8 @@ def reference_record(trainer: Trainer) -> dict[str, Any]:
         comps = meaning_of(trainer.prompt).components()
         order = torch.argsort(weights, descending=True)[:3].tolist()
         out["weights"] = {_component_text(comps[i]): round(float(weights[i]), 4) for i in order}
-        out["mode"] = _component_text(comps[order[0]])
+        mode = trainer.prior.reference_mode(trainer.prompt, trainer.prompts.reference)
+        out["mode"] = None if mode is None else _component_text(mode)
     return out
 
 

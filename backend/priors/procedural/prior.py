@@ -29,6 +29,7 @@ blend of the two noise predictions would not be the score of any mixture). The I
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +160,14 @@ class ProceduralPrior(DiffusionPrior):
         log_w = self.image_log_weights(text, BranchImage(prompt, zero=False))
         k = len(self.meaning(text).components())
         return torch.full((k,), 1.0 / k) if log_w is None else torch.softmax(log_w.double(), 0).float().cpu()
+
+    def reference_mode(self, text: str, prompt: ImagePrompt) -> Any:
+        """The component of the prompt's mixture the reference selects (largest weight), or None when the weights
+        are equal (ip_scale 0, or a reference equally far from every object): then it selects nothing."""
+        weights = self.reference_weights(text, prompt)
+        if float(weights.max() - weights.min()) <= 1e-6:
+            return None
+        return self.meaning(text).components()[int(weights.argmax())]
 
     def sample_reference(self, prompts: PromptSet, generator: torch.Generator) -> Float[Tensor, "3 R R"]:
         """A sample of the target's mixture seen from ``front_view``: one component drawn uniformly, plus the
