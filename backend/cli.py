@@ -58,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, type=Path, help="Output folder (mesh.glb, mesh.obj, preview.png, job.json).")
     gen.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     gen.add_argument("--resume", type=Path, default=None,
-                     help="Continue from a checkpoint.pt of an earlier run, to that run's end; with --steps N, N more steps. "
-                          "With --edit-prompt ATTRIBUTE, edit it toward the prompt instead (CSD's text editing), e.g. "
-                          "'a green cube' --edit-prompt red on a red cube's checkpoint.")
+                     help="Continue from a checkpoint.pt of an earlier run (generate or texture), to that run's end; with "
+                          "--steps N, N more steps. With --edit-prompt ATTRIBUTE, edit it toward the prompt instead "
+                          "(CSD's text editing), e.g. 'a green cube' --edit-prompt red on a red cube's checkpoint; a "
+                          "texture job's keeps its mesh and changes only its colour.")
     gen.add_argument("--image", type=Path, default=None, help=IMAGE_HELP)
     gen.add_argument("--quiet", action="store_true", help="No progress bar.")
     _add_setting_flags(gen, skip=set(IMAGE_ONLY))
@@ -143,7 +144,8 @@ IMAGE_HELP = ("Reference image, PNG or JPEG (an image-prompt method, --method is
               "read at most 4096 px a side and 2048 x 2048 pixels, transparency laid on mid grey. Without it, isd "
               "draws a reference from the prior (--reference-source sample).")
 # Settings of a generated scene's shape that a texture job (fixed geometry) never reads.
-NOT_TEXTURE = ("representation", "mesh_resolution", "decimate_faces", "checkpoint_every")
+NOT_TEXTURE = ("representation", "mesh_resolution", "decimate_faces", "texture_refine_steps",
+               "texture_refine_resolution")
 
 
 def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
@@ -389,11 +391,14 @@ def run_texture(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    # No checkpoint: a textured mesh cannot be rebuilt from one yet (runner.py), so none is written.
-    plan = JobPlan(args.prompt, settings, args.out, checkpoint=False, mesh=args.mesh)
+    # As generate: a checkpoint (which holds the mesh) when checkpoint_every asks, so `generate --resume` refines or
+    # edits the result by text.
+    checkpoint = settings["checkpoint_every"] > 0
+    plan = JobPlan(args.prompt, settings, args.out, checkpoint=checkpoint, mesh=args.mesh)
     run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
     trainer = run.prepare()
-    return _train_and_finish(run, trainer, args, f"{settings['method']} texture", None)
+    return _train_and_finish(run, trainer, args, f"{settings['method']} texture",
+                             args.out / "checkpoint.pt" if checkpoint else None)
 
 
 def run_batch(args: argparse.Namespace) -> int:

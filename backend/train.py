@@ -32,7 +32,7 @@ from backend.priors.base import DiffusionPrior, PromptSet
 from backend.reference import Reference, job_reference
 from backend.scene.cameras import CameraConfig, Views, eval_views, sample_orbit_views, view_suffix
 from backend.scene.nerf import init_radius
-from backend.scene.registry import representation_class
+from backend.scene.registry import checkpoint_class, representation_class
 from backend.scene.representation import RenderOutput, Representation
 from shared.settings import defaults, preset_values, refine_base
 
@@ -324,7 +324,7 @@ class Trainer:
         # A checkpoint written before a setting existed resumes with what a new run of its preset would get.
         preset = preset_values(saved.get("quality", "standard"), saved.get("representation", "nerf"))
         merged = {**defaults(), **preset, **saved, **(settings or {})}
-        scene = representation_class(state["representation"]).from_checkpoint(
+        scene = checkpoint_class(state["representation"]).from_checkpoint(
             state["scene_state"], state["scene_extra"], merged, prior.background).to(device)
         # The run's own reference image goes on with it (a refine to a method without one drops it).
         reference = None

@@ -355,6 +355,15 @@ _ALL: tuple[Setting, ...] = (
        "error median 10.7 -> 6.4 degrees and raised five of their voxel IoUs; the cube's fell 0.0025 "
        "(docs/METHODS.md, session 13). Off by default until the GPU standard preset is measured with it.",
        "output", 0, 100, advanced=True),
+    # --- texture refinement of a generated asset (CSD's second stage, after Magic3D) ---------------------------
+    _s("texture_refine_steps", int, 0,
+       "Steps of an optional stage after mesh extraction that trains only the extracted mesh's texture (geometry "
+       "fixed) at texture_refine_resolution, as CSD's second stage (after Magic3D) refines its mesh's appearance at "
+       "a higher resolution; 0: off. Off by default until the quality suite shows it helps (docs/METHODS.md, "
+       "session 15).", "texture_refine", 0, 100000, advanced=True),
+    _s("texture_refine_resolution", int, 64,
+       "Render side of the texture refinement's views. The procedural prior is loaded at this side for the stage; "
+       "Stable Diffusion takes its own 512 px input whatever the side.", "texture_refine", 16, 1024, advanced=True),
     # --- texturing a user's mesh (python -m backend texture) ------------------------------------------
     _s("texture_fit", bool, True,
        "Texturing a mesh: centre it and scale its longest side to 0.7 for the training cameras when it does not "

@@ -45,15 +45,12 @@ def _field(fn: Any) -> Any:
     return call
 
 
-def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FORMATS,
-                  stem: str = "mesh", mesh_resolution: int | None = None,
-                  texture_size: int | None = None) -> dict[str, Any]:
-    """Extract, bake and write the trainer's current scene; returns figures, file paths and, when a GLB was
-    written, ``export["arrays"]``: its mesh as wire arrays."""
+def extract_scene(trainer: Trainer, mesh_resolution: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The trainer's current scene as a cleaned, smoothed, decimated mesh and the extraction's figures (with
+    ``seconds`` per stage)."""
     s = trainer.settings
     scene = trainer.scene
     scene.eval()
-    t0 = time.perf_counter()
     clock = StageClock(trainer.device)
     views = eval_views(LEVEL_VIEWS).to(trainer.device)
     opacity = trainer.render_eval(LEVEL_VIEWS, LEVEL_RESOLUTION, "albedo").opacity
@@ -68,9 +65,20 @@ def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FO
         target_faces=s["decimate_faces"] or None, device=trainer.device, smooth_iterations=s["mesh_smooth_iterations"],
         grid=grid, clock=clock,
     )
+    return mesh, extract_figures
+
+
+def export_result(trainer: Trainer, out_dir: Path, formats: tuple[str, ...] = FORMATS,
+                  stem: str = "mesh", mesh_resolution: int | None = None,
+                  texture_size: int | None = None) -> dict[str, Any]:
+    """Extract, bake and write the trainer's current scene; returns figures, file paths and, when a GLB was
+    written, ``export["arrays"]``: its mesh as wire arrays."""
+    t0 = time.perf_counter()
+    mesh, extract_figures = extract_scene(trainer, mesh_resolution)
     t1 = time.perf_counter()
-    export_figures = export_mesh(out_dir, mesh, _field(scene.surface_albedo),
-                                 texture_size=texture_size or s["texture_size"], formats=formats, stem=stem,
+    export_figures = export_mesh(out_dir, mesh, _field(trainer.scene.surface_albedo),
+                                 texture_size=texture_size or trainer.settings["texture_size"], formats=formats,
+                                 stem=stem,
                                  device=trainer.device, wire_arrays=True)
     t2 = time.perf_counter()
     return {"mesh": mesh, "extract": extract_figures, "export": export_figures,
@@ -141,7 +149,8 @@ class Finished:
 
 
 # (trainer, folder) -> export_result's dict: what a job's end writes (a generated scene: extract, bake and write;
-# a textured mesh: bake into the user's mesh, backend/jobs/texture.py)
+# a textured mesh: bake into the user's mesh, backend/jobs/texture.py; a generated scene with its texture refined:
+# backend/jobs/texture_refine.py, whose dict also holds the stage's ``trainer`` and a ``record`` entry)
 Exporter = Callable[[Trainer, Path], dict[str, Any]]
 # (prompt, trainer, the exporter's dict) -> the procedural prior's figures for the record
 Figures = Callable[[str, Trainer, dict[str, Any]], dict[str, Any]]
@@ -167,10 +176,12 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
     shutil.rmtree(staging, ignore_errors=True)
     t0 = time.perf_counter()
     result = export(trainer, staging)
+    # The scene the files show: a texture refinement's own (its textured mesh), else the trained one.
+    shown: Trainer = result.get("trainer", trainer)
     t1 = time.perf_counter()
     # Twice the training resolution, at most 128 px: a draft run on a CPU trained at 32 px gets a 64 px strip
     # (a NeRF's 8 views at 128 px cost 96 s on one CPU thread, more than a third of its training).
-    save_png(trainer.preview(8, min(128, 2 * trainer.settings["render_res_end"])), staging / "preview.png")
+    save_png(shown.preview(8, min(128, 2 * trainer.settings["render_res_end"])), staging / "preview.png")
     t2 = time.perf_counter()
     files = publish_folder(staging, out_dir)
     if checkpoint:
@@ -188,15 +199,16 @@ def finish_job(trainer: Trainer, out_dir: Path, record: Mapping[str, Any] | None
         "all_files": sorted(files),
         "export": {k: v for k, v in export.items() if k != "files"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        **result.get("record", {}),  # what an exporter adds to the record (a texture refinement's account)
     }
     out["seconds"] = {**dict(out.get("seconds") or {}), **result["seconds"], "preview": t2 - t1,
                       "finish": t2 - t0, "train_phases": dict(trainer.timings)}
     if device.type == "cuda":
         out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     if trainer.prior.name == "procedural":
-        out["figures"] = figures(trainer.prompt, trainer, result)
+        out["figures"] = figures(trainer.prompt, shown, result)
     records.write_record(out_dir, out)
     return Finished(out, arrays)
 
 
-__all__ = ["Finished", "export_result", "finish_job", "procedural_figures"]
+__all__ = ["Finished", "export_result", "extract_scene", "finish_job", "procedural_figures"]

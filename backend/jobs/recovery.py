@@ -74,7 +74,7 @@ def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
             out.lost.append(job_id)
             continue
         spec.recovered += 1
-        # A texture job runs again from its start: its scene needs its mesh, which a checkpoint does not hold.
+        # A texture job runs again from its start, from the mesh its spec names (its checkpoint is not resumed).
         if checkpoint.is_file() and spec.input_mesh is None:
             spec.resume_checkpoint = str(checkpoint.resolve())
         remove_leftovers(folder)  # a killed export's staging folder and temporary files

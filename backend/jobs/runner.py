@@ -9,7 +9,11 @@ A trainer comes from one of three places (``JobPlan``): a fresh run; a checkpoin
 prompt and settings for ``more_steps`` (a refine, ``generate --resume``; an edit when the settings name
 ``edit_prompt``, which a fresh job may not); or this job's own checkpoint, continued
 exactly as it was (a job a restarted server resumes: from a periodic checkpoint when it was training, or from the
-one saved at the end of training when it was exporting, so only the export runs again).
+one saved at the end of training when it was exporting, so only the export runs again). A texture job's checkpoint
+holds its mesh, so it is refined or edited by text like any other (its export bakes into that mesh).
+
+A generated job's end runs the optional texture refinement (``texture_refine_steps``; backend/jobs/texture_refine.py)
+between extraction and the files, streaming to the sinks training had.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class JobRun:
         self.started: str | None = None
         self.resumed_at: int | None = None  # the step this job's own checkpoint held (a restarted server's resume)
         self.source_mesh: InputMesh | None = None  # a texture job's mesh, as read
+        self.events: TrainEvents | None = None  # training's sinks, which a texture refinement streams to as well
 
     def prepare(self) -> Trainer:
         plan, s = self.plan, self.plan.settings
@@ -94,10 +99,10 @@ class JobRun:
             from backend.jobs.texture import texture_scene
 
             if plan.resume is not None or plan.source is not None:
-                # A checkpoint rebuilds its scene from the settings (registry.py); a textured mesh needs its mesh.
-                raise ValueError("a texture job cannot continue from a checkpoint yet")
+                # A texture job's checkpoint holds its mesh, so a refine or an edit names the checkpoint alone.
+                raise ValueError("a run from a checkpoint takes its mesh from the checkpoint; give no mesh file")
             assert self.source_mesh is not None
-            scene = texture_scene(self.source_mesh, s, prior, self.device)
+            scene = texture_scene(self.source_mesh, s, prior, self.device, plan.mesh.name)
             trainer = Trainer(prior, plan.prompt, s, representation=scene, device=self.device,
                               cadence_overrides=cadence, reference=reference)
         elif plan.resume is not None:
@@ -120,6 +125,7 @@ class JobRun:
     def train(self, events: TrainEvents | None = None) -> bool:
         """Train to the end; False when ``events.should_stop`` stopped it first."""
         assert self.trainer is not None, "prepare() first"
+        self.events = events
         t0 = time.perf_counter()
         completed = self.trainer.run(events)
         self.train_seconds += time.perf_counter() - t0
@@ -130,6 +136,7 @@ class JobRun:
         figures and is written last."""
         from backend.jobs.finish import finish_job
         from backend.jobs.texture import texture_export, texture_figures
+        from backend.scene.textured_mesh import TexturedMesh
 
         trainer = self.trainer
         assert trainer is not None, "prepare() first"
@@ -145,12 +152,22 @@ class JobRun:
             known["resumed_at_step"] = self.resumed_at  # == steps_done: only the export ran again
         if trainer.reference is not None:
             known["reference"] = reference_record(trainer)
-        if self.source_mesh is not None:
-            source, name = self.source_mesh, Path(self.plan.mesh or "").name
-            known = {"command": "texture", "mesh_source": name, **known}
+        if isinstance(trainer.scene, TexturedMesh):  # a texture job, or one continued from its checkpoint
+            known = {"command": "texture", "mesh_source": trainer.scene.name, **known}
             return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint,
-                              export=lambda t, folder: texture_export(t, folder, source, name),
-                              figures=texture_figures)
+                              export=texture_export, figures=texture_figures)
+        if trainer.settings["texture_refine_steps"] > 0:
+            from backend.jobs.texture_refine import refined_export
+
+            s = trainer.settings
+            # The job's model at the stage's side: the procedural prior renders its world at that side (a small
+            # prior of its own); Stable Diffusion is the one already loaded.
+            t0 = time.perf_counter()
+            prior = self._load(s["model"], s["texture_refine_resolution"])
+            known["seconds"]["load_refine_prior"] = time.perf_counter() - t0
+            return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint,
+                              export=lambda t, folder: refined_export(t, folder, prior, self.events,
+                                                                      self.plan.cadence))
         return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint)
 
 

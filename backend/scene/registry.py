@@ -25,4 +25,16 @@ def representation_class(name: str) -> type[Representation]:
         raise ValueError(f"unknown representation '{name}'; allowed: {', '.join(REPRESENTATIONS)}") from None
 
 
-__all__ = ["REPRESENTATIONS", "representation_class"]
+def checkpoint_class(name: str) -> type[Representation]:
+    """The class a checkpoint's ``representation`` names: one of ``REPRESENTATIONS`` or a textured mesh (a texture
+    job's, which the ``representation`` setting does not offer: it is built from a mesh, and its checkpoint holds
+    that mesh)."""
+    if name == "textured_mesh":
+        # Imported here: it pulls in the export's mesh module, which a generated job's start does not need.
+        from backend.scene.textured_mesh import TexturedMesh
+
+        return TexturedMesh
+    return representation_class(name)
+
+
+__all__ = ["REPRESENTATIONS", "checkpoint_class", "representation_class"]

@@ -13,7 +13,11 @@ the bake then samples the field at each texel's surface point (``export/texture.
 Why a Representation outside ``REPRESENTATIONS``: the training loop (``Trainer``) takes any representation
 instance, so a texture job reuses it whole (cameras, camera bank, methods, cadence, previews); but this one cannot
 be built from settings alone (it needs the user's mesh), so it is not a choice of the ``representation`` setting
-that ``generate``, the wire and the panel offer.
+that ``generate``, the wire and the panel offer. A checkpoint keeps the mesh (``extra_state``), so a texture job
+resumes, refines and is edited by text from its checkpoint alone (``registry.checkpoint_class``).
+
+The same scene serves a generated asset's texture refinement (``backend/jobs/texture_refine.py``): the extracted
+mesh, in the cameras' frame already, with the UVs its bake will use.
 """
 
 from __future__ import annotations
@@ -92,19 +96,35 @@ class TexturedMesh(Representation):
         raise ValueError("a textured mesh is built from a mesh (TexturedMesh.from_mesh), not from settings alone")
 
     @classmethod
-    def from_mesh(cls, mesh: Mesh, settings: Mapping[str, Any],
-                  background: tuple[float, float, float] | None) -> TexturedMesh:
+    def from_mesh(cls, mesh: Mesh, settings: Mapping[str, Any], background: tuple[float, float, float] | None,
+                  uvs: np.ndarray | None = None, name: str = "") -> TexturedMesh:
         """The scene of ``mesh`` (its own coordinates; fitted for the cameras when ``texture_fit``), with a colour
-        field sized like the NeRF's hash grid (``nerf_grid_levels``, ``nerf_grid_log2_table``)."""
+        field sized like the NeRF's hash grid (``nerf_grid_levels``, ``nerf_grid_log2_table``). ``uvs`` (per
+        vertex) and ``name`` travel with it for the export and the record."""
         fit = Fit.for_vertices(mesh.vertices) if settings["texture_fit"] else Fit((0.0, 0.0, 0.0), 1.0)
-        return cls(mesh, fit, settings["nerf_grid_levels"], settings["nerf_grid_log2_table"], background)
+        return cls(mesh, fit, settings["nerf_grid_levels"], settings["nerf_grid_log2_table"], background, uvs, name)
+
+    @classmethod
+    def from_checkpoint(cls, state_dict: dict[str, Tensor], extra: dict[str, Any], settings: Mapping[str, Any],
+                        background: tuple[float, float, float] | None) -> TexturedMesh:
+        """The scene a checkpoint saved: its mesh, UVs, fit and grid from ``extra``, its colour from the weights."""
+        uvs = extra["uvs"]
+        scene = cls(Mesh(extra["vertices"].cpu().numpy(), extra["faces"].cpu().numpy()),
+                    Fit(tuple(float(c) for c in extra["fit_centre"]), float(extra["fit_scale"])),
+                    int(extra["grid_levels"]), int(extra["grid_log2_table"]), background,
+                    None if uvs is None else uvs.cpu().numpy(), str(extra["name"]))
+        scene.load_state_dict(state_dict)
+        return scene
 
     def __init__(self, mesh: Mesh, fit: Fit, grid_levels: int = 16, grid_log2_table: int = 19,
-                 background: tuple[float, float, float] | None = None) -> None:
+                 background: tuple[float, float, float] | None = None, uvs: np.ndarray | None = None,
+                 name: str = "") -> None:
         super().__init__()
         if mesh.n_faces == 0:
             raise ValueError("cannot texture a mesh with no faces")
+        self.mesh, self.uvs, self.name = mesh, uvs, name  # as given: what the export writes and the record names
         self.fit = fit
+        self._grid = (grid_levels, grid_log2_table)
         vertices = fit.apply(torch.as_tensor(mesh.vertices, dtype=torch.float32))
         self.register_buffer("vertices", vertices, persistent=False)
         self.register_buffer("faces", torch.as_tensor(mesh.faces, dtype=torch.long), persistent=False)
@@ -176,6 +196,15 @@ class TexturedMesh(Representation):
     def optimiser_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": list(self.field.encoding.parameters()), "lr": lr, "weight_decay": 0.0},
                 {"params": list(self.field.mlp.parameters()), "lr": lr * 0.1}]
+
+    def extra_state(self) -> dict[str, Any]:
+        """The mesh as given (own coordinates), its UVs, the fit and the grid's size: a checkpoint alone rebuilds
+        the scene (plain tensors and numbers, for ``weights_only`` loading)."""
+        return {"vertices": torch.from_numpy(self.mesh.vertices.copy()),
+                "faces": torch.from_numpy(self.mesh.faces.astype(np.int64)),
+                "uvs": None if self.uvs is None else torch.from_numpy(np.asarray(self.uvs, np.float32).copy()),
+                "fit_centre": list(self.fit.centre), "fit_scale": self.fit.scale, "name": self.name,
+                "grid_levels": self._grid[0], "grid_log2_table": self._grid[1]}
 
 
 __all__ = ["ColourField", "Fit", "TexturedMesh"]
