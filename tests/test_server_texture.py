@@ -70,7 +70,8 @@ def test_a_mesh_with_uvs_comes_back_textured_with_its_own_vertices_faces_and_uvs
     rid = c.send_fetch(job)
     result = wait_for(c, lambda m: m.get("id") == rid, 30)
     assert result.type == "result" and np.array_equal(result.arrays["faces"], f)
-    # A texture job cannot be refined (its checkpoint holds no mesh): refused in words.
+    # The server does not refine a texture job yet (its checkpoint holds its mesh, but the wire's refine is not wired
+    # for it; the CLI's generate --resume is): refused in words.
     rid = c.send_refine(job, prompt="a red cube")
     refused = wait_for(c, lambda m: m.get("id") == rid, 10)
     assert refused.type == "error" and refused["code"] == "bad_state" and "texture job" in refused["message"]

@@ -502,7 +502,7 @@ class Server:
         if live is not None and self.queue.is_queued(live.id):
             raise P.ProtocolError("bad_state", f"job {source_id} has not started; cancel it and submit again", rid)
         if (live.spec.input_mesh if live is not None else (record or {}).get("input_mesh")) is not None:
-            # The runner rebuilds a checkpoint's scene from settings alone; a textured mesh needs its mesh too.
+            # The runner could continue its checkpoint (it holds the mesh); the wire's refine of one is not tested yet.
             raise P.ProtocolError("bad_state", f"job {source_id} is a texture job, which cannot be refined yet; "
                                                "submit a new texture job instead", rid)
         checkpoint = self.store.job_dir(source_id) / "checkpoint.pt"
