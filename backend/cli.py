@@ -221,7 +221,9 @@ def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
 
     settings, device = _settings(args)
     t0 = time.perf_counter()
-    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
+    from backend.jobs.runner import job_adapter
+
+    prior = load_prior(settings["model"], device, settings["procedural_resolution"], job_adapter(settings))
     return settings, device, prior, time.perf_counter() - t0
 
 
@@ -342,7 +344,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise SettingsError("an edit (--edit-prompt) continues a run for --steps N more steps; give --steps")
         # --steps with --resume: that many more steps; without it, on to the run's end
         plan.source, plan.more_steps, plan.overrides = args.resume, given.pop("steps", None), given or None
-    run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
+    run = JobRun(plan, device, lambda model, resolution, adapter: load_prior(model, device, resolution, adapter))
     trainer = run.prepare()
     plan.checkpoint = trainer.settings["checkpoint_every"] > 0
     checkpoint = args.out / "checkpoint.pt" if plan.checkpoint else None
@@ -391,7 +393,7 @@ def run_texture(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # No checkpoint: a textured mesh cannot be rebuilt from one yet (runner.py), so none is written.
     plan = JobPlan(args.prompt, settings, args.out, checkpoint=False, mesh=args.mesh)
-    run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
+    run = JobRun(plan, device, lambda model, resolution, adapter: load_prior(model, device, resolution, adapter))
     trainer = run.prepare()
     return _train_and_finish(run, trainer, args, f"{settings['method']} texture", None)
 
