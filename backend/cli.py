@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=None, help="JSON file to write (also printed line by line).")
     bench.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
     bench.add_argument("--priors", default="procedural,sd21-random",
-                       help="Comma list of procedural, sd21-random (random weights of SD 2.1-base) [both].")
+                       help="Comma list of procedural, sd21-random (random weights of SD 2.1-base), sd15-ip-random "
+                            "(random SD 1.5 + its IP-Adapter and ViT-H image encoder: ISD's cost) [the first two].")
     bench.add_argument("--methods", default="tbsd", help="Comma list of methods [tbsd].")
     bench.add_argument("--representations", default="gaussians,nerf")
     bench.add_argument("--acceleration", default="all",
