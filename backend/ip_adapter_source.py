@@ -102,5 +102,13 @@ def check_adapter(spec: str, cache: Path | None = None) -> None:
                              f"'{inside}{ENCODER_FOLDER}/*'` on a machine with internet")
 
 
-__all__ = ["ALLOWED", "AdapterMissing", "AdapterSource", "ENCODER_FOLDER", "WEIGHT_NAME", "check_adapter",
-           "missing_local_files", "resolve_adapter"]
+__all__ = [
+    "ALLOWED",
+    "ENCODER_FOLDER",
+    "WEIGHT_NAME",
+    "AdapterMissing",
+    "AdapterSource",
+    "check_adapter",
+    "missing_local_files",
+    "resolve_adapter",
+]

@@ -207,7 +207,7 @@ _ALL: tuple[Setting, ...] = (
     # --- image prompt (ISD's reference image) ------------------------------------------------------
     _s("reference_source", str, "sample",
        "ISD's reference image: 'sample' draws one from the prior for the prompt (ModeDreamer's default; the "
-       "procedural prior: one object of the prompt's mixture, by the seed), 'image' uses the image the job was "
+       "procedural prior: one object of the prompt's mixture, by the seed; Stable Diffusion: its DDIM sample, 50 steps at CFG 7.5), 'image' uses the image the job was "
        "given (--image PATH, or the submit's reference array). Giving an image selects 'image'.",
        "image_prompt", choices=REFERENCE_SOURCES, methods=("isd",)),
     _s("ip_adapter", str, "",

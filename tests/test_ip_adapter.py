@@ -161,8 +161,12 @@ def test_the_adapter_read_back_from_a_unet_is_the_file_it_came_from(sd_folder, a
             assert torch.equal(back[head][k], state[head][k]), (head, k)
 
 
-def test_isd_runs_end_to_end_through_the_image_command(sd_folder, adapter_folder, tmp_path, capsys):
+def test_isd_runs_end_to_end_through_the_image_command(sd_folder, adapter_folder, tmp_path, capsys, monkeypatch):
     import json
+
+    from backend.priors import sampling
+
+    monkeypatch.setattr(sampling, "REFERENCE_STEPS", 3)  # the drawn reference's DDIM steps: 50 cost seconds here
 
     from backend.cli import main
 
@@ -176,6 +180,25 @@ def test_isd_runs_end_to_end_through_the_image_command(sd_folder, adapter_folder
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["settings"]["ip_adapter"] == str(adapter_folder) and record["reference"]["given"] == "ref.png"
     assert Image.open(out).size == (16, 16)
+    # Without an image the reference is the model's own DDIM sample of the prompt (ModeDreamer's default), by the seed
+    drawn = tmp_path / "drawn.png"
+    code = main(["image", PROMPT, "--method", "isd", "--model", str(sd_folder), "--ip-adapter", str(adapter_folder),
+                 "--steps", "2", "--out", str(drawn), "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert json.loads(drawn.with_suffix(".json").read_text())["reference"]["source"] == "sample"
+
+
+def test_a_drawn_reference_is_a_seeded_ddim_sample_of_the_plain_prior(prior, sd_folder):
+    from backend.priors.sampling import ddim_sample
+
+    def draw(p: StableDiffusionPrior, seed: int) -> torch.Tensor:
+        return ddim_sample(p, PromptSet(PROMPT), torch.Generator().manual_seed(seed), steps=4)
+
+    a, b, c = draw(prior, 4), draw(prior, 4), draw(prior, 5)
+    assert a.shape == (3, prior.image_size, prior.image_size) and 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = StableDiffusionPrior.from_pretrained(str(sd_folder))  # the adapter plays no part in drawing it
+    torch.testing.assert_close(draw(plain, 4), a, rtol=1e-4, atol=1e-5)
 
 
 def test_isd_on_stable_diffusion_without_an_adapter_is_refused_at_admission_and_at_the_start(sd_folder):

@@ -100,7 +100,7 @@ def read_adapter_file(file: Path) -> AdapterState:
     state: AdapterState = {"image_proj": {}, "ip_adapter": {}}
     try:
         with safe_open(str(file), framework="pt", device="cpu") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 head, _, rest = key.partition(".")
                 if head in state:
                     state[head][rest] = f.get_tensor(key)
@@ -229,7 +229,7 @@ def install_adapter(unet: "UNet2DConditionModel", state: AdapterState, name: str
     if expected - given:
         raise PriorError(f"{name} was made for another UNet: it has {len(given) // 2} cross-attention layers' "
                          f"weights, this UNet has {len(expected) // 2} (missing e.g. ip_adapter."
-                         f"{sorted(expected - given)[0]})")
+                         f"{min(expected - given)})")
     cross = int(unet.config.cross_attention_dim)
     proj = state["image_proj"]["proj.weight"]
     if proj.shape[0] != NUM_TOKENS * cross:
@@ -333,7 +333,25 @@ def save_adapter(folder: Path, state: AdapterState, encoder: "CLIPVisionModelWit
     return folder
 
 
-__all__ = ["ALLOWED", "AdapterSource", "AdapterState", "ENCODER_FOLDER", "WEIGHT_NAME", "adapter_parameters",
-           "adapter_state", "build_image_encoder", "clip_pixels", "cross_attention_layers", "has_adapter",
-           "image_embeddings", "initial_adapter_state", "install_adapter", "ip_processors", "load_adapter",
-           "read_adapter_file", "resolve", "save_adapter", "write_adapter_file"]
+__all__ = [
+    "ALLOWED",
+    "ENCODER_FOLDER",
+    "WEIGHT_NAME",
+    "AdapterSource",
+    "AdapterState",
+    "adapter_parameters",
+    "adapter_state",
+    "build_image_encoder",
+    "clip_pixels",
+    "cross_attention_layers",
+    "has_adapter",
+    "image_embeddings",
+    "initial_adapter_state",
+    "install_adapter",
+    "ip_processors",
+    "load_adapter",
+    "read_adapter_file",
+    "resolve",
+    "save_adapter",
+    "write_adapter_file",
+]

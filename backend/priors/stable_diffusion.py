@@ -274,6 +274,13 @@ class StableDiffusionPrior(DiffusionPrior):
         latents = self._encode_call(x)
         return ((latents - self.shift_factor) * self.scaling_factor).float()
 
+    def sample_reference(self, prompts: PromptSet, generator: torch.Generator) -> Float[Tensor, "3 H W"]:
+        """ModeDreamer's default reference: the model's own image of the prompt (DDIM 50 steps, CFG 7.5,
+        backend/priors/sampling.py), seeded by ``generator``."""
+        from backend.priors import sampling
+
+        return sampling.ddim_sample(self, prompts, generator, steps=sampling.REFERENCE_STEPS)
+
     def _encode_eager(self, x: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
         return self.vae.encode(x).latent_dist.mean
 
