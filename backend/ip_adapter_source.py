@@ -52,11 +52,15 @@ def resolve_adapter(spec: str) -> AdapterSource:
     """Where ``spec`` points; AdapterMissing for a local path that is not there or a pickled weight file."""
     resolved = resolve_adapter_name(spec)
     path = Path(resolved).expanduser()
+    if resolved != spec and not path.is_dir():
+        raise AdapterMissing(f"IP-Adapter '{spec}' ships with the product in {path}, which is missing: restore it with "
+                             f"`git checkout -- models/{path.name}`, or train it with `python -m backend.worldsd.train_ip "
+                             f"--out DIR` (on a GPU: bench/world_sd_ip_device.sh) and copy DIR/{path.name} there")
     if path.is_file():
         source = AdapterSource(spec, str(path.parent), "", path.name, True)
     elif path.is_dir():
         source = AdapterSource(spec, str(path), "", WEIGHT_NAME, True)
-    elif resolved != spec or resolved.startswith((".", "/", "~")) or "\\" in resolved or resolved.count("/") == 0:
+    elif resolved.startswith((".", "/", "~")) or "\\" in resolved or resolved.count("/") == 0:
         raise AdapterMissing(f"IP-Adapter '{spec}' not found: there is no file or folder {path.resolve()}. "
                              f"ip_adapter may be {ALLOWED}")
     else:

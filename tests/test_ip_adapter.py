@@ -261,8 +261,13 @@ def test_missing_or_wrong_files_name_the_file_and_what_is_allowed(sd_folder, ada
         install_adapter(unet, other)
 
 
-def test_hub_ids_resolve_to_a_repository_a_subfolder_and_a_file():
+def test_hub_ids_resolve_to_a_repository_a_subfolder_and_a_file(tmp_path, monkeypatch):
+    from backend import shipped_models
     from backend.ip_adapter_source import resolve_adapter
+
+    monkeypatch.setitem(shipped_models.SHIPPED_ADAPTERS, "world-sd-ip", (tmp_path / "world-sd-ip", "label"))
+    with pytest.raises(AdapterMissing, match="ships with the product.*backend.worldsd.train_ip"):
+        resolve_adapter("world-sd-ip")
 
     s = resolve_adapter("h94/IP-Adapter/models/ip-adapter_sd15.safetensors")
     assert (s.root, s.subfolder, s.weight_name, s.local) == ("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors",
