@@ -135,9 +135,9 @@ def test_the_reference_is_encoded_once_per_reference(prior):
     handle = prior.image_encoder.register_forward_hook(lambda *a: calls.append(1))
     try:
         x, t = _inputs(prior)
-        prompts = _prompts(_reference(seed=5))
-        for _ in range(3):
-            prior.predict_noise(x, t, prompts, ["image_target", "target"])
+        reference = _reference(seed=5)
+        for _ in range(3):  # as the 3D trainer does: a new PromptSet per view-prompt group and step, one tensor
+            prior.predict_noise(x, t, _prompts(reference), ["image_target", "target"])
         prior.predict_noise(x, t, _prompts(_reference(seed=6)), ["image_target"])
     finally:
         handle.remove()

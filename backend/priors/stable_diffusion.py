@@ -144,8 +144,10 @@ class StableDiffusionPrior(DiffusionPrior):
         # Prompt string -> [L, D] embedding in the model dtype. A job uses a handful of prompts for
         # thousands of steps, so each is encoded once.
         self._text_cache: dict[str, Tensor] = {}
-        # The job's reference and its image embedding [D] (model dtype): encoded once per reference.
-        self._image_cache: tuple[ImagePrompt, Tensor] | None = None
+        # The job's reference image and its embedding [D] (model dtype): encoded once per reference.
+        self._image_cache: tuple[Tensor, Tensor] | None = None
+        # The last call's per-branch image rows and gates (_image_rows), with the prompts they were made from.
+        self._rows_cache: tuple[tuple, tuple, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -347,22 +349,32 @@ class StableDiffusionPrior(DiffusionPrior):
         """Each branch's image embedding (zeros for a text branch and for ``image_null``, IP-Adapter's unconditional
         image input) and IP scale (0 for a text branch)."""
         assert self.image_encoder is not None
+        # A job asks for the same branches every step: building the gates anew would copy them to the device
+        # (a host sync on CUDA) each step, so the last answer is kept, keyed by what each branch shows.
+        # Keyed by the image tensor, not the ImagePrompt: the 3D trainer wraps the job's one reference tensor in a
+        # new ImagePrompt per view-prompt group and step.
+        key = tuple(None if b is None else (id(b.prompt.image), b.zero, float(b.prompt.scale)) for b in images)
+        held = tuple(b.prompt.image for b in images if b is not None)  # kept alive, so their ids stay theirs
+        if self._rows_cache is not None and self._rows_cache[0] == key:
+            return self._rows_cache[2], self._rows_cache[3]
         width = int(self.image_encoder.config.projection_dim)
         zero = torch.zeros(width, device=self.device, dtype=self.dtype)
         rows, gates = [], []
         for branch in images:
             rows.append(zero if branch is None or branch.zero else self._reference_embedding(branch.prompt))
             gates.append(0.0 if branch is None else float(branch.prompt.scale))
-        return torch.stack(rows), torch.tensor(gates, device=self.device, dtype=self.dtype)
+        out = torch.stack(rows), torch.tensor(gates, device=self.device, dtype=self.dtype)
+        self._rows_cache = (key, held, *out)
+        return out
 
     def _reference_embedding(self, prompt: ImagePrompt) -> Float[Tensor, "D"]:
-        """The reference's CLIP image embedding, encoded once per reference (a job keeps one ImagePrompt)."""
+        """The reference's CLIP image embedding, encoded once per reference image (a job keeps one tensor)."""
         from backend.priors.ip_adapter import image_embeddings
 
-        if self._image_cache is None or self._image_cache[0] is not prompt:
+        if self._image_cache is None or self._image_cache[0] is not prompt.image:
             with torch.no_grad():
                 embeds = image_embeddings(self.image_encoder, prompt.image.unsqueeze(0))[0]
-            self._image_cache = (prompt, embeds.to(self.dtype))
+            self._image_cache = (prompt.image, embeds.to(self.dtype))
         return self._image_cache[1]
 
     def _text_embeddings(self, texts: Sequence[str]) -> Float[Tensor, "N L D"]:
