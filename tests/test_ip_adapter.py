@@ -220,7 +220,7 @@ def test_isd_on_stable_diffusion_without_an_adapter_is_refused_at_admission_and_
         plain.predict_noise(*_inputs(plain), _prompts(_reference()), ["image_target"])
 
 
-def test_missing_or_wrong_files_name_the_file_and_what_is_allowed(sd_folder, adapter_folder, tmp_path):
+def test_missing_or_wrong_files_name_the_file_and_what_is_allowed(sd_folder, adapter_folder, tmp_path, monkeypatch):
     import shutil
 
     def load(spec: str) -> None:
@@ -251,6 +251,11 @@ def test_missing_or_wrong_files_name_the_file_and_what_is_allowed(sd_folder, ada
     with pytest.raises(PriorError, match="holds no IP-Adapter"):
         load(str(not_an_adapter))
     check_adapter(str(adapter_folder))  # a complete one passes
+    with monkeypatch.context() as m:  # a hub adapter offline and not cached: nothing is downloaded, and it says so
+        m.setenv("HF_HUB_OFFLINE", "1")
+        m.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+        with pytest.raises(PriorError, match="HF_HUB_OFFLINE is set.*huggingface-cli download h94/IP-Adapter"):
+            load("h94/IP-Adapter/models/ip-adapter_sd15.safetensors")
     # Weights made for another UNet (another width of cross-attention) say so instead of a KeyError.
     from diffusers import UNet2DConditionModel
 
