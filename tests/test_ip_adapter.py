@@ -295,3 +295,21 @@ def test_the_image_branch_reads_the_reference_not_the_batch_row(prior):
         one = prior.predict_noise(x[i:i + 1], t[i:i + 1], prompts, ["image_target"])
         torch.testing.assert_close(both["image_target"][i:i + 1], one["image_target"], rtol=1e-4, atol=1e-5)
     assert BranchImage(prompts.reference, zero=True).zero
+
+
+def test_a_3d_isd_job_loads_the_adapter_through_the_job_runner(sd_folder, adapter_folder, tmp_path, capsys):
+    """`generate --method isd` on Stable Diffusion: the runner hands ip_adapter to the loader (job_adapter), view
+    prompts wrap the one reference in new ImagePrompts per step, and the job finishes with its reference saved."""
+    import json
+
+    from backend.cli import main
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray((_reference(16).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(ref)
+    out = tmp_path / "job"
+    code = main(["generate", PROMPT, "--method", "isd", "--image", str(ref), "--model", str(sd_folder),
+                 "--ip-adapter", str(adapter_folder), "--representation", "gaussians", "--quality", "draft",
+                 "--steps", "2", "--out", str(out), "--device", "cpu", "--quiet"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    record = json.loads((out / "job.json").read_text())
+    assert record["settings"]["ip_adapter"] == str(adapter_folder) and record["reference"]["source"] == "image"
