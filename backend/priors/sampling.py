@@ -22,9 +22,13 @@ REFERENCE_GUIDANCE = 7.5  # ModeDreamer's CFG on both of ISD's priors
 
 
 def ddim_sample(prior: "DiffusionPrior", prompts: "PromptSet", generator: torch.Generator,
-                steps: int = REFERENCE_STEPS, guidance: float = REFERENCE_GUIDANCE) -> Float[Tensor, "3 H W"]:
+                steps: int = REFERENCE_STEPS, guidance: float = REFERENCE_GUIDANCE,
+                branches: tuple[str, str] = ("target", "null")) -> Float[Tensor, "3 H W"]:
     """One image in [0, 1] (on the CPU) of ``prompts.target``: deterministic DDIM (eta 0) over the prior's own
-    training schedule, SD's 'leading' timesteps with offset 1, x_T drawn from ``generator`` (a CPU generator)."""
+    training schedule, SD's 'leading' timesteps with offset 1, x_T drawn from ``generator`` (a CPU generator).
+
+    ``branches`` are the conditional and unconditional branches guidance runs between: ("image_target",
+    "image_null") samples the IP prior with the job's reference, as IP-Adapter pipelines do."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler(num_train_timesteps=prior.num_train_timesteps, clip_sample=False,
@@ -35,8 +39,9 @@ def ddim_sample(prior: "DiffusionPrior", prompts: "PromptSet", generator: torch.
     scheduler.set_timesteps(steps)
     x = torch.randn(1, *prior.sample_shape, generator=generator)
     for t in scheduler.timesteps:
-        eps = prior.predict_noise(x.to(prior.device), t.view(1).to(prior.device), prompts, ("target", "null"))
-        guided = eps["null"] + guidance * (eps["target"] - eps["null"])
+        cond, uncond = branches
+        eps = prior.predict_noise(x.to(prior.device), t.view(1).to(prior.device), prompts, branches)
+        guided = eps[uncond] + guidance * (eps[cond] - eps[uncond])
         x = scheduler.step(guided.float().cpu(), int(t), x).prev_sample
     with torch.no_grad():
         return prior.decode(x.to(prior.device))[0].float().cpu()
