@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # world-SD's IP-Adapter on the lent GPU machine (backend/worldsd/train_ip.py), and ISD's ms per step on random SD 1.5 +
 # IP-Adapter weights (backend/benchmark.py, prior sd15-ip-random). Modelled on bench/world_sd_device.sh, but each mode
-# fits one device call (10 min): the training stops itself by the clock (--stop-after-minutes, default 7) and packs.
+# fits one device call (10 min): the training stops itself by the clock (--stop-after-minutes 6.5; with the wheels'
+# install, loading and packing about 8 minutes) and packs what it made.
 # Carry the wheels: run(carry=[".whl"]) from a checkout holding .whl/ (diffusers and the rest, installed --no-deps).
 #   train:  bash bench/world_sd_ip_device.sh train ['TRAIN ARGS']   -> $OUT/world-sd-ip.tar.part-* and train.log
 #           (join with `cat world-sd-ip.tar.part-* | tar x`: world-sd-ip/ and status.json; copy world-sd-ip/ to models/)
@@ -17,7 +18,7 @@ export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
 if [ "$mode" = train ]; then
   mkdir -p $run
   # eval: ARGS is one quoted string of flags, as world_sd_device.sh takes them
-  eval python3 -m backend.worldsd.train_ip --out $run/train --device cuda --stop-after-minutes 7 \
+  eval python3 -m backend.worldsd.train_ip --out $run/train --device cuda --stop-after-minutes 6.5 \
     --checkpoint-every 500 --log-every 50 $args 2>&1 | grep -v 'Warn\|float32' | tee $run/log | tail -25
   rc=${PIPESTATUS[0]}
   cp $run/log "$OUT/train.log"
