@@ -213,7 +213,14 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         given["quality"] = "draft"
         print("no GPU: using --quality draft (sized for a CPU, minutes per asset); pass --quality standard to "
               "override", file=sys.stderr)
-    return validate(given), device
+    settings = validate(given)
+    if getattr(args, "resume", None) is None:  # a resumed run keeps its checkpoint's settings
+        from backend.ip_adapter_source import needs_adapter
+
+        problem = needs_adapter(settings["method"], settings["model"], settings["ip_adapter"])
+        if problem:  # before the prior loads: seconds of loading for an error known now
+            raise SettingsError(problem.replace("set ip_adapter", "set ip_adapter (--ip-adapter)"))
+    return settings, device
 
 
 def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:

@@ -75,6 +75,18 @@ def resolve_adapter(spec: str) -> AdapterSource:
     return source
 
 
+def needs_adapter(method: str, model: str, ip_adapter: str) -> str | None:
+    """Why a job cannot run as set (an image-prompt method on Stable Diffusion without an IP-Adapter), or None.
+
+    Checked before the prior loads (admission, the CLI), so the job fails in milliseconds rather than after loading
+    gigabytes; the procedural prior has its own image prompt."""
+    if method != "isd" or model == "procedural" or ip_adapter:
+        return None
+    return (f"method 'isd' on model '{model}' needs an IP-Adapter for its image prompt: set ip_adapter (world-SD's is "
+            "'world-sd-ip'; or a folder with ip-adapter.safetensors and image_encoder/, or a hub id), or use model "
+            "'procedural'")
+
+
 def missing_local_files(source: AdapterSource, root: Path | None = None) -> list[str]:
     """What the adapter's folder lacks: the weight file, the encoder's config.json and model.safetensors."""
     weight, encoder = source.local_files(root)
@@ -114,5 +126,6 @@ __all__ = [
     "AdapterSource",
     "check_adapter",
     "missing_local_files",
+    "needs_adapter",
     "resolve_adapter",
 ]

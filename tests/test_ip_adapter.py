@@ -201,7 +201,7 @@ def test_a_drawn_reference_is_a_seeded_ddim_sample_of_the_plain_prior(prior, sd_
     torch.testing.assert_close(draw(plain, 4), a, rtol=1e-4, atol=1e-5)
 
 
-def test_isd_on_stable_diffusion_without_an_adapter_is_refused_at_admission_and_at_the_start(sd_folder):
+def test_isd_on_stable_diffusion_without_an_adapter_is_refused_at_admission_and_at_the_start(sd_folder, capsys):
     from backend.jobs.admission import Admission, Refused
     from backend.reference import job_reference
     from shared.settings import validate
@@ -213,6 +213,11 @@ def test_isd_on_stable_diffusion_without_an_adapter_is_refused_at_admission_and_
     with pytest.raises(Refused) as err:
         admission.admit(PROMPT, {"method": "isd", "model": str(sd_folder), "ip_adapter": str(sd_folder / "no")})
     assert err.value.code == "model" and "not found" in err.value.message
+    from backend.cli import main
+
+    code = main(["image", PROMPT, "--method", "isd", "--model", str(sd_folder), "--out", "unused.png", "--device",
+                 "cpu", "--quiet"])
+    assert code == 2 and "--ip-adapter" in capsys.readouterr().err  # the CLI refuses before loading the prior
     plain = StableDiffusionPrior.from_pretrained(str(sd_folder))
     with pytest.raises(PriorError, match="set ip_adapter"):
         job_reference(plain, PROMPT, validate({"method": "isd", "model": str(sd_folder)}), None)

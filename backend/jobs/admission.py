@@ -57,12 +57,11 @@ class Admission:
         if settings["method"] == "isd" and settings["model"] != PROCEDURAL:
             # Stable Diffusion answers image prompts through an IP-Adapter (backend/priors/ip_adapter.py), which the
             # job must name; the procedural prior has its own.
-            if not settings["ip_adapter"]:
-                raise Refused("settings", f"method 'isd' on model '{settings['model']}' needs an IP-Adapter for its "
-                                          "image prompt: set ip_adapter (world-SD's is 'world-sd-ip'; or a folder "
-                                          "with ip-adapter.safetensors and image_encoder/, or a hub id), or use "
-                                          "model 'procedural'")
-            from backend.ip_adapter_source import AdapterMissing, check_adapter
+            from backend.ip_adapter_source import AdapterMissing, check_adapter, needs_adapter
+
+            problem = needs_adapter(settings["method"], settings["model"], settings["ip_adapter"])
+            if problem:
+                raise Refused("settings", problem)
 
             try:
                 check_adapter(settings["ip_adapter"])
