@@ -146,7 +146,7 @@ class StableDiffusionPrior(DiffusionPrior):
         self._text_cache: dict[str, Tensor] = {}
         # The job's reference image and its embedding [D] (model dtype): encoded once per reference.
         self._image_cache: tuple[Tensor, Tensor] | None = None
-        # The last call's per-branch image rows and gates (_image_rows), with the prompts they were made from.
+        # The last call's per-branch image rows and gates (_image_rows), with the reference tensors they read.
         self._rows_cache: tuple[tuple, tuple, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ loading
