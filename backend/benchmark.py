@@ -35,7 +35,7 @@ from shared.settings import validate
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 # The paper's training resolutions: TBSD renders the NeRF at 64 then 256, Gaussians render at 512 (DreamGaussian).
 RESOLUTION = {"nerf": 256, "gaussians": 512}
-PRIORS = ("procedural", "sd21-random")
+PRIORS = ("procedural", "sd21-random", "sd15-ip-random")
 
 
 def device_peak_tflops(name: str) -> float | None:
@@ -51,6 +51,10 @@ def build_prior(name: str, device: torch.device, acceleration: Acceleration) -> 
         from backend.priors.stable_diffusion import build_random_sd21_base
 
         return build_random_sd21_base(device=device, acceleration=acceleration)
+    if name == "sd15-ip-random":  # SD 1.5 + h94's SD 1.5 IP-Adapter (ViT-H image encoder), random: ISD's cost
+        from backend.priors.stable_diffusion import build_random_sd15_ip
+
+        return build_random_sd15_ip(device=device, acceleration=acceleration)
     raise ValueError(f"unknown prior '{name}'; allowed: {', '.join(PRIORS)}")
 
 
@@ -79,8 +83,20 @@ def profile_steps(prior: DiffusionPrior, representation: str, method: str, devic
     """Time ``steps`` training steps after ``warmup`` (which also lets Gaussians densify and graphs capture).
 
     ``hashgrid`` picks the NeRF hash grid's implementation ("torch" or "triton"; default: its own choice)."""
+    from backend.distill.methods import METHODS
+
     res = resolution or RESOLUTION[representation]
-    trainer = Trainer(prior, "a red cube", step_settings(representation, method, res, extra), device=device)
+    reference = None
+    if METHODS[method].image_prompt:  # a fixed reference image (its content does not change the cost)
+        import numpy as np
+
+        from backend.reference import Reference
+
+        pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        reference = Reference(pixels, "image")
+        extra = {"reference_source": "image", **(extra or {})}
+    trainer = Trainer(prior, "a red cube", step_settings(representation, method, res, extra), device=device,
+                      reference=reference)
     if hashgrid is not None and representation == "nerf":
         trainer.scene.encoding.backend = hashgrid
     for _ in range(warmup):

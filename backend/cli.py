@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=None, help="JSON file to write (also printed line by line).")
     bench.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
     bench.add_argument("--priors", default="procedural,sd21-random",
-                       help="Comma list of procedural, sd21-random (random weights of SD 2.1-base) [both].")
+                       help="Comma list of procedural, sd21-random (random weights of SD 2.1-base), sd15-ip-random "
+                            "(random SD 1.5 + its IP-Adapter and ViT-H image encoder: ISD's cost) [the first two].")
     bench.add_argument("--methods", default="tbsd", help="Comma list of methods [tbsd].")
     bench.add_argument("--representations", default="gaussians,nerf")
     bench.add_argument("--acceleration", default="all",
@@ -214,7 +215,14 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         given["quality"] = "draft"
         print("no GPU: using --quality draft (sized for a CPU, minutes per asset); pass --quality standard to "
               "override", file=sys.stderr)
-    return validate(given), device
+    settings = validate(given)
+    if getattr(args, "resume", None) is None:  # a resumed run keeps its checkpoint's settings
+        from backend.ip_adapter_source import needs_adapter
+
+        problem = needs_adapter(settings["method"], settings["model"], settings["ip_adapter"])
+        if problem:  # before the prior loads: seconds of loading for an error known now
+            raise SettingsError(problem.replace("set ip_adapter", "set ip_adapter (--ip-adapter)"))
+    return settings, device
 
 
 def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
@@ -223,7 +231,9 @@ def _load(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, float]:
 
     settings, device = _settings(args)
     t0 = time.perf_counter()
-    prior = load_prior(settings["model"], device, settings["procedural_resolution"])
+    from backend.jobs.runner import job_adapter
+
+    prior = load_prior(settings["model"], device, settings["procedural_resolution"], job_adapter(settings))
     return settings, device, prior, time.perf_counter() - t0
 
 
@@ -344,7 +354,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise SettingsError("an edit (--edit-prompt) continues a run for --steps N more steps; give --steps")
         # --steps with --resume: that many more steps; without it, on to the run's end
         plan.source, plan.more_steps, plan.overrides = args.resume, given.pop("steps", None), given or None
-    run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
+    run = JobRun(plan, device, lambda model, resolution, adapter: load_prior(model, device, resolution, adapter))
     trainer = run.prepare()
     plan.checkpoint = trainer.settings["checkpoint_every"] > 0
     checkpoint = args.out / "checkpoint.pt" if plan.checkpoint else None
@@ -395,7 +405,7 @@ def run_texture(args: argparse.Namespace) -> int:
     # edits the result by text.
     checkpoint = settings["checkpoint_every"] > 0
     plan = JobPlan(args.prompt, settings, args.out, checkpoint=checkpoint, mesh=args.mesh)
-    run = JobRun(plan, device, lambda model, resolution: load_prior(model, device, resolution))
+    run = JobRun(plan, device, lambda model, resolution, adapter: load_prior(model, device, resolution, adapter))
     trainer = run.prepare()
     return _train_and_finish(run, trainer, args, f"{settings['method']} texture",
                              args.out / "checkpoint.pt" if checkpoint else None)

@@ -156,8 +156,9 @@ def job_reference(prior: Any, prompt: str, settings: Mapping[str, Any],
     if not getattr(prior, "supports_image_prompts", False):
         from backend.priors.base import PriorError
 
-        raise PriorError(f"method '{method}' needs a prior with an image prompt; '{settings['model']}' has none yet "
-                         "(the Stable Diffusion IP-Adapter is still to come): use --model procedural")
+        raise PriorError(f"method '{method}' needs a prior with an image prompt; '{settings['model']}' was loaded "
+                         "without one: set ip_adapter (--ip-adapter world-sd-ip for world-SD, or a folder with "
+                         "ip-adapter.safetensors and image_encoder/, or a hub id), or use --model procedural")
     if reference is not None:
         return reference
     if settings["reference_source"] == "image":

@@ -16,6 +16,17 @@ SHIPPED: dict[str, tuple[Path, str]] = {
 }
 
 
+# IP-Adapters (the ``ip_adapter`` setting), by short name: an image prompt for a shipped model.
+SHIPPED_ADAPTERS: dict[str, tuple[Path, str]] = {
+    "world-sd-ip": (MODELS_DIR / "world-sd-ip", "world-SD's IP-Adapter (trained on the procedural world's renders)"),
+}
+
+
+def resolve_adapter_name(adapter: str) -> str:
+    """The folder a shipped IP-Adapter's short name stands for; any other name unchanged."""
+    return str(SHIPPED_ADAPTERS[adapter][0]) if adapter in SHIPPED_ADAPTERS else adapter
+
+
 def resolve_model(model: str) -> str:
     """The folder a shipped model's short name stands for; any other name unchanged."""
     return str(SHIPPED[model][0]) if model in SHIPPED else model

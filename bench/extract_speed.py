@@ -199,7 +199,7 @@ def run_first_step_child(args: argparse.Namespace) -> int:
                                          "--quality", args.quality, "--representation", args.representation, *flags])
         settings, device = _settings(cli)
         run = JobRun(JobPlan(args.prompt, settings, Path(out)), device,
-                     lambda model, resolution: load_prior(model, device, resolution))
+                     lambda model, resolution, adapter: load_prior(model, device, resolution, adapter))
         run.prepare()
         _sync(device)
         stamps["prepared"], stamps["cpu_prepared"] = time.time(), time.process_time()

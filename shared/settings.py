@@ -207,9 +207,15 @@ _ALL: tuple[Setting, ...] = (
     # --- image prompt (ISD's reference image) ------------------------------------------------------
     _s("reference_source", str, "sample",
        "ISD's reference image: 'sample' draws one from the prior for the prompt (ModeDreamer's default; the "
-       "procedural prior: one object of the prompt's mixture, by the seed), 'image' uses the image the job was "
+       "procedural prior: one object of the prompt's mixture, by the seed; Stable Diffusion: its DDIM sample, 50 steps at CFG 7.5), 'image' uses the image the job was "
        "given (--image PATH, or the submit's reference array). Giving an image selects 'image'.",
        "image_prompt", choices=REFERENCE_SOURCES, methods=("isd",)),
+    _s("ip_adapter", str, "",
+       "Stable Diffusion models: the IP-Adapter that gives the prior its image prompt (ISD needs one): 'world-sd-ip' "
+       "(shipped with world-SD), a folder holding ip-adapter.safetensors and image_encoder/, a .safetensors file with "
+       "image_encoder/ beside it, or a hub id with a path inside it (h94/IP-Adapter/models/ip-adapter_sd15."
+       "safetensors). Empty: none. The procedural prior has its own image prompt and ignores it.",
+       "image_prompt", methods=("isd",), max_length=1000),
     _s("ip_scale", float, 0.5,
        "How strongly the reference conditions the image-prompt branches: the IP-Adapter scale (ModeDreamer: 0.5; "
        "its study: 0, 0.2, 0.5, 0.7, 1.0). On the procedural prior the exponent of the reference's likelihood: 0 is "

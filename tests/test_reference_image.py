@@ -152,7 +152,8 @@ def test_admission_fits_the_reference_to_the_method_and_its_source():
     assert admission.reference({}, given, admission.admit("a cube", given)) is None  # drawn from the prior
     with pytest.raises(Refused) as err:
         admission.admit("a cube", {"method": "isd", "model": "world-sd"})
-    assert err.value.code == "model" and "no" in err.value.message and "image prompt" in err.value.message
+    # Stable Diffusion reads an image prompt through an IP-Adapter the job must name (tests/test_ip_adapter.py)
+    assert err.value.code == "settings" and "set ip_adapter" in err.value.message and "world-sd-ip" in err.value.message
     cases = [
         ({"method": "tbsd"}, ok, "bad_field", "method 'tbsd' reads none"),
         ({"method": "isd", "reference_source": "sample"}, ok, "settings", "drop one of them"),

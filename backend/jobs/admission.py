@@ -55,10 +55,18 @@ class Admission:
         except ModelMissing as exc:
             raise Refused("model", str(exc)) from None
         if settings["method"] == "isd" and settings["model"] != PROCEDURAL:
-            # Only the procedural prior answers image prompts so far (backend/priors/base.py supports_image_prompts).
-            raise Refused("model", f"method 'isd' needs a prior with an image prompt; model '{settings['model']}' "
-                                   "has none yet (the Stable Diffusion IP-Adapter is still to come): use model "
-                                   "'procedural'")
+            # Stable Diffusion answers image prompts through an IP-Adapter (backend/priors/ip_adapter.py), which the
+            # job must name; the procedural prior has its own.
+            from backend.ip_adapter_source import AdapterMissing, check_adapter, needs_adapter
+
+            problem = needs_adapter(settings["method"], settings["model"], settings["ip_adapter"])
+            if problem:
+                raise Refused("settings", problem)
+
+            try:
+                check_adapter(settings["ip_adapter"])
+            except AdapterMissing as exc:
+                raise Refused("model", str(exc)) from None
         return settings
 
     def prompt(self, prompt: str, settings: Mapping[str, Any]) -> None:

@@ -129,24 +129,26 @@ class PriorCache:
     next model loads. Procedural priors of several resolutions may stay side by side: each is small.
     """
 
-    def __init__(self, load: Callable[[str, Any, int], Any], device: Any) -> None:
+    def __init__(self, load: Callable[[str, Any, int, str], Any], device: Any) -> None:
         self._load = load
         self.device = device
-        self._priors: dict[tuple[str, int], Any] = {}
+        self._priors: dict[tuple[str, int, str], Any] = {}
 
-    def get(self, model: str, procedural_resolution: int) -> tuple[Any, bool]:
-        """The prior for a job; ``True`` second when this call loaded it (False: kept from an earlier job)."""
-        key = (model, procedural_resolution if model == PROCEDURAL else 0)
+    def get(self, model: str, procedural_resolution: int, ip_adapter: str = "") -> tuple[Any, bool]:
+        """The prior for a job; ``True`` second when this call loaded it (False: kept from an earlier job). A model
+        with another IP-Adapter (or none) is another prior: the adapter changes the UNet's attention."""
+        procedural = model == PROCEDURAL
+        key = (model, procedural_resolution if procedural else 0, "" if procedural else ip_adapter)
         if key in self._priors:
             return self._priors[key], False
-        if model != PROCEDURAL or any(m != PROCEDURAL for m, _ in self._priors):
+        if model != PROCEDURAL or any(m != PROCEDURAL for m, _, _ in self._priors):
             self._priors.clear()
             _free_device_memory(self.device)
-        self._priors[key] = self._load(model, self.device, procedural_resolution)
+        self._priors[key] = self._load(model, self.device, procedural_resolution, key[2])
         return self._priors[key], True
 
     def loaded(self) -> list[str]:
-        return sorted({model for model, _ in self._priors})
+        return sorted({model for model, _, _ in self._priors})
 
 
 def _free_device_memory(device: Any) -> None:

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 # The export's modules (finish, texture, meshread and what they import) load when a job reaches its end or reads a
 # mesh, not before its first step: a cold start waits only for what training needs.
 
-# (model, procedural_resolution) -> the loaded prior
-PriorLoader = Callable[[str, int], Any]
+# (model, procedural_resolution, ip_adapter) -> the loaded prior
+PriorLoader = Callable[[str, int, str], Any]
 
 
 @dataclass
@@ -92,7 +92,7 @@ class JobRun:
             reference = Reference(read_reference_file(plan.reference), "image",
                                   plan.reference_name or plan.reference.name)
         t0 = time.perf_counter()
-        prior = self._load(s["model"], s["procedural_resolution"])
+        prior = self._load(s["model"], s["procedural_resolution"], job_adapter(s))
         self.load_seconds = time.perf_counter() - t0
         cadence = plan.cadence  # a server job's stream options over the run's own settings
         if plan.mesh is not None:
@@ -163,7 +163,7 @@ class JobRun:
             # The job's model at the stage's side: the procedural prior renders its world at that side (a small
             # prior of its own); Stable Diffusion is the one already loaded.
             t0 = time.perf_counter()
-            prior = self._load(s["model"], s["texture_refine_resolution"])
+            prior = self._load(s["model"], s["texture_refine_resolution"], job_adapter(s))
             known["seconds"]["load_refine_prior"] = time.perf_counter() - t0
             return finish_job(trainer, self.plan.folder, known, checkpoint=self.plan.checkpoint,
                               export=lambda t, folder: refined_export(t, folder, prior, self.events,
@@ -204,7 +204,15 @@ def run_job(plan: JobPlan, device: torch.device, load: PriorLoader, record: Mapp
 
 def fixed_prior(prior: Any) -> PriorLoader:
     """A loader that hands out a prior already loaded (the benchmark's, a test's)."""
-    return lambda model, resolution: prior
+    return lambda model, resolution, ip_adapter="": prior
 
 
-__all__ = ["REFERENCE_FILE", "JobPlan", "JobRun", "PriorLoader", "fixed_prior", "reference_record", "run_job"]
+def job_adapter(settings: Mapping[str, Any]) -> str:
+    """The IP-Adapter a job's prior loads: its ``ip_adapter`` for an image-prompt method, else none (a text-only
+    method never reads it, and a UNet without one is the smaller, faster prior)."""
+    from backend.distill.methods import METHODS
+
+    return str(settings.get("ip_adapter", "")) if METHODS[settings["method"]].image_prompt else ""
+
+
+__all__ = ["REFERENCE_FILE", "JobPlan", "JobRun", "PriorLoader", "fixed_prior", "job_adapter", "reference_record", "run_job"]

@@ -145,8 +145,8 @@ class WorkerProcess:
                         return 0  # a fresh process for the next job (after a GPU out-of-memory)
 
     # --- one job -------------------------------------------------------------------------------------------
-    def _load_prior(self, model: str, procedural_resolution: int) -> Any:
-        prior, self.prior_loaded = self.priors.get(model, procedural_resolution)
+    def _load_prior(self, model: str, procedural_resolution: int, ip_adapter: str = "") -> Any:
+        prior, self.prior_loaded = self.priors.get(model, procedural_resolution, ip_adapter)
         return prior
 
     def base_record(self, spec: JobSpec, status: JobStatus, **extra: Any) -> dict[str, Any]:

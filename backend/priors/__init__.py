@@ -18,9 +18,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_prior(model: str, device: torch.device | str = "cpu", procedural_resolution: int = 64) -> DiffusionPrior:
+def load_prior(model: str, device: torch.device | str = "cpu", procedural_resolution: int = 64,
+               ip_adapter: str = "") -> DiffusionPrior:
     """'procedural' -> the embedded exact-score world; a shipped model's short name (``world-sd``) -> its folder;
-    anything else -> a Stable Diffusion folder or hub id."""
+    anything else -> a Stable Diffusion folder or hub id, with the IP-Adapter ``ip_adapter`` names when not empty
+    (the procedural prior has its own image prompt and ignores it)."""
     from backend.shipped_models import SHIPPED, resolve_model
 
     device = torch.device(device)
@@ -30,7 +32,7 @@ def load_prior(model: str, device: torch.device | str = "cpu", procedural_resolu
         return ProceduralPrior(resolution=procedural_resolution, device=device)
     from backend.priors.stable_diffusion import StableDiffusionPrior
 
-    prior = StableDiffusionPrior.from_pretrained(resolve_model(model), device=device)
+    prior = StableDiffusionPrior.from_pretrained(resolve_model(model), device=device, ip_adapter=ip_adapter)
     if model in SHIPPED:
         prior.name = model
     return prior

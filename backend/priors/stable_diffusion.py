@@ -30,15 +30,15 @@ from backend.priors.acceleration import (
     prepare_modules,
     to_layout,
 )
-from backend.priors.base import DiffusionPrior, PriorError, PromptSet
+from backend.priors.base import BranchImage, DiffusionPrior, ImagePrompt, PriorError, PromptSet
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     from backend.scene.cameras import Views
 
-RandomSize = Literal["tiny", "sd21-base"]
+RandomSize = Literal["tiny", "sd21-base", "sd15"]
 
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 # The subfolders of a Stable Diffusion diffusers folder that the prior loads.
@@ -56,6 +56,13 @@ class StableDiffusionPrior(DiffusionPrior):
 
     All weights are frozen. The UNet and the text encoder run without autograd; the VAE encoder keeps it,
     so gradients flow from latents back to the rendered images.
+
+    With an IP-Adapter (``image_encoder`` given and the UNet holding diffusers' IP attention processors, see
+    backend/priors/ip_adapter.py) it also answers the image-prompt branches, in the same UNet call as the text
+    branches: each row of the batch carries its own image embedding (the reference's, or zeros for ``image_null``
+    and for text rows) and its own IP scale through diffusers' ``ip_adapter_masks`` (a 1x1 mask per row, spread
+    over every layer's queries): ``ip_scale`` on image rows, 0 on text rows, so a text row is the plain prior
+    exactly. The processors' own scale stays 1, so a captured CUDA graph does not freeze one job's scale.
     """
 
     camera_aware = False
@@ -72,7 +79,11 @@ class StableDiffusionPrior(DiffusionPrior):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         acceleration: Acceleration | None = None,
+        image_encoder: "CLIPVisionModelWithProjection | None" = None,
+        ip_adapter: str = "",
     ) -> None:
+        from backend.priors.ip_adapter import has_adapter, ip_processors
+
         self.name = name
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else default_dtype(self.device)
@@ -88,7 +99,16 @@ class StableDiffusionPrior(DiffusionPrior):
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
-        for module in (unet, vae, text_encoder):
+        self.image_encoder = image_encoder
+        self.ip_adapter = ip_adapter
+        if (image_encoder is None) != (not has_adapter(unet)):
+            raise PriorError(f"model '{name}': an IP-Adapter needs both its UNet weights and its image encoder "
+                             "(backend/priors/ip_adapter.py install_adapter and load_adapter)")
+        self.supports_image_prompts = image_encoder is not None
+        for _, processor in ip_processors(unet):
+            processor.scale = [1.0] * len(processor.scale)  # the per-row scale rides in the masks
+        modules = (unet, vae, text_encoder) + ((image_encoder,) if image_encoder is not None else ())
+        for module in modules:
             # Cast only when needed: diffusers warns on every dtype `.to()`, even a no-op one.
             if next(module.parameters()).dtype != self.dtype:
                 module.to(dtype=self.dtype)
@@ -124,6 +144,10 @@ class StableDiffusionPrior(DiffusionPrior):
         # Prompt string -> [L, D] embedding in the model dtype. A job uses a handful of prompts for
         # thousands of steps, so each is encoded once.
         self._text_cache: dict[str, Tensor] = {}
+        # The job's reference image and its embedding [D] (model dtype): encoded once per reference.
+        self._image_cache: tuple[Tensor, Tensor] | None = None
+        # The last call's per-branch image rows and gates (_image_rows), with the reference tensors they read.
+        self._rows_cache: tuple[tuple, tuple, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -133,11 +157,13 @@ class StableDiffusionPrior(DiffusionPrior):
         model: str,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
+        ip_adapter: str = "",
     ) -> "StableDiffusionPrior":
         """Load a Stable Diffusion 1.x/2.x local diffusers folder or hub id; PriorError if it cannot be found.
 
         A hub id is looked up in the Hugging Face cache first, so a cached model loads without any network
-        call; only when it is missing there, and HF_HUB_OFFLINE is not set, is it downloaded.
+        call; only when it is missing there, and HF_HUB_OFFLINE is not set, is it downloaded. ``ip_adapter``
+        (the setting of that name; empty: none) adds an IP-Adapter the same way (backend/priors/ip_adapter.py).
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from huggingface_hub import constants as hf_constants
@@ -207,7 +233,14 @@ class StableDiffusionPrior(DiffusionPrior):
                 f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})"
             ) from cause
 
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, name=model, device=device, dtype=dtype)
+        image_encoder = None
+        if ip_adapter:
+            from backend.priors.ip_adapter import install_adapter, load_adapter
+
+            state, image_encoder = load_adapter(ip_adapter, dtype)
+            install_adapter(unet, state, name=f"IP-Adapter '{ip_adapter}'")
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, name=model, device=device, dtype=dtype,
+                   image_encoder=image_encoder, ip_adapter=ip_adapter)
 
     # ------------------------------------------------------------------ DiffusionPrior
 
@@ -243,11 +276,23 @@ class StableDiffusionPrior(DiffusionPrior):
         latents = self._encode_call(x)
         return ((latents - self.shift_factor) * self.scaling_factor).float()
 
+    def sample_reference(self, prompts: PromptSet, generator: torch.Generator) -> Float[Tensor, "3 H W"]:
+        """ModeDreamer's default reference: the model's own image of the prompt (DDIM 50 steps, CFG 7.5,
+        backend/priors/sampling.py), seeded by ``generator``."""
+        from backend.priors import sampling
+
+        return sampling.ddim_sample(self, prompts, generator, steps=sampling.REFERENCE_STEPS)
+
     def _encode_eager(self, x: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
         return self.vae.encode(x).latent_dist.mean
 
-    def _unet_eager(self, sample: Tensor, t: Tensor, emb: Tensor) -> Tensor:
-        return self.unet(sample, t, encoder_hidden_states=emb, return_dict=False)[0]
+    def _unet_eager(self, sample: Tensor, t: Tensor, emb: Tensor, image_embeds: Tensor | None = None,
+                    gate: Tensor | None = None) -> Tensor:
+        if image_embeds is None:
+            return self.unet(sample, t, encoder_hidden_states=emb, return_dict=False)[0]
+        # image_embeds [R, 1, D]: one image per row; gate [R, 1, 1, 1]: each row's IP scale (diffusers' mask).
+        return self.unet(sample, t, encoder_hidden_states=emb, added_cond_kwargs={"image_embeds": [image_embeds]},
+                         cross_attention_kwargs={"ip_adapter_masks": [gate]}, return_dict=False)[0]
 
     def decode(self, samples: Float[Tensor, "B C h w"]) -> Float[Tensor, "B 3 H W"]:
         """Scaled latents -> images in [0, 1] at ``image_size``.
@@ -264,8 +309,11 @@ class StableDiffusionPrior(DiffusionPrior):
         t: Int[Tensor, "B"],
         texts: list[str],
         views: "Views | None",
+        images: "list[BranchImage | None] | None" = None,
     ) -> Float[Tensor, "N B C h w"]:
-        """One UNet call on N*B rows (text-major: rows i*B .. i*B+B-1 use texts[i]); epsilon in float32."""
+        """One UNet call on N*B rows (text-major: rows i*B .. i*B+B-1 use texts[i]); epsilon in float32.
+
+        ``images`` (with an IP-Adapter): one ``BranchImage`` or None per text; None is the plain prior."""
         del views  # SD is not camera-aware (view-dependent prompts are the caller's business)
         n, b = len(texts), x_t.shape[0]
         # Predictions are targets, never differentiated through (the v conversion would otherwise carry x_t's graph).
@@ -279,7 +327,13 @@ class StableDiffusionPrior(DiffusionPrior):
         emb = self._text_embeddings(texts)  # [N, L, D]
         with torch.no_grad():
             sample = to_layout(x_t.to(self.dtype).repeat(n, 1, 1, 1), self.acceleration.unet_channels_last)
-            out = self._unet_call(sample, t.repeat(n), emb.repeat_interleave(b, dim=0))
+            args = (sample, t.repeat(n), emb.repeat_interleave(b, dim=0))
+            if self.image_encoder is not None:
+                # An IP UNet always wants image embeddings; text rows get zeros at gate 0 (exactly the plain UNet).
+                image_embeds, gate = self._image_rows(images if images is not None else [None] * n)
+                args += (image_embeds.repeat_interleave(b, dim=0).unsqueeze(1),
+                         gate.repeat_interleave(b, dim=0).view(n * b, 1, 1, 1))
+            out = self._unet_call(*args)
         out = out.float().reshape(n, b, *out.shape[1:])
 
         if self.prediction_type == "v_prediction":
@@ -290,6 +344,38 @@ class StableDiffusionPrior(DiffusionPrior):
         return out
 
     # ------------------------------------------------------------------ helpers
+
+    def _image_rows(self, images: "list[BranchImage | None]") -> tuple[Float[Tensor, "N D"], Float[Tensor, "N"]]:
+        """Each branch's image embedding (zeros for a text branch and for ``image_null``, IP-Adapter's unconditional
+        image input) and IP scale (0 for a text branch)."""
+        assert self.image_encoder is not None
+        # A job asks for the same branches every step: building the gates anew would copy them to the device
+        # (a host sync on CUDA) each step, so the last answer is kept, keyed by what each branch shows.
+        # Keyed by the image tensor, not the ImagePrompt: the 3D trainer wraps the job's one reference tensor in a
+        # new ImagePrompt per view-prompt group and step.
+        key = tuple(None if b is None else (id(b.prompt.image), b.zero, float(b.prompt.scale)) for b in images)
+        held = tuple(b.prompt.image for b in images if b is not None)  # kept alive, so their ids stay theirs
+        if self._rows_cache is not None and self._rows_cache[0] == key:
+            return self._rows_cache[2], self._rows_cache[3]
+        width = int(self.image_encoder.config.projection_dim)
+        zero = torch.zeros(width, device=self.device, dtype=self.dtype)
+        rows, gates = [], []
+        for branch in images:
+            rows.append(zero if branch is None or branch.zero else self._reference_embedding(branch.prompt))
+            gates.append(0.0 if branch is None else float(branch.prompt.scale))
+        out = torch.stack(rows), torch.tensor(gates, device=self.device, dtype=self.dtype)
+        self._rows_cache = (key, held, *out)
+        return out
+
+    def _reference_embedding(self, prompt: ImagePrompt) -> Float[Tensor, "D"]:
+        """The reference's CLIP image embedding, encoded once per reference image (a job keeps one tensor)."""
+        from backend.priors.ip_adapter import image_embeddings
+
+        if self._image_cache is None or self._image_cache[0] is not prompt.image:
+            with torch.no_grad():
+                embeds = image_embeddings(self.image_encoder, prompt.image.unsqueeze(0))[0]
+            self._image_cache = (prompt.image, embeds.to(self.dtype))
+        return self._image_cache[1]
 
     def _text_embeddings(self, texts: Sequence[str]) -> Float[Tensor, "N L D"]:
         """Embeddings of ``texts``, encoding the ones not cached yet in one text-encoder call."""
@@ -329,6 +415,24 @@ def _is_valid_repo_id(model: str) -> bool:
 
 
 def _unet_config(size: RandomSize) -> dict[str, Any]:
+    if size == "sd15":
+        # Stable Diffusion 1.5's UNet: CLIP ViT-L/14's 768-wide text tokens, 8 heads per layer.
+        return dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            use_linear_projection=False,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            norm_num_groups=32,
+            act_fn="silu",
+        )
     if size == "sd21-base":
         return dict(
             sample_size=64,
@@ -365,19 +469,20 @@ def _unet_config(size: RandomSize) -> dict[str, Any]:
 
 
 def _vae_config(size: RandomSize) -> dict[str, Any]:
-    channels = (128, 256, 512, 512) if size == "sd21-base" else (32, 64)
+    full = size in ("sd21-base", "sd15")
+    channels = (128, 256, 512, 512) if full else (32, 64)
     return dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * len(channels),
         up_block_types=("UpDecoderBlock2D",) * len(channels),
         block_out_channels=channels,
-        layers_per_block=2 if size == "sd21-base" else 1,
+        layers_per_block=2 if full else 1,
         latent_channels=4,
         norm_num_groups=32,
         act_fn="silu",
         scaling_factor=0.18215,
-        sample_size=512 if size == "sd21-base" else 16,
+        sample_size=512 if full else 16,
     )
 
 
@@ -388,6 +493,19 @@ def _text_config(size: RandomSize, tokenizer: "CLIPTokenizer") -> dict[str, Any]
         pad_token_id=tokenizer.pad_token_id,
         max_position_embeddings=77,
     )
+    if size == "sd15":
+        # CLIP ViT-L/14's text tower, as SD 1.5 ships it.
+        return dict(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            **ids,
+        )
     if size == "sd21-base":
         # OpenCLIP ViT-H/14's text tower with its last layer dropped, as SD 2 ships it.
         return dict(
@@ -493,8 +611,8 @@ def build_random_pipeline_components(
     same block types at toy widths, for tests. Weights are created directly on ``device`` in float32, from a
     private RNG stream seeded with ``seed`` (the caller's global RNG state is left untouched).
     """
-    if size not in ("tiny", "sd21-base"):
-        raise ValueError(f"size must be 'tiny' or 'sd21-base', got {size!r}")
+    if size not in ("tiny", "sd21-base", "sd15"):
+        raise ValueError(f"size must be 'tiny', 'sd21-base' or 'sd15', got {size!r}")
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -556,3 +674,24 @@ def build_random_sd21_base(
     parts = build_random_pipeline_components("sd21-base", seed=seed, device=device)
     return StableDiffusionPrior(**parts, name="random-sd21-base", device=device, dtype=dtype,
                                 acceleration=acceleration)
+
+
+def build_random_sd15_ip(
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *, seed: int = 0,
+    acceleration: Acceleration | None = None,
+) -> StableDiffusionPrior:
+    """A prior with random weights of SD 1.5 + h94's SD 1.5 IP-Adapter (ViT-H/14 image encoder), for measuring ISD's
+    ms per step on a GPU without downloading anything. The adapter goes in through diffusers' own loader."""
+    from backend.priors.ip_adapter import build_image_encoder, initial_adapter_state, install_adapter
+
+    parts = build_random_pipeline_components("sd15", seed=seed, device=device)
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+        torch.manual_seed(seed + 2)
+        encoder = build_image_encoder("vit-h")
+    state = initial_adapter_state(parts["unet"], int(encoder.config.projection_dim), from_text=False,
+                                  generator=generator)
+    install_adapter(parts["unet"], state)
+    return StableDiffusionPrior(**parts, name="random-sd15-ip", device=device, dtype=dtype,
+                                acceleration=acceleration, image_encoder=encoder, ip_adapter="random")

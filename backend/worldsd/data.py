@@ -176,13 +176,18 @@ class WorldImages:
                  for i in range(0, len(views), self.render_chunk)]
         return world.ShapeRender(torch.cat([p.coverage for p in parts]), torch.cat([p.shading for p in parts])), angles
 
-    def batch(self, step: int, n: int) -> tuple[Float[Tensor, "N 3 H W"], list[str]]:
-        """The ``n`` training images and captions of ``step`` (the same for the same seed and step)."""
+    def pool(self, step: int, n: int) -> tuple[world.ShapeRender, list[tuple[float, float]]]:
+        """The rendered views (coverage and shading [V, 6, 1, H, W]) and their (azimuth, elevation) that ``step``'s
+        batch of ``n`` draws from."""
         index = step * n // self.refresh_images
         if index != self._pool_index or self._pool is None:
             self._pool = self._render_pool(index)
             self._pool_index = index
-        geometry, angles = self._pool
+        return self._pool
+
+    def batch(self, step: int, n: int) -> tuple[Float[Tensor, "N 3 H W"], list[str]]:
+        """The ``n`` training images and captions of ``step`` (the same for the same seed and step)."""
+        geometry, angles = self.pool(step, n)
         rng = random.Random(stream_seed(self.seed, 2, step))
         shapes = list(world.SHAPES)
         colours = list(world.COLOURS)

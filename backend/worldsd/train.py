@@ -321,7 +321,7 @@ def plot_losses(log: Path, png: Path, width: int = 640, height: int = 360) -> No
     from PIL import Image, ImageDraw
 
     rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-    phases = [p for p in ("vae", "unet") if any(r["phase"] == p for r in rows)]
+    phases = list(dict.fromkeys(r["phase"] for r in rows))  # world-SD's vae, unet; its IP-Adapter's ip
     image = Image.new("RGB", (width, height * len(phases) or height), "white")
     draw = ImageDraw.Draw(image)
     for k, phase in enumerate(phases):
