@@ -30,7 +30,7 @@ def _loader() -> tuple[dict[int, ProceduralPrior], object]:
     priors: dict[int, ProceduralPrior] = {}
     texts: set[str] = set()
 
-    def load(model: str, side: int) -> ProceduralPrior:
+    def load(model: str, side: int, ip_adapter: str = "") -> ProceduralPrior:
         if side not in priors:
             prior = ProceduralPrior(resolution=side)
             denoise = prior._denoise
