@@ -36,6 +36,9 @@ PY
   # 40 processes starting together a few failed with ModuleNotFoundError for modules that were there (session 7: 5
   # of 134 runs without this, 1 of 120 with it, so the race is not only there); check each study's `error` rows.
   python3 -m compileall -q backend shared bench >/dev/null
+  # Session 15: 4 of 48 runs still failed at import (ModuleNotFoundError for modules that were there; triton's "could
+  # not get source code" for a file that was there), so the studies run from a copy on the machine's own /tmp.
+  rm -rf /tmp/tree && mkdir -p /tmp/tree && cp -a backend shared bench models pyproject.toml /tmp/tree/ && cd /tmp/tree
   gpus=$(nvidia-smi -L | wc -l); i=0
   while [ $# -ge 2 ]; do
     name=$1; args=$2; shift 2
