@@ -501,10 +501,6 @@ class Server:
         running = live is not None and live.id in self.queue.running
         if live is not None and self.queue.is_queued(live.id):
             raise P.ProtocolError("bad_state", f"job {source_id} has not started; cancel it and submit again", rid)
-        if (live.spec.input_mesh if live is not None else (record or {}).get("input_mesh")) is not None:
-            # The runner could continue its checkpoint (it holds the mesh); the wire's refine of one is not tested yet.
-            raise P.ProtocolError("bad_state", f"job {source_id} is a texture job, which cannot be refined yet; "
-                                               "submit a new texture job instead", rid)
         checkpoint = self.store.job_dir(source_id) / "checkpoint.pt"
         if not running and not checkpoint.is_file():
             raise P.ProtocolError("bad_state", f"job {source_id} has no checkpoint to refine from "
@@ -523,6 +519,12 @@ class Server:
         settings = self._admit(prompt, given, base, rid)
         self._check_queue(identity, rid)
         stream = P.check_stream(m.get("stream") or source.get("stream"), rid)
+        # A texture job's checkpoint holds its mesh (the runner refines and edits it there), and, as its submit,
+        # its refine streams no intermediate meshes: the geometry is the user's.
+        if stream["mesh_every"] and self.store.is_texture_chain(source):
+            raise P.ProtocolError("bad_field", f"stream option 'mesh_every' must be 0 for a refine of texture job "
+                                               f"{source_id}: its geometry is the mesh sent, and the textured mesh "
+                                               "comes when it finishes", rid)
         # ``steps`` in a refine is how many more (validated over the source's: the source's own count by default).
         spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created(), parent=source_id,
                        source_checkpoint=str(checkpoint), refine_steps=settings["steps"])
