@@ -191,7 +191,8 @@ def test_wrong_kinds_stream_options_and_torn_frames_are_refused(server):
 
 def test_a_texture_job_a_killed_server_left_running_finishes_after_a_restart(tmp_path):
     """The mesh is in the job's folder before the job is accepted, so the restarted server builds the job from
-    disk: from its start, since a checkpoint holds no mesh (one is there: checkpoint_every 2)."""
+    disk: from its start (backend/jobs/recovery.py does not resume a texture job's own checkpoint, though one is
+    there: checkpoint_every 2)."""
     results, port = tmp_path / "results", free_port()
     v, f, uvs = cube()
     s = ServerProcess(results, port).start()
