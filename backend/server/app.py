@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from backend.export.meshfile import read_glb
+from backend.ip_adapter_source import local_adapters
 from backend.jobs.admission import Admission, Refused
 from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
 from backend.jobs.mesh_input import save_input_mesh
@@ -37,6 +38,7 @@ from backend.jobs.results import ResultStore
 from backend.jobs.scheduler import Scheduler
 from backend.reference import save_reference
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
+from shared import capabilities as caps
 from shared import protocol as P
 from shared.reference_image import MAX_REFERENCE_PIXELS, MAX_REFERENCE_SIDE, MIN_REFERENCE_SIDE, REFERENCE_ARRAY
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, refine_base
@@ -93,7 +95,7 @@ class Server:
         check_bind(bind, curve)
         self.bind = bind
         self.model = model  # for jobs that name no model
-        self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
+        self.models_dir = models_dir  # diffusers and IP-Adapter folders offered in hello (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
         # A dead server's queued and running jobs, queued again under their ids (or lost: backend/jobs/recovery.py).
@@ -364,7 +366,8 @@ class Server:
             gpu = {"name": torch.cuda.get_device_name(self.device), "total_bytes": total, "free_bytes": free}
         return {
             "protocol": P.VERSION, "methods": list(METHODS), "representations": list(REPRESENTATIONS),
-            "model": self.model, "models": local_models(self.models_dir), "device": str(self.device), "gpu": gpu,
+            "model": self.model, caps.MODELS: local_models(self.models_dir),
+            caps.IP_ADAPTERS: local_adapters(self.models_dir), "device": str(self.device), "gpu": gpu,
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
                        "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
