@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.shipped_models import resolve_adapter_name
+from backend.shipped_models import SHIPPED_ADAPTERS, resolve_adapter_name
+from shared import capabilities as caps
+from shared.settings import reads_ip_adapter
 
 WEIGHT_NAME = "ip-adapter.safetensors"
 ENCODER_FOLDER = "image_encoder"
@@ -80,7 +82,7 @@ def needs_adapter(method: str, model: str, ip_adapter: str) -> str | None:
 
     Checked before the prior loads (admission, the CLI), so the job fails in milliseconds rather than after loading
     gigabytes; the procedural prior has its own image prompt."""
-    if method != "isd" or model == "procedural" or ip_adapter:
+    if not reads_ip_adapter(method, model) or ip_adapter:
         return None
     return (f"method 'isd' on model '{model}' needs an IP-Adapter for its image prompt: set ip_adapter (world-SD's is "
             "'world-sd-ip'; or a folder with ip-adapter.safetensors and image_encoder/, or a hub id), or use model "
@@ -92,6 +94,21 @@ def missing_local_files(source: AdapterSource, root: Path | None = None) -> list
     weight, encoder = source.local_files(root)
     wanted = [weight, encoder / "config.json", encoder / "model.safetensors"]
     return [str(p) for p in wanted if not p.is_file()]
+
+
+def local_adapters(models_dir: Path | None = None) -> list[dict[str, str]]:
+    """Every IP-Adapter a job could name by its folder, for ``hello`` (as ``local_models`` lists models): the shipped
+    ones whose folder is complete, then the complete adapter folders directly inside ``models_dir``. Each is
+    ``{"name", "kind", "label"}``; ``name`` is what ``ip_adapter`` takes. A hub adapter is not listed: where its
+    weight file sits inside its repository is the job's to say (h94/IP-Adapter/models/...), not the cache's."""
+    found = [{"name": name, "kind": caps.SHIPPED, "label": label} for name, (folder, label) in SHIPPED_ADAPTERS.items()
+             if not missing_local_files(AdapterSource(name, str(folder), "", WEIGHT_NAME, True))]
+    if models_dir is not None and models_dir.is_dir():
+        for folder in sorted(models_dir.iterdir()):
+            if folder.is_dir() and not missing_local_files(AdapterSource(folder.name, str(folder), "", WEIGHT_NAME,
+                                                                         True)):
+                found.append({"name": str(folder.resolve()), "kind": caps.FOLDER, "label": folder.name})
+    return found
 
 
 def check_adapter(spec: str, cache: Path | None = None) -> None:
@@ -125,6 +142,7 @@ __all__ = [
     "AdapterMissing",
     "AdapterSource",
     "check_adapter",
+    "local_adapters",
     "missing_local_files",
     "needs_adapter",
     "resolve_adapter",

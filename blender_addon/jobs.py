@@ -18,6 +18,7 @@ import bpy
 import numpy as np
 
 from . import connection, local_backend, preferences, preview, scene_mesh, texture_target
+from ._vendor.shared import capabilities
 from ._vendor.shared.client import Client, load_curve_keys
 from ._vendor.shared.protocol import Message
 from ._vendor.shared.reference_image import reference_from_pixels
@@ -118,11 +119,8 @@ class Session:
         gpu = caps.get("gpu")
         state.gpu = str(gpu.get("name", "")) if isinstance(gpu, dict) else str(gpu or "")
         state.model = str(caps.get("model", ""))
-        state.models.clear()
-        for model in caps.get("models") or ():
-            if isinstance(model, dict) and model.get("name"):
-                item = state.models.add()
-                item.name, item.label, item.kind = str(model["name"]), str(model.get("label", "")), str(model.get("kind", ""))
+        _offered(state.models, caps.get(capabilities.MODELS))
+        _offered(state.ip_adapters, caps.get(capabilities.IP_ADAPTERS))
         state.backend_version = str(m.get("server", ""))
         if state.last_error.startswith("Backend lost"):
             state.last_error = ""
@@ -290,6 +288,16 @@ class Session:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _offered(collection: Any, entries: Any) -> None:
+    """``collection`` (the panel state's models or IP-Adapters) set to hello's entries of one offered list (shared/
+    capabilities.py); an entry without a name is skipped, as is a list that is not one."""
+    collection.clear()
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and entry.get("name"):
+            item = collection.add()
+            item.name, item.label, item.kind = str(entry["name"]), str(entry.get("label", "")), str(entry.get("kind", ""))
 
 
 def mesh_arrays(arrays: dict[str, Any]) -> scene_mesh.MeshArrays:

@@ -8,7 +8,7 @@ import bpy
 
 from . import preview
 from ._vendor.shared.status import JobStatus
-from .schema_ui import BASIC, edit_settings, prompt_settings, sections
+from .schema_ui import BASIC, adapter_settings, edit_settings, prompt_settings, sections
 
 CATEGORY = "TBSD"
 
@@ -55,6 +55,11 @@ class TBSD_PT_main(bpy.types.Panel):
             box.template_ID(props, "reference_image", open="image.open")
             if props.reference_image is not None and props.reference_image.preview is not None:
                 box.template_icon(icon_value=props.reference_image.preview.icon_id, scale=5.0)
+            if adapter_settings(props.method, props.model):
+                # A drop-down of the backend's IP-Adapters, and the field itself for a file or hub id.
+                col = box.column(align=True)
+                col.prop(props, "ip_adapter_choice")
+                col.prop(props, "ip_adapter", text="")
 
         row = layout.row(align=True)
         row.scale_y = 1.4

@@ -17,6 +17,7 @@ from ._vendor.shared.settings import (
     EDIT_SETTINGS,
     MAX_PROMPT_CHARS,
     PRESETS,
+    PROCEDURAL_MODEL,
     REPRESENTATION_PRESETS,
     REPRESENTATIONS,
     SCHEMA,
@@ -84,42 +85,78 @@ def schema_property(setting: Setting) -> Any:
     raise TypeError(f"setting {setting.name!r} has a kind the panel cannot show: {setting.kind!r}")
 
 
-# The drop-down's items. Blender keeps only pointers to an items callback's strings, so the list lives here,
-# not in a local that Python could free while a menu shows it.
-_MODEL_ITEMS: list[tuple[str, str, str]] = []
+# The drop-downs' items, by the setting each writes. Blender keeps only pointers to an items callback's strings, so
+# each list lives here, not in a local that Python could free while a menu shows it.
+_ITEMS: dict[str, list[tuple[str, str, str]]] = {"model": [], "ip_adapter": []}
 _OLD_ITEMS: list[list[tuple[str, str, str]]] = []
+
+
+def _offered(setting: str, first: tuple[str, str, str], entries: Any, current: str) -> list[tuple[str, str, str]]:
+    """``first``, then what the backend offers (hello's entries, ``first`` not repeated), then ``current`` when it was
+    typed in the setting's own field and is not offered; kept in ``_ITEMS[setting]``."""
+    items = [first]
+    for entry in entries:
+        if entry.name != first[0]:
+            items.append((entry.name, entry.label or entry.name, f"{entry.kind}: {entry.name}"))
+    if current and all(current != item[0] for item in items):
+        items.append((current, current, "Typed in the field below; not offered by the backend"))
+    kept = _ITEMS[setting]
+    if items != kept:
+        _OLD_ITEMS.append(list(kept))  # a menu drawn from the old list may still point at its strings
+        kept[:] = items
+    return kept
+
+
+def _state(context: Any) -> Any:
+    return getattr(getattr(context, "window_manager", None), "tbsd_state", None)
 
 
 def _model_items(props: Any, context: Any) -> list[tuple[str, str, str]]:
     """The models the connected backend has (hello's capabilities.models), and the panel's current value."""
-    state = getattr(getattr(context, "window_manager", None), "tbsd_state", None)
-    items = [("procedural", "Procedural (embedded)", "The embedded exact-score prior")]
-    for m in (state.models if state is not None else ()):
-        if m.name != "procedural":
-            items.append((m.name, m.label or m.name, f"{m.kind}: {m.name}"))
-    if props.model and all(props.model != item[0] for item in items):
-        items.append((props.model, props.model, "Typed in the field below; not offered by the backend"))
-    if items != _MODEL_ITEMS:
-        _OLD_ITEMS.append(list(_MODEL_ITEMS))  # a menu drawn from the old list may still point at its strings
-        _MODEL_ITEMS[:] = items
-    return _MODEL_ITEMS
+    state = _state(context)
+    return _offered("model", (PROCEDURAL_MODEL, "Procedural (embedded)", "The embedded exact-score prior"),
+                    state.models if state is not None else (), props.model)
 
 
-def _get_model_choice(props: Any) -> int:
-    names = [item[0] for item in _model_items(props, bpy.context)]
-    return names.index(props.model) if props.model in names else 0
+def _adapter_items(props: Any, context: Any) -> list[tuple[str, str, str]]:
+    """The IP-Adapters the connected backend has (hello's capabilities.ip_adapters) after an empty entry (none),
+    and the panel's current value."""
+    state = _state(context)
+    return _offered("ip_adapter", (NO_ADAPTER, "None", "No IP-Adapter (an isd job on Stable Diffusion needs one)"),
+                    state.ip_adapters if state is not None else (), props.ip_adapter)
 
 
-def _set_model_choice(props: Any, index: int) -> None:
-    props.model = _model_items(props, bpy.context)[index][0]
+# The drop-down's entry for an empty `ip_adapter`: Blender draws an item with an empty identifier as a heading, which
+# cannot be chosen, so the entry has a name of its own that stands for "".
+NO_ADAPTER = "NONE"
+
+
+def _choice(setting: str, items: Any, empty: str | None = None) -> tuple[Any, Any]:
+    """get/set of a drop-down that is a view of the schema's ``setting`` (nothing stored of its own); the item
+    ``empty`` stands for the empty value."""
+    def get(props: Any) -> int:
+        names = [item[0] for item in items(props, bpy.context)]
+        value = getattr(props, setting) or empty
+        return names.index(value) if value in names else 0
+
+    def set_(props: Any, index: int) -> None:
+        chosen = items(props, bpy.context)[index][0]
+        setattr(props, setting, "" if chosen == empty else chosen)
+
+    return get, set_
 
 
 def _settings_class() -> type:
     annotations: dict[str, Any] = {name: schema_property(s) for name, s in SCHEMA.items() if name not in HIDDEN}
-    # A view of `model` (get/set, nothing stored): choosing here writes the schema's `model` field.
+    # Views of `model` and `ip_adapter` (get/set, nothing stored): choosing here writes the schema's field.
+    get, set_ = _choice("model", _model_items)
     annotations["model_choice"] = EnumProperty(
-        name="Model", items=_model_items, get=_get_model_choice, set=_set_model_choice,
+        name="Model", items=_model_items, get=get, set=set_,
         description="Diffusion prior of the job: the models the connected backend has on its machine")
+    get, set_ = _choice("ip_adapter", _adapter_items, NO_ADAPTER)
+    annotations["ip_adapter_choice"] = EnumProperty(
+        name="IP-Adapter", items=_adapter_items, get=get, set=set_,
+        description="Image prompt of an isd job on Stable Diffusion: the IP-Adapters the connected backend has")
     annotations["prompt"] = StringProperty(name="Prompt", description="What to make",
                                            default="a red cube", maxlen=MAX_PROMPT_CHARS)
     annotations["stream_meshes"] = IntProperty(
@@ -185,10 +222,11 @@ class TBSD_Result(bpy.types.PropertyGroup):
 
 
 class TBSD_Model(bpy.types.PropertyGroup):
-    """One model the backend has (hello's capabilities.models); ``name`` is the value of the job's `model`."""
+    """One model or IP-Adapter the backend has (an entry of hello's capabilities.models or .ip_adapters); ``name``
+    is the value of the job's `model` or `ip_adapter`."""
 
     label: StringProperty(name="Label")
-    kind: StringProperty(name="Kind")  # procedural, hub (in the HF cache) or folder (in its models folder)
+    kind: StringProperty(name="Kind")  # shared/capabilities.py KINDS: procedural, shipped, hub or folder
 
 
 class TBSD_RuntimeState(bpy.types.PropertyGroup):
@@ -204,6 +242,7 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
     gpu: StringProperty(name="GPU")
     model: StringProperty(name="Model")
     models: CollectionProperty(type=TBSD_Model)
+    ip_adapters: CollectionProperty(type=TBSD_Model)
     backend_version: StringProperty(name="Backend version")
     job_id: StringProperty(name="Job")
     job_state: StringProperty(name="Job state", default="idle")

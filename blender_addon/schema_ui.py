@@ -8,7 +8,7 @@ knobs); tests/blender/addon_lifecycle.py checks every setting is drawn for some 
 
 from __future__ import annotations
 
-from ._vendor.shared.settings import SCHEMA, Setting, settings_for
+from ._vendor.shared.settings import SCHEMA, Setting, reads_ip_adapter, settings_for
 
 # Deliberately not in the panel, with the reason. The image_* settings drive the 2D image experiment
 # (`python -m backend image`), which is a research tool, not a 3D job the add-on can start.
@@ -29,6 +29,8 @@ BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed"
 PROMPT_GROUP = "prompt"
 # An edit is a Refine's (shared/settings.py check_new_job): drawn beside the Refine button, not among Generate's.
 EDIT_GROUP = "edit"
+# Drawn in the image-prompt box with a drop-down of the backend's IP-Adapters, and only where the job reads it.
+ADAPTER = "ip_adapter"
 
 
 def _visible(method: str, representation: str | None = None) -> list[Setting]:
@@ -38,6 +40,11 @@ def _visible(method: str, representation: str | None = None) -> list[Setting]:
 def prompt_settings(method: str) -> list[str]:
     """Negative prompt / target-negative descriptors the chosen method uses."""
     return [s.name for s in _visible(method) if s.group == PROMPT_GROUP]
+
+
+def adapter_settings(method: str, model: str) -> list[str]:
+    """What the image-prompt box shows besides the reference image: ``ip_adapter`` for isd on Stable Diffusion."""
+    return [ADAPTER] if reads_ip_adapter(method, model) and ADAPTER not in HIDDEN else []
 
 
 def edit_settings(advanced: bool) -> list[str]:
@@ -53,7 +60,7 @@ def sections(method: str, representation: str) -> list[tuple[str, list[str]]]:
     Advanced sections are titled "Advanced: <group>" and sit in the panel's collapsible advanced box.
     """
     rest = [s for s in _visible(method, representation)
-            if s.name not in BASIC and s.group not in (PROMPT_GROUP, EDIT_GROUP)]
+            if s.name not in BASIC and s.name != ADAPTER and s.group not in (PROMPT_GROUP, EDIT_GROUP)]
     out: list[tuple[str, list[str]]] = [("Settings", [s.name for s in rest if not s.advanced])]
     by_group: dict[str, list[str]] = {}
     for s in rest:
@@ -66,6 +73,7 @@ def sections(method: str, representation: str) -> list[tuple[str, list[str]]]:
 def drawn_names(method: str, representation: str) -> set[str]:
     """Every setting the panel draws for ``method`` on ``representation``."""
     names = set(BASIC) | set(prompt_settings(method)) | set(edit_settings(advanced=True))
+    names.update(adapter_settings(method, "a Stable Diffusion model"))  # any model but the procedural prior
     for _, group in sections(method, representation):
         names.update(group)
     return names

@@ -53,6 +53,7 @@ REFERENCE_SOURCES: tuple[str, ...] = ("sample", "image")
 EDIT_WEIGHTING = "uniform"
 
 MAX_PROMPT_CHARS = 500
+PROCEDURAL_MODEL = "procedural"  # the embedded prior: the default model, and the one that needs no IP-Adapter
 
 
 class SettingsError(ValueError):
@@ -123,7 +124,7 @@ def _s(*args: Any, **kwargs: Any) -> Setting:
 _ALL: tuple[Setting, ...] = (
     # --- what to make -------------------------------------------------------------------------
     _s("method", str, "tbsd", "Score-distillation method.", "job", choices=METHODS),
-    _s("model", str, "procedural",
+    _s("model", str, PROCEDURAL_MODEL,
        "Diffusion prior: 'procedural' (embedded exact-score world), 'world-sd' (a Stable Diffusion trained "
        "on that world, shipped in models/) or a Stable Diffusion 1.x/2.x folder or hub id.", "job", max_length=1000),
     _s("representation", str, "nerf", "3D representation to optimise.", "job", choices=REPRESENTATIONS),
@@ -495,6 +496,12 @@ def resolved_weighting(settings: Mapping[str, Any]) -> str:
     return EDIT_WEIGHTING if editing(settings) else DEFAULT_WEIGHTING_BY_METHOD[settings["method"]]
 
 
+def reads_ip_adapter(method: str, model: str) -> bool:
+    """Whether a job reads ``ip_adapter``: a method tagged for it (isd) on a Stable Diffusion model. The procedural
+    prior answers image prompts itself."""
+    return method in (SCHEMA["ip_adapter"].methods or ()) and model != PROCEDURAL_MODEL
+
+
 def settings_for(method: str, representation: str | None = None) -> list[Setting]:
     """The settings a job of ``method`` uses, on ``representation`` (None: on any)."""
     return [s for s in _ALL if (s.methods is None or method in s.methods)
@@ -511,6 +518,6 @@ def groups() -> Iterable[str]:
 __all__ = [
     "METHODS", "REPRESENTATIONS", "REFERENCE_SOURCES", "SCHEMA", "PRESETS", "REPRESENTATION_PRESETS", "preset_values", "Setting", "SettingsError", "defaults", "validate",
     "resolved_negative_prompt", "resolved_weighting", "settings_for", "groups", "EDIT_SETTINGS", "editing",
-    "check_new_job", "refine_base",
+    "check_new_job", "refine_base", "reads_ip_adapter", "PROCEDURAL_MODEL",
     "TARGET_NEGATIVE_DESCRIPTORS", "NFSD_NEGATIVE", "CSD_NEGATIVE", "BSD_NEGATIVE",
 ]

@@ -1,5 +1,5 @@
 """The model per job through a real `python -m backend serve`: hello lists the models on the machine (the HF
-cache and --models-dir), one server switches between the procedural prior and a tiny random Stable Diffusion
+cache and --models-dir) and the IP-Adapters (shipped, and in --models-dir; an isd job runs with a listed one), one server switches between the procedural prior and a tiny random Stable Diffusion
 folder job by job (keeping the last one loaded), and a model that is not here is refused before it queues with
 an error naming it and how to fetch it."""
 
@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from backend.shipped_models import SHIPPED_ADAPTERS
 from server_support import QUIET_STREAM, TINY, ServerProcess, client, run_to_end, submit, wait_for
 
 # The SD path at its smallest (32 px renders: the tiny UNet's latents are 4x4).
@@ -25,6 +26,9 @@ def setup(tmp_path_factory):
     models = tmp / "models"
     folder = save_random_pipeline(models / "tiny-sd", "tiny", seed=0)
     (models / "half-copied" / "unet").mkdir(parents=True)  # not a whole pipeline: never offered
+    adapter = _tiny_adapter(models / "tiny-ip", folder)  # an IP-Adapter for the tiny UNet, beside the models
+    (models / "half-ip" / "image_encoder").mkdir(parents=True)  # an adapter without its files: never offered
+    (models / "half-ip" / "ip-adapter.safetensors").write_bytes(adapter.joinpath("ip-adapter.safetensors").read_bytes())
     # A hub id in a Hugging Face cache laid out as huggingface_hub writes it (refs/main -> snapshot folder).
     cache = tmp / "hf-cache"
     repo = cache / ("models--" + HUB_ID.replace("/", "--"))
@@ -40,6 +44,22 @@ def setup(tmp_path_factory):
             yield server, folder
 
 
+def _tiny_adapter(out, sd_folder):
+    """A real IP-Adapter (random weights) for the tiny pipeline's UNet: the files the server lists and the worker
+    loads."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from backend.priors.ip_adapter import build_image_encoder, initial_adapter_state, save_adapter
+
+    torch.manual_seed(0)
+    encoder = build_image_encoder("tiny")
+    unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet")
+    state = initial_adapter_state(unet, int(encoder.config.projection_dim), from_text=False,
+                                  generator=torch.Generator().manual_seed(0))
+    return save_adapter(out, state, encoder, dtype=torch.float32)
+
+
 def test_hello_lists_procedural_the_hf_cache_and_the_models_folder(setup):
     server, folder = setup
     c = client(server, "lister", hello=False)
@@ -49,6 +69,27 @@ def test_hello_lists_procedural_the_hf_cache_and_the_models_folder(setup):
     assert [(m["name"], m["kind"]) for m in models] == [
         ("procedural", "procedural"), ("world-sd", "shipped"), (HUB_ID, "hub"), (str(folder.resolve()), "folder")]
     assert welcome["capabilities"]["model"] == "procedural"  # what a job naming no model gets
+    # The IP-Adapters: the models folder's complete one (the shipped world-sd-ip only once models/world-sd-ip/ holds
+    # its trained files, which this checkout may not have).
+    shipped = [{"name": "world-sd-ip", "kind": "shipped", "label": SHIPPED_ADAPTERS["world-sd-ip"][1]}] \
+        if SHIPPED_ADAPTERS["world-sd-ip"][0].joinpath("ip-adapter.safetensors").is_file() else []
+    assert welcome["capabilities"]["ip_adapters"] == shipped + [
+        {"name": str((folder.parent / "tiny-ip").resolve()), "kind": "folder", "label": "tiny-ip"}]
+    c.close()
+
+
+def test_an_isd_job_names_a_listed_ip_adapter_and_runs_with_it(setup):
+    server, folder = setup
+    c = client(server, "isd")
+    c.send_hello(name="pytest")
+    adapters = wait_for(c, lambda m: m.type == "welcome", 10)["capabilities"]["ip_adapters"]
+    named = next(a["name"] for a in adapters if a["kind"] == "folder")
+    accepted = submit(c, "a red cube", dict(SD_TINY, model=str(folder), method="isd", ip_adapter=named), QUIET_STREAM)
+    assert accepted.type == "accepted", accepted.header
+    messages = run_to_end(c, accepted.job, timeout=300)
+    assert messages[-1].type == "finished", [m.header for m in messages[-3:]]
+    record = json.loads((server.results / accepted.job / "job.json").read_text())
+    assert record["settings"]["ip_adapter"] == named and record["reference"]["source"] == "sample"
     c.close()
 
 

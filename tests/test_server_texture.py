@@ -1,5 +1,5 @@
 """Texture jobs over the wire: a real server process textures a mesh sent in a ``submit`` (kind "texture") and sends
-it back with the same geometry; malformed meshes are refused with ``bad_field`` naming the array and what is
+it back with the same geometry, refines and edits it by text from its checkpoint with that geometry; malformed meshes are refused with ``bad_field`` naming the array and what is
 allowed, and the server keeps serving."""
 
 from __future__ import annotations
@@ -70,11 +70,40 @@ def test_a_mesh_with_uvs_comes_back_textured_with_its_own_vertices_faces_and_uvs
     rid = c.send_fetch(job)
     result = wait_for(c, lambda m: m.get("id") == rid, 30)
     assert result.type == "result" and np.array_equal(result.arrays["faces"], f)
-    # The server does not refine a texture job yet (its checkpoint holds its mesh, but the wire's refine is not wired
-    # for it; the CLI's generate --resume is): refused in words.
-    rid = c.send_refine(job, prompt="a red cube")
+    c.close()
+
+
+def test_a_finished_texture_job_is_refined_and_then_edited_by_text_keeping_its_mesh(server):
+    """A refine continues the texture job's checkpoint (which holds the mesh); an edit of that refine (a chain of two)
+    too. Each result has the input's vertices, faces and UVs: only the texture trains."""
+    c = client(server, "texture-refiner")
+    v, f, uvs = cube()
+    source = texture(c, v, f, uvs).job
+    assert run_to_end(c, source, 300)[-1].type == "finished"
+    assert (server.results / source / "checkpoint.pt").is_file()  # written as a generate job's is
+    parent, start = source, 6
+    # One after the other: a refine of a running job would stop it.
+    for prompt, settings in (("a blue cube", {"steps": 3}), ("a red cube", {"steps": 3, "edit_prompt": "blue"})):
+        rid = c.send_refine(parent, prompt=prompt, settings=settings)
+        accepted = wait_for(c, lambda m: m.get("id") == rid, 30)
+        assert accepted.type == "accepted" and accepted["parent"] == parent, accepted.header
+        seen = run_to_end(c, accepted.job, 300)
+        assert seen[-1].type == "finished", [m.header for m in seen if m.type == "error"]
+        assert next(m for m in seen if m.type == "started")["step"] == start
+        assert not [m for m in seen if m.type == "mesh" and not m.get("final")]  # no intermediate meshes
+        final = next(m for m in seen if m.type == "mesh" and m.get("final"))
+        assert np.array_equal(final.arrays["vertices"], v) and np.array_equal(final.arrays["faces"], f)
+        assert np.allclose(final.arrays["uvs"], uvs, atol=1e-6)
+        record = json.loads((server.results / accepted.job / "job.json").read_text())
+        assert record["command"] == "texture" and record["parent"] == parent and record["steps_done"] == start + 3
+        parent, start = accepted.job, start + 3
+    edited = accepted
+    record = json.loads((server.results / edited.job / "job.json").read_text())
+    assert record["settings"]["edit_prompt"] == "blue" and record["prompt"] == "a red cube"
+    # As on its submit, a texture job's refine streams no intermediate meshes, however far down the chain.
+    rid = c.send_refine(edited.job, settings={"steps": 3}, stream={"mesh_every": 1})
     refused = wait_for(c, lambda m: m.get("id") == rid, 10)
-    assert refused.type == "error" and refused["code"] == "bad_state" and "texture job" in refused["message"]
+    assert refused.type == "error" and refused["code"] == "bad_field" and "'mesh_every'" in refused["message"]
     c.close()
 
 
@@ -162,7 +191,8 @@ def test_wrong_kinds_stream_options_and_torn_frames_are_refused(server):
 
 def test_a_texture_job_a_killed_server_left_running_finishes_after_a_restart(tmp_path):
     """The mesh is in the job's folder before the job is accepted, so the restarted server builds the job from
-    disk: from its start, since a checkpoint holds no mesh (one is there: checkpoint_every 2)."""
+    disk: from its start (backend/jobs/recovery.py does not resume a texture job's own checkpoint, though one is
+    there: checkpoint_every 2)."""
     results, port = tmp_path / "results", free_port()
     v, f, uvs = cube()
     s = ServerProcess(results, port).start()

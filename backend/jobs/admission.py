@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from backend.jobs.models import PROCEDURAL, ModelMissing, check_model
 from shared.protocol import ProtocolError
 from shared.reference_image import REFERENCE_ARRAY, ReferenceImage, check_reference_arrays
-from shared.settings import MAX_PROMPT_CHARS, SettingsError, check_new_job, validate
+from shared.settings import MAX_PROMPT_CHARS, SettingsError, check_new_job, reads_ip_adapter, validate
 from shared.texture_mesh import TextureMesh, check_texture_mesh
 
 
@@ -54,7 +54,7 @@ class Admission:
             check_model(settings["model"], self.models_dir)
         except ModelMissing as exc:
             raise Refused("model", str(exc)) from None
-        if settings["method"] == "isd" and settings["model"] != PROCEDURAL:
+        if reads_ip_adapter(settings["method"], settings["model"]):
             # Stable Diffusion answers image prompts through an IP-Adapter (backend/priors/ip_adapter.py), which the
             # job must name; the procedural prior has its own.
             from backend.ip_adapter_source import AdapterMissing, check_adapter, needs_adapter

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from backend.shipped_models import SHIPPED
+from shared import capabilities as caps
+from shared.settings import PROCEDURAL_MODEL
 
-PROCEDURAL = "procedural"
+PROCEDURAL = PROCEDURAL_MODEL
 # A Stable Diffusion diffusers folder, as the product's loader (backend/priors/stable_diffusion.py) reads it.
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -67,19 +69,19 @@ def local_models(models_dir: Path | None = None, cache: Path | None = None) -> l
     """Every model a job could name without a download: ``procedural``, the hub ids in the HF cache, and the
     diffusers folders directly inside ``models_dir``. Each is ``{"name", "kind", "label"}``; ``name`` is what
     a job's ``model`` setting takes."""
-    found = [{"name": PROCEDURAL, "kind": "procedural", "label": "Procedural (embedded, exact scores)"}]
-    found += [{"name": name, "kind": "shipped", "label": label} for name, (folder, label) in SHIPPED.items()
+    found = [{"name": PROCEDURAL, "kind": caps.PROCEDURAL, "label": "Procedural (embedded, exact scores)"}]
+    found += [{"name": name, "kind": caps.SHIPPED, "label": label} for name, (folder, label) in SHIPPED.items()
               if is_pipeline_folder(folder)]
     cache = cache or hf_cache()
     if cache.is_dir():
         for repo in sorted(cache.glob("models--*")):
             hub_id = repo.name[len("models--"):].replace("--", "/", 1)
             if cached_snapshot(hub_id, cache) is not None:
-                found.append({"name": hub_id, "kind": "hub", "label": hub_id})
+                found.append({"name": hub_id, "kind": caps.HUB, "label": hub_id})
     if models_dir is not None and models_dir.is_dir():
         for folder in sorted(models_dir.iterdir()):
             if is_pipeline_folder(folder):
-                found.append({"name": str(folder.resolve()), "kind": "folder", "label": folder.name})
+                found.append({"name": str(folder.resolve()), "kind": caps.FOLDER, "label": folder.name})
     return found
 
 

@@ -54,6 +54,21 @@ class ResultStore:
             return None
         return records.read_record(folder)
 
+    def is_texture_chain(self, record: dict[str, Any]) -> bool:
+        """Whether the job of ``record``, or the first job of its chain of refines, is a texture job: its checkpoint
+        holds a user's mesh, so what it streams and returns is that mesh's geometry (no intermediate meshes)."""
+        seen: set[str] = set()
+        current: dict[str, Any] | None = record
+        while current is not None:
+            if current.get("input_mesh") is not None:
+                return True
+            parent = current.get("parent")
+            if not parent or parent in seen:  # a chain that loops (a hand-edited record) ends here
+                return False
+            seen.add(parent)
+            current = self.read_record(parent)
+        return False
+
     def refresh(self, job_id: str, record: dict[str, Any] | None = None) -> None:
         """Re-read one job's record into the index (after its worker wrote it)."""
         record = record if record is not None else self.read_record(job_id)

@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from backend.export.meshfile import read_glb
+from backend.ip_adapter_source import local_adapters
 from backend.jobs.admission import Admission, Refused
 from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
 from backend.jobs.mesh_input import save_input_mesh
@@ -37,6 +38,7 @@ from backend.jobs.results import ResultStore
 from backend.jobs.scheduler import Scheduler
 from backend.reference import save_reference
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
+from shared import capabilities as caps
 from shared import protocol as P
 from shared.reference_image import MAX_REFERENCE_PIXELS, MAX_REFERENCE_SIDE, MIN_REFERENCE_SIDE, REFERENCE_ARRAY
 from shared.settings import MAX_PROMPT_CHARS, METHODS, REPRESENTATIONS, refine_base
@@ -93,7 +95,7 @@ class Server:
         check_bind(bind, curve)
         self.bind = bind
         self.model = model  # for jobs that name no model
-        self.models_dir = models_dir  # diffusers folders offered in hello's capabilities (beside the HF cache)
+        self.models_dir = models_dir  # diffusers and IP-Adapter folders offered in hello (beside the HF cache)
         self.device = device
         self.store = ResultStore(results)
         # A dead server's queued and running jobs, queued again under their ids (or lost: backend/jobs/recovery.py).
@@ -364,7 +366,8 @@ class Server:
             gpu = {"name": torch.cuda.get_device_name(self.device), "total_bytes": total, "free_bytes": free}
         return {
             "protocol": P.VERSION, "methods": list(METHODS), "representations": list(REPRESENTATIONS),
-            "model": self.model, "models": local_models(self.models_dir), "device": str(self.device), "gpu": gpu,
+            "model": self.model, caps.MODELS: local_models(self.models_dir),
+            caps.IP_ADAPTERS: local_adapters(self.models_dir), "device": str(self.device), "gpu": gpu,
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
                        "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
@@ -501,10 +504,6 @@ class Server:
         running = live is not None and live.id in self.queue.running
         if live is not None and self.queue.is_queued(live.id):
             raise P.ProtocolError("bad_state", f"job {source_id} has not started; cancel it and submit again", rid)
-        if (live.spec.input_mesh if live is not None else (record or {}).get("input_mesh")) is not None:
-            # The runner could continue its checkpoint (it holds the mesh); the wire's refine of one is not tested yet.
-            raise P.ProtocolError("bad_state", f"job {source_id} is a texture job, which cannot be refined yet; "
-                                               "submit a new texture job instead", rid)
         checkpoint = self.store.job_dir(source_id) / "checkpoint.pt"
         if not running and not checkpoint.is_file():
             raise P.ProtocolError("bad_state", f"job {source_id} has no checkpoint to refine from "
@@ -523,6 +522,12 @@ class Server:
         settings = self._admit(prompt, given, base, rid)
         self._check_queue(identity, rid)
         stream = P.check_stream(m.get("stream") or source.get("stream"), rid)
+        # A texture job's checkpoint holds its mesh (the runner refines and edits it there), and, as its submit,
+        # its refine streams no intermediate meshes: the geometry is the user's.
+        if stream["mesh_every"] and self.store.is_texture_chain(source):
+            raise P.ProtocolError("bad_field", f"stream option 'mesh_every' must be 0 for a refine of texture job "
+                                               f"{source_id}: its geometry is the mesh sent, and the textured mesh "
+                                               "comes when it finishes", rid)
         # ``steps`` in a refine is how many more (validated over the source's: the source's own count by default).
         spec = JobSpec(self._new_id(), self.owner(identity), prompt, settings, stream, _created(), parent=source_id,
                        source_checkpoint=str(checkpoint), refine_steps=settings["steps"])
