@@ -49,6 +49,7 @@ def test_hello_lists_procedural_the_hf_cache_and_the_models_folder(setup):
     assert [(m["name"], m["kind"]) for m in models] == [
         ("procedural", "procedural"), ("world-sd", "shipped"), (HUB_ID, "hub"), (str(folder.resolve()), "folder")]
     assert welcome["capabilities"]["model"] == "procedural"  # what a job naming no model gets
+    assert welcome["capabilities"]["job_slots"] == 1  # --jobs-per-gpu auto on the CPU
     c.close()
 
 
