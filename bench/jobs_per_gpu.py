@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend import records  # noqa: E402
 from backend.jobs import slots  # noqa: E402
+from shared.status import JobStatus  # noqa: E402
 
 PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a red torus", "a blue capsule",
            "a green cube", "a yellow sphere")
@@ -81,7 +82,7 @@ def run_batch(jobs_per_gpu: int, rows: int, settings: dict[str, Any], work: Path
     peak_mib = None
     while proc.poll() is None:
         for job in out.iterdir() if out.is_dir() else ():
-            if job.name not in done and (records.read_record(job) or {}).get("status") == "finished":
+            if job.name not in done and (records.read_record(job) or {}).get("status") == JobStatus.FINISHED:
                 done[job.name] = time.perf_counter() - t0
         used = gpu_memory_used_mib()
         if used is not None:
@@ -99,7 +100,7 @@ def run_batch(jobs_per_gpu: int, rows: int, settings: dict[str, Any], work: Path
                         "load_prior_s": seconds.get("load_prior"), "train_s": seconds.get("train"),
                         "finish_s": seconds.get("finish"), "peak_gpu_memory_gb": record.get("peak_gpu_memory_gb"),
                         "voxel_iou": (row.get("figures") or {}).get("voxel_iou"), "error": row.get("error")})
-    finished = sum(r["status"] == "finished" for r in per_row)
+    finished = sum(r["status"] == JobStatus.FINISHED for r in per_row)
     result: dict[str, Any] = {"jobs_per_gpu": jobs_per_gpu, "rows": rows, "finished": finished,
                               "returncode": proc.returncode, "wall_s": wall, "gpu_memory_used_peak_mib": peak_mib,
                               "workers": len({r["worker_pid"] for r in per_row if r["worker_pid"]})}

@@ -202,6 +202,7 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
     ], default="disconnected")
     device: StringProperty(name="Device")
     gpu: StringProperty(name="GPU")
+    job_slots: IntProperty(name="Jobs at once", default=1, min=0)  # hello's capabilities.job_slots
     model: StringProperty(name="Model")
     models: CollectionProperty(type=TBSD_Model)
     backend_version: StringProperty(name="Backend version")
