@@ -1,7 +1,7 @@
 """Many prompts, one command: ``python -m backend batch PROMPTS --out DIR [--executor local|ray]``.
 
 Each row runs as a job through the server's scheduler and executors (backend/jobs/scheduler.py, executor.py):
-``local`` runs ``--workers`` worker processes on this machine, ``ray`` one actor per GPU of a Ray cluster. Both
+``local`` runs ``--jobs-per-gpu`` worker processes on this machine, ``ray`` one actor per GPU of a Ray cluster. Both
 run the worker's own job code (backend/jobs/runner.py), so a row's folder holds exactly what a server job's does
 (mesh.glb, mesh.obj, mesh.ply, preview.png, checkpoint.pt, job.json last, all written atomically). A row is finished only when its job.json says
 ``finished`` for the same prompt and settings and every file it lists exists; a rerun skips those, so an
@@ -21,7 +21,7 @@ from backend import records
 from backend.batch_input import Row
 from backend.jobs.executor import Ended, Event, Executor, JobSpec
 from backend.jobs.results import ResultStore
-from backend.jobs.scheduler import PoolExecutor, Scheduler
+from backend.jobs.scheduler import Scheduler, local_pool
 from shared import protocol as P
 from shared.status import JobStatus
 
@@ -169,19 +169,17 @@ def _ended(outcome: Outcome, event: Ended, store: ResultStore) -> None:
         outcome.error = record.get("error")
 
 
-def make_executor(kind: str, store: ResultStore, device: str, workers: int = 1,
+def make_executor(kind: str, store: ResultStore, device: str, jobs: int = 1,
                   ray: dict[str, Any] | None = None) -> Executor:
-    """``workers`` local worker processes as one executor, or a Ray executor (its actors are its workers)."""
+    """``jobs`` local worker processes as one executor (``--jobs-per-gpu``), or a Ray executor (its actors are
+    its workers)."""
     if kind == "ray":
         from backend.jobs.ray_executor import RayExecutor
 
         return RayExecutor(store, device, **(ray or {}))
     import zmq
 
-    from backend.jobs.executor import ProcessExecutor
-
-    ctx = zmq.Context.instance()
-    return PoolExecutor([ProcessExecutor(ctx, store, device) for _ in range(workers)])
+    return local_pool(zmq.Context.instance(), store, device, jobs)
 
 
 __all__ = ["run_rows", "finished_record", "make_executor", "Outcome", "STREAM"]

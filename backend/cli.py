@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from backend.jobs.slots import GIB, JOB_PEAK_BYTES, MPS_MAX_JOBS, NO_MPS_MAX_JOBS, Setting, parse_setting
 from shared.settings import EDIT_SETTINGS, SCHEMA, SettingsError, check_new_job, editing, validate
 
 
@@ -83,10 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, type=Path,
                        help="Output folder: one folder per row, summary.json, summary.md, contact_sheet.png.")
     batch.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    batch.add_argument("--workers", type=int, default=1,
-                       help="With --executor local: worker processes running rows side by side [1].")
     batch.add_argument("--quiet", action="store_true", help="No progress bar.")
-    _add_executor_flags(batch)
+    # --workers was batch's name for the same number before serve had one; kept so existing commands still run.
+    _add_executor_flags(batch, ("--workers",))
     _add_setting_flags(batch, skip=set(IMAGE_ONLY) | set(EDIT_SETTINGS))
 
     serve = sub.add_parser("serve", help="The ZeroMQ job server for the Blender add-on (docs/PROTOCOL.md).")
@@ -149,16 +149,30 @@ NOT_TEXTURE = ("representation", "mesh_resolution", "decimate_faces", "texture_r
                "texture_refine_resolution")
 
 
-def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+def _jobs_per_gpu(text: str) -> Setting:
+    try:
+        return parse_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser, aliases: tuple[str, ...] = ()) -> None:
     group = parser.add_argument_group("where jobs run (docs/SCALE.md)")
+    group.add_argument("--jobs-per-gpu", *aliases, dest="jobs_per_gpu", type=_jobs_per_gpu, default="auto",
+                       metavar="N|auto",
+                       help="Jobs run at once on the device, each in its own worker process. auto: 1 on the CPU; on "
+                            f"a GPU its free memory / {JOB_PEAK_BYTES // GIB} GiB a job, at most {MPS_MAX_JOBS} "
+                            f"when CUDA MPS runs (docs/SCALE.md) and {NO_MPS_MAX_JOBS} when not (without MPS the "
+                            "jobs time-slice the GPU). With --executor ray, N actors share each GPU [auto].")
     group.add_argument("--executor", default="local", choices=("local", "ray"),
                        help="local: worker processes on this machine; ray: one actor per GPU of a Ray cluster "
                             "(needs `pip install 'tbsd-studio[ray]'`) [local].")
     group.add_argument("--ray-address", default="local",
                        help="With --executor ray: 'local' starts a Ray instance on this machine; 'auto' or "
                             "host:port joins a running cluster (`ray start --head`) [local].")
-    group.add_argument("--ray-gpus-per-actor", type=float, default=1.0,
-                       help="GPUs each actor holds; 0.5 puts two actors (two jobs) on each GPU [1].")
+    group.add_argument("--ray-gpus-per-actor", type=float, default=None,
+                       help="GPUs each actor holds; 0.5 puts two actors (two jobs) on each GPU; 0 with "
+                            "--ray-actors N runs N actors on CPUs [1, or 1/N with --jobs-per-gpu N].")
     group.add_argument("--ray-cpus-per-actor", type=float, default=1.0,
                        help="CPUs each actor holds (and its torch threads, as Ray sets OMP_NUM_THREADS) [1].")
     group.add_argument("--ray-actors", type=int, default=None,
@@ -169,10 +183,17 @@ def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def ray_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    """RayExecutor's options from the flags, or None for the local executor."""
+    """RayExecutor's options from the flags, or None for the local executor. ``--jobs-per-gpu N`` is N actors a
+    GPU; ``auto`` leaves Ray one actor a GPU, since this machine cannot probe the cluster's GPUs."""
     if args.executor != "ray":
         return None
-    return {"address": args.ray_address, "gpus_per_actor": args.ray_gpus_per_actor,
+    gpus = args.ray_gpus_per_actor
+    if args.jobs_per_gpu != "auto":
+        if gpus is not None:
+            raise SettingsError("--jobs-per-gpu and --ray-gpus-per-actor both say how many jobs share a GPU; "
+                                "give one of them")
+        gpus = 1.0 / args.jobs_per_gpu
+    return {"address": args.ray_address, "gpus_per_actor": 1.0 if gpus is None else gpus,
             "cpus_per_actor": args.ray_cpus_per_actor, "actors": args.ray_actors, "max_retries": args.ray_retries}
 
 
@@ -417,22 +438,27 @@ def run_batch(args: argparse.Namespace) -> int:
     from backend.batch_report import write_report
     from backend.jobs.ray_executor import RayMissing, RayUnusable
     from backend.jobs.results import ResultsRefused, ResultStore
+    from backend.jobs.slots import resolve as resolve_slots
     from backend.priors import resolve_device
 
     given = _given_settings(args)
     # Nobody watches a batch train: no preview renders unless asked for (the final preview.png is always made).
     given.setdefault("preview_every", 0)
-    if args.workers < 1:
-        print(f"error: --workers is {args.workers}; it must be at least 1", file=sys.stderr)
-        return 2
-    if args.executor == "local" and "quality" not in given and resolve_device(args.device).type == "cpu":
+    device = resolve_device(args.device)
+    if args.executor == "local" and "quality" not in given and device.type == "cpu":
         given["quality"] = "draft"  # as generate does: the standard preset is sized for a GPU
         print("no GPU: using --quality draft for rows that name no quality; pass --quality standard to override",
               file=sys.stderr)
     try:
         rows = read_rows(args.prompts, given)
         store = ResultStore(args.out)
-        executor = make_executor(args.executor, store, args.device, args.workers, ray_options(args))
+        options = ray_options(args)
+        jobs = 1
+        if options is None:
+            slots = resolve_slots(args.jobs_per_gpu, str(device))
+            print(f"batch: {slots.jobs} job(s) at once on {device} ({slots.why})", file=sys.stderr)
+            jobs = slots.jobs
+        executor = make_executor(args.executor, store, args.device, jobs, options)
     except (BatchInputError, ResultsRefused, RayMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -470,7 +496,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         return serve(args.bind, args.results, args.device, args.model, curve, args.models_dir,
                      args.job_silence_timeout, args.shutdown_grace, int(args.max_unread_mib * 1024 * 1024),
-                     ray=ray_options(args))
+                     ray=ray_options(args), jobs_per_gpu=args.jobs_per_gpu)
     except (BindRefused, ResultsRefused, RayMissing, RayUnusable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

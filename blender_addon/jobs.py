@@ -118,6 +118,8 @@ class Session:
         state.device = str(caps.get("device", ""))
         gpu = caps.get("gpu")
         state.gpu = str(gpu.get("name", "")) if isinstance(gpu, dict) else str(gpu or "")
+        slots = caps.get("job_slots")
+        state.job_slots = slots if isinstance(slots, int) and slots >= 0 else 1  # an older backend runs one
         state.model = str(caps.get("model", ""))
         _offered(state.models, caps.get(capabilities.MODELS))
         _offered(state.ip_adapters, caps.get(capabilities.IP_ADAPTERS))

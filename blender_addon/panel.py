@@ -96,7 +96,8 @@ class TBSD_PT_main(bpy.types.Panel):
         box.label(text=f"Backend: {state.bl_rna.properties['connection'].enum_items[state.connection].name}",
                   icon="LINKED" if state.connection == "connected" else "UNLINKED")
         if state.connection == "connected":
-            box.label(text=f"Device: {state.device}" + (f" ({state.gpu})" if state.gpu else ""))
+            box.label(text=f"Device: {state.device}" + (f" ({state.gpu})" if state.gpu else "")
+                      + (f", {state.job_slots} jobs at once" if state.job_slots > 1 else ""))
             box.label(text=f"Model: {state.model}")
         row = box.row(align=True)
         row.operator("tbsd.connect", icon="PLUGIN")

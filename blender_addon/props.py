@@ -240,6 +240,7 @@ class TBSD_RuntimeState(bpy.types.PropertyGroup):
     ], default="disconnected")
     device: StringProperty(name="Device")
     gpu: StringProperty(name="GPU")
+    job_slots: IntProperty(name="Jobs at once", default=1, min=0)  # hello's capabilities.job_slots
     model: StringProperty(name="Model")
     models: CollectionProperty(type=TBSD_Model)
     ip_adapters: CollectionProperty(type=TBSD_Model)

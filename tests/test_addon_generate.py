@@ -62,6 +62,7 @@ def test_backend_started_from_blender_reports_device_and_model(run):
     report, _ = run
     c = report["connected"]
     assert c["connection"] == "connected" and c["device"] == "cpu" and c["model"] == "procedural"
+    assert c["job_slots"] == 1  # hello's capabilities.job_slots: auto on the CPU
     assert c["timer_registered"]
 
 

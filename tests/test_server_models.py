@@ -69,6 +69,7 @@ def test_hello_lists_procedural_the_hf_cache_and_the_models_folder(setup):
     assert [(m["name"], m["kind"]) for m in models] == [
         ("procedural", "procedural"), ("world-sd", "shipped"), (HUB_ID, "hub"), (str(folder.resolve()), "folder")]
     assert welcome["capabilities"]["model"] == "procedural"  # what a job naming no model gets
+    assert welcome["capabilities"]["job_slots"] == 1  # --jobs-per-gpu auto on the CPU
     # The IP-Adapters: the models folder's complete one (the shipped world-sd-ip only once models/world-sd-ip/ holds
     # its trained files, which this checkout may not have).
     shipped = [{"name": "world-sd-ip", "kind": "shipped", "label": SHIPPED_ADAPTERS["world-sd-ip"][1]}] \

@@ -133,6 +133,7 @@ class Ended:
 class Executor(Protocol):
     def start(self) -> None: ...
     def idle(self) -> bool: ...
+    def capacity(self) -> int: ...  # jobs it runs at once (hello's job_slots)
     def submit(self, spec: JobSpec) -> None: ...
     def cancel(self, job: str, reason: str, refined_by: str | None, requested_step: int | None) -> None: ...
     def events(self) -> list[Event | Ended]: ...
@@ -235,6 +236,9 @@ class ProcessExecutor:
     # --- the interface ---------------------------------------------------------------------------------------
     def idle(self) -> bool:
         return self.running is None and self._waiting is None
+
+    def capacity(self) -> int:
+        return 1
 
     def submit(self, spec: JobSpec) -> None:
         assert self.idle(), "one job at a time"

@@ -219,6 +219,9 @@ class RayExecutor:
         free = sum(1 for s in self.slots if s.ready and s.job is None)
         return free > len(self.retry)
 
+    def capacity(self) -> int:
+        return len(self.slots)  # its actors, once started
+
     def submit(self, spec: JobSpec) -> None:
         assert self.idle(), "submit only while idle()"
         slot = next(s for s in self.slots if s.ready and s.job is None)

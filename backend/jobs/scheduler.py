@@ -13,7 +13,8 @@ from typing import Any
 
 import zmq
 
-from backend.jobs.executor import Ended, Event, Executor, JobSpec
+from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
+from backend.jobs.results import ResultStore
 
 
 class Scheduler:
@@ -83,8 +84,8 @@ class Scheduler:
 
 
 class PoolExecutor:
-    """Several executors as one (``batch --workers N``: N local worker processes): a job goes to a member with
-    room, and its cancel to the member running it."""
+    """Several executors as one (``--jobs-per-gpu N`` of serve and batch: N local worker processes): a job goes to
+    a member with room, and its cancel to the member running it."""
 
     def __init__(self, members: list[Any]) -> None:
         self.members = members
@@ -96,6 +97,9 @@ class PoolExecutor:
 
     def idle(self) -> bool:
         return any(m.idle() for m in self.members)
+
+    def capacity(self) -> int:
+        return sum(m.capacity() for m in self.members)
 
     def submit(self, spec: JobSpec) -> None:
         member = next(m for m in self.members if m.idle())
@@ -123,4 +127,11 @@ class PoolExecutor:
         return events
 
 
-__all__ = ["PoolExecutor", "Scheduler"]
+def local_pool(ctx: zmq.Context, store: ResultStore, device: str, jobs: int,
+               silence_timeout_s: float = 900.0) -> PoolExecutor:
+    """The local executor of serve and batch: ``jobs`` worker processes on ``device``, each running one job
+    (``jobs`` from ``--jobs-per-gpu``, backend/jobs/slots.py)."""
+    return PoolExecutor([ProcessExecutor(ctx, store, device, silence_timeout_s) for _ in range(jobs)])
+
+
+__all__ = ["PoolExecutor", "Scheduler", "local_pool"]

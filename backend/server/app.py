@@ -30,12 +30,13 @@ import zmq
 from backend.export.meshfile import read_glb
 from backend.ip_adapter_source import local_adapters
 from backend.jobs.admission import Admission, Refused
-from backend.jobs.executor import Ended, Event, Executor, JobSpec, ProcessExecutor
+from backend.jobs.executor import Ended, Event, Executor, JobSpec
 from backend.jobs.mesh_input import save_input_mesh
 from backend.jobs.models import local_models
 from backend.jobs.recovery import recover
 from backend.jobs.results import ResultStore
-from backend.jobs.scheduler import Scheduler
+from backend.jobs.scheduler import Scheduler, local_pool
+from backend.jobs.slots import Setting, resolve as resolve_slots
 from backend.reference import save_reference
 from backend.server.security import CurveConfig, Identities, apply_curve, check_bind
 from shared import capabilities as caps
@@ -91,7 +92,8 @@ class Server:
     def __init__(self, bind: str, results: Path, device: Any, model: str = "procedural",
                  curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
                  shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES,
-                 make_executor: Callable[[zmq.Context, ResultStore], Executor] | None = None) -> None:
+                 make_executor: Callable[[zmq.Context, ResultStore], Executor] | None = None,
+                 jobs_at_once: int = 1) -> None:
         check_bind(bind, curve)
         self.bind = bind
         self.model = model  # for jobs that name no model
@@ -114,9 +116,10 @@ class Server:
         self.auth = apply_curve(self.ctx, self.router, curve) if curve is not None else None
         self.router.bind(bind)
         # The worker loads each job's prior (settings["model"], filled in by the admission) and keeps the last one.
-        # By default one local worker process; `--executor ray` gives an actor pool (backend/jobs/ray_executor.py).
+        # By default `jobs_at_once` local worker processes (--jobs-per-gpu, backend/jobs/slots.py); `--executor ray`
+        # gives an actor pool (backend/jobs/ray_executor.py).
         executor: Executor = make_executor(self.ctx, self.store) if make_executor is not None else \
-            ProcessExecutor(self.ctx, self.store, str(device), silence_timeout_s)
+            local_pool(self.ctx, self.store, str(device), jobs_at_once, silence_timeout_s)
         self.queue = Scheduler(executor)  # the order jobs start in; batch schedules through the same
         self.jobs: dict[str, Job] = {}  # live jobs of this server's lifetime
         for spec in recovered.resumed:  # their owners' events go to them once they say hello again
@@ -368,6 +371,7 @@ class Server:
             "protocol": P.VERSION, "methods": list(METHODS), "representations": list(REPRESENTATIONS),
             "model": self.model, caps.MODELS: local_models(self.models_dir),
             caps.IP_ADAPTERS: local_adapters(self.models_dir), "device": str(self.device), "gpu": gpu,
+            "job_slots": self.queue.executor.capacity(),
             "limits": {"max_message_bytes": P.MAX_SERVER_INBOUND_BYTES, "max_prompt_chars": MAX_PROMPT_CHARS,
                        "max_queued_jobs": P.MAX_QUEUED_JOBS, "max_queued_per_client": P.MAX_QUEUED_PER_CLIENT,
                        "max_queued_per_connection": P.MAX_QUEUED_PER_CONNECTION,
@@ -578,9 +582,9 @@ class Server:
 def serve(bind: str, results: Path, device: str = "auto", model: str = "procedural",
           curve: CurveConfig | None = None, models_dir: Path | None = None, silence_timeout_s: float = 900.0,
           shutdown_grace_s: float = SHUTDOWN_GRACE_S, max_unread_bytes: int = P.MAX_UNREAD_BYTES,
-          ray: dict[str, Any] | None = None) -> int:
+          ray: dict[str, Any] | None = None, jobs_per_gpu: Setting = "auto") -> int:
     """Entry point of ``python -m backend serve``; ``ray`` (RayExecutor's options: address, gpus_per_actor, ...)
-    runs the jobs on Ray actors instead of one local worker process."""
+    runs the jobs on Ray actors instead of ``jobs_per_gpu`` local worker processes (backend/jobs/slots.py)."""
     from backend.jobs.results import check_results_folder
     from backend.priors import resolve_device
 
@@ -598,9 +602,15 @@ def serve(bind: str, results: Path, device: str = "auto", model: str = "procedur
             # The device is resolved on each actor's node: "auto" there means its GPU.
             return RayExecutor(store, device, silence_timeout_s=silence_timeout_s, **ray)
 
-    server = Server(bind, results, resolve_device(device), model, curve, models_dir=models_dir,
+    resolved = resolve_device(device)
+    jobs = 1
+    if ray is None:
+        slots = resolve_slots(jobs_per_gpu, str(resolved))
+        log.info("%d job(s) at once on %s (%s)", slots.jobs, resolved, slots.why)
+        jobs = slots.jobs
+    server = Server(bind, results, resolved, model, curve, models_dir=models_dir,
                     silence_timeout_s=silence_timeout_s, shutdown_grace_s=shutdown_grace_s,
-                    max_unread_bytes=max_unread_bytes, make_executor=make_executor)
+                    max_unread_bytes=max_unread_bytes, make_executor=make_executor, jobs_at_once=jobs)
     return server.serve_forever()
 
 

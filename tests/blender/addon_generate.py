@@ -61,6 +61,7 @@ class Driver:
                 "steps": s.steps, "progress": s.progress, "eta_s": s.eta_s, "last_error": s.last_error,
                 "object_name": s.object_name, "meshes_received": s.meshes_received,
                 "previews_received": s.previews_received, "device": s.device, "gpu": s.gpu, "model": s.model,
+                "job_slots": s.job_slots,
                 "timer_registered": self.conn.timer_registered(), "timer_errors": list(self.conn.timer_errors)}
 
 
