@@ -415,41 +415,24 @@ def _is_valid_repo_id(model: str) -> bool:
 
 
 def _unet_config(size: RandomSize) -> dict[str, Any]:
-    if size == "sd15":
-        # Stable Diffusion 1.5's UNet: CLIP ViT-L/14's 768-wide text tokens, 8 heads per layer.
-        return dict(
-            sample_size=64,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            use_linear_projection=False,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            norm_num_groups=32,
-            act_fn="silu",
-        )
-    if size == "sd21-base":
-        return dict(
-            sample_size=64,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-            cross_attention_dim=1024,
-            attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            norm_num_groups=32,
-            act_fn="silu",
-        )
+    # SD 1.5 and 2.1-base share the UNet's layout and differ in the text tokens' width and the attention heads.
+    full = dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        norm_num_groups=32,
+        act_fn="silu",
+    )
+    if size == "sd15":  # CLIP ViT-L/14's 768-wide text tokens, 8 heads per layer
+        return dict(full, cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
+    if size == "sd21-base":  # OpenCLIP ViT-H's 1024-wide tokens
+        return dict(full, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
     return dict(
         sample_size=8,
         in_channels=4,

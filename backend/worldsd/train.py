@@ -74,6 +74,39 @@ class TrainConfig:
         return cls(**values)
 
 
+
+@dataclass
+class Noised:
+    """A batch diffused to random timesteps: ``noisy = sqrt(abar) x0 + sqrt(1 - abar) noise``."""
+
+    noisy: Tensor
+    noise: Tensor
+    t: Tensor
+    abar: Tensor  # [B 1 1 1]
+
+
+def add_noise(latents: Tensor, alphas_cumprod: Tensor, generator: torch.Generator) -> Noised:
+    """``latents`` at uniformly drawn DDPM timesteps, noise and timesteps from ``generator`` (in that order)."""
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    t = torch.randint(0, len(alphas_cumprod), (latents.shape[0],), generator=generator, device=latents.device)
+    abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return Noised(abar.sqrt() * latents + (1 - abar).sqrt() * noise, noise, t, abar)
+
+
+def min_snr_loss(pred: Tensor, noised: Noised, latents: Tensor, gamma: float, prediction_type: str) -> Tensor:
+    """The denoising loss with min-SNR-gamma weighting (Hang et al. 2023), so high-noise steps stop dominating;
+    ``pred`` is an epsilon or v prediction as the scheduler says."""
+    abar = noised.abar
+    if prediction_type == "epsilon":
+        target = noised.noise
+    elif prediction_type == "v_prediction":
+        target = abar.sqrt() * noised.noise - (1 - abar).sqrt() * latents
+    else:
+        raise ValueError(f"prediction_type {prediction_type!r}: epsilon or v_prediction")
+    snr = (abar / (1 - abar)).flatten()
+    weight = snr.clamp(max=gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+    return (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+
 @dataclass
 class RunState:
     phase: str = "vae"
@@ -220,18 +253,11 @@ class WorldSDTrainer:
         images, captions = self.data.batch(step, c.unet_batch)
         latents = self._latents(images)
         generator = torch.Generator(device=self.device).manual_seed(stream_seed(c.seed, 5, step))
-        noise = torch.randn(latents.shape, generator=generator, device=self.device)
-        t = torch.randint(0, len(self.alphas_cumprod), (latents.shape[0],), generator=generator, device=self.device)
-        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+        noised = add_noise(latents, self.alphas_cumprod, generator)
         with self.autocast:
             emb = self.parts.text_encoder(self._token_ids(captions), return_dict=False)[0]
-            pred = self.parts.unet(noisy, t, encoder_hidden_states=emb, return_dict=False)[0].float()
-        target = noise if c.arch.prediction_type == "epsilon" else abar.sqrt() * noise - (1 - abar).sqrt() * latents
-        # min-SNR-gamma weighting (Hang et al. 2023), for the epsilon (or v) loss: high-noise steps stop dominating.
-        snr = (abar / (1 - abar)).flatten()
-        weight = snr.clamp(max=c.min_snr_gamma) / (snr if c.arch.prediction_type == "epsilon" else snr + 1)
-        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+            pred = self.parts.unet(noised.noisy, noised.t, encoder_hidden_states=emb, return_dict=False)[0].float()
+        loss = min_snr_loss(pred, noised, latents, c.min_snr_gamma, c.arch.prediction_type)
         lr = c.unet_lr * min(1.0, (step + 1) / max(1, c.warmup_steps))
         for g in self.unet_opt.param_groups:
             g["lr"] = lr

@@ -47,7 +47,7 @@ from backend.priors.ip_adapter import (
 )
 from backend.worldsd.data import CaptionConfig, WorldImages, stream_seed
 from backend.worldsd.ip_data import WorldPairs
-from backend.worldsd.train import _git_commit, plot_losses
+from backend.worldsd.train import _git_commit, add_noise, min_snr_loss, plot_losses
 
 FOLDER = "world-sd-ip"
 
@@ -143,6 +143,7 @@ class WorldSDIPTrainer:
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.image_size = int(self.vae.config.sample_size)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device, torch.float32)
+        self.prediction_type = str(scheduler.config.prediction_type)
         captions = CaptionConfig(caption_dropout=config.caption_dropout, shape_only=config.shape_only,
                                  colour_only=config.colour_only)
         self.pairs = WorldPairs(WorldImages(self.image_size, device, seed=config.seed, pool_views=config.pool_views,
@@ -200,21 +201,16 @@ class WorldSDIPTrainer:
             # The posterior mean, as the product's prior encodes renders.
             latents = self.vae.encode(batch.targets * 2.0 - 1.0).latent_dist.mean.float() * self.scaling_factor
         generator = torch.Generator(device=self.device).manual_seed(stream_seed(c.seed, 14, step))
-        noise = torch.randn(latents.shape, generator=generator, device=self.device)
-        t = torch.randint(0, len(self.alphas_cumprod), (latents.shape[0],), generator=generator, device=self.device)
-        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+        noised = add_noise(latents, self.alphas_cumprod, generator)
         text = self._text(batch.captions)
         with self.autocast:
             pixels = clip_pixels(batch.references, int(self.encoder.config.image_size))
             embeds = self.encoder(pixel_values=pixels).image_embeds
             # Reference dropout: a zero embedding, the unconditional image input ISD's image_null branch gives.
             embeds = embeds * batch.keep_reference.to(embeds.dtype).unsqueeze(1)
-            pred = self.unet(noisy, t, encoder_hidden_states=text,
+            pred = self.unet(noised.noisy, noised.t, encoder_hidden_states=text,
                              added_cond_kwargs={"image_embeds": [embeds.unsqueeze(1)]}, return_dict=False)[0].float()
-        snr = (abar / (1 - abar)).flatten()
-        weight = snr.clamp(max=c.min_snr_gamma) / snr  # min-SNR-gamma for the epsilon loss, as world-SD trained
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = min_snr_loss(pred, noised, latents, c.min_snr_gamma, self.prediction_type)  # as world-SD trained
         ramp = min(1.0, (step + 1) / max(1, c.warmup_steps))
         for group, lr in zip(self.opt.param_groups, (c.adapter_lr, c.encoder_lr)):
             group["lr"] = lr * ramp

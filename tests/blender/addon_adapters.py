@@ -26,13 +26,7 @@ def main(argv: list[str]) -> dict:
     h.install(zip_path)
     conn, props_module, schema_ui = h.submodule("connection"), h.submodule("props"), h.submodule("schema_ui")
     state = bpy.context.window_manager.tbsd_state
-    prefs = bpy.context.preferences.addons[h.MODULE].preferences
-    prefs.address = f"tcp://127.0.0.1:{port}"
-    prefs.python = backend_python
-    prefs.arguments = "-m backend serve --device cpu"
-    prefs.working_dir = repo
-    prefs.results_dir = results_dir
-    prefs.models_dir = models_dir
+    h.point_at_local_backend(backend_python, repo, port, results_dir, models_dir)
     props = bpy.context.scene.tbsd
     report["items_before_connect"] = [item[0] for item in props_module._adapter_items(props, bpy.context)]
 

@@ -90,13 +90,7 @@ def main(argv: list[str]) -> dict:
     jobs = h.submodule("jobs")
     local_backend = h.submodule("local_backend")
     d = Driver()
-    prefs = bpy.context.preferences.addons[h.MODULE].preferences
-    prefs.address = f"tcp://127.0.0.1:{port}"
-    prefs.python = backend_python
-    prefs.arguments = "-m backend serve --device cpu"
-    prefs.working_dir = repo
-    prefs.results_dir = results_dir
-    prefs.models_dir = models_dir
+    h.point_at_local_backend(backend_python, repo, port, results_dir, models_dir)
     props = bpy.context.scene.tbsd
     props.quality = "draft"
     for name, value in job_settings.items():

@@ -86,3 +86,16 @@ def submodule(name: str) -> Any:
     import importlib
 
     return importlib.import_module(f"{MODULE}.{name}")
+
+
+def point_at_local_backend(backend_python: str, repo: str, port: str, results_dir: str, models_dir: str = "") -> None:
+    """Set the add-on's preferences for a CPU backend it starts itself from ``repo``, serving on ``port``."""
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.address = f"tcp://127.0.0.1:{port}"
+    prefs.python = backend_python
+    prefs.arguments = "-m backend serve --device cpu"
+    prefs.working_dir = repo
+    prefs.results_dir = results_dir
+    if models_dir:
+        prefs.models_dir = models_dir
+

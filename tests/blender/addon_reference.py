@@ -38,12 +38,7 @@ def main(argv: list[str]) -> dict:
     conn = h.submodule("connection")
     jobs = h.submodule("jobs")
     state = bpy.context.window_manager.tbsd_state
-    prefs = bpy.context.preferences.addons[h.MODULE].preferences
-    prefs.address = f"tcp://127.0.0.1:{port}"
-    prefs.python = backend_python
-    prefs.arguments = "-m backend serve --device cpu"
-    prefs.working_dir = repo
-    prefs.results_dir = results_dir
+    h.point_at_local_backend(backend_python, repo, port, results_dir)
     props = bpy.context.scene.tbsd
     props.quality = "draft"
     for name, value in json.loads(settings_json).items():
