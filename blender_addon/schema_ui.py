@@ -16,12 +16,12 @@ HIDDEN: dict[str, str] = {
     name: "2D image experiment only; the add-on runs 3D jobs"
     for name, s in SCHEMA.items() if s.group == "image"
 }
-# Texture jobs (`python -m backend texture`) have no panel yet (issue 25's "Texture selected" is still to build).
-HIDDEN.update({name: "texture jobs only; the add-on cannot start one yet"
+# A texture job's own settings: "Texture selected" runs them at their defaults (the object's mesh as it lies).
+HIDDEN.update({name: "texture jobs' own settings; Texture selected runs them at their defaults"
                for name, s in SCHEMA.items() if s.group == "texture"})
-# The panel has no image picker yet, so an isd job from the add-on always draws its reference from the prior (the
-# setting's default); 'image' would only be refused by the server for want of the image.
-HIDDEN["reference_source"] = "the add-on cannot send a reference image yet; isd jobs draw theirs from the prior"
+# Follows the image-prompt box: a picked image is sent with the submit (the server then sets 'image'); none leaves the
+# default, a reference drawn from the prior. A separate switch could only contradict the picker.
+HIDDEN["reference_source"] = "follows the reference image picker: picked -> image, none -> sample"
 
 # Drawn at the top, always, in this order (the prompt itself is not a schema setting).
 BASIC: tuple[str, ...] = ("model", "method", "representation", "quality", "seed")
