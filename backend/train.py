@@ -112,6 +112,15 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
     return settings["lambda_orientation_start"] + frac * (settings["lambda_orientation_end"] - settings["lambda_orientation_start"])
 
 
+def regulariser_weight(name: str, progress: float, settings: Mapping[str, Any]) -> float:
+    """The weight of a representation's regulariser ``name`` at ``progress``. The translucency term is off before
+    ``translucency_start``: densification still moves and clones splats until then, and a term that pushes
+    every alpha to 0 or 1 turns the half-settled cloud's strays opaque with it (docs/METHODS.md, session 10)."""
+    if name == "translucency" and progress < settings["translucency_start"]:
+        return 0.0
+    return float(settings[f"lambda_{name}"])
+
+
 class Trainer:
     def __init__(self, prior: DiffusionPrior, prompt: str, settings: Mapping[str, Any],
                  representation: Representation | None = None, device: torch.device | str = "cpu",
@@ -223,7 +232,7 @@ class Trainer:
         if "orientation" in out.losses:
             loss = loss + orientation_weight(progress, s) * out.losses["orientation"]
         for name in ("sparsity", "translucency"):  # each representation offers the terms that apply to it
-            weight = s[f"lambda_{name}"]
+            weight = regulariser_weight(name, progress, s)
             if weight > 0 and name in out.losses:
                 loss = loss + weight * out.losses[name]
         self.optimiser.zero_grad(set_to_none=True)
