@@ -368,4 +368,5 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return state
 
 
-__all__ = ["Trainer", "TrainEvents", "Cadence", "load_checkpoint", "Progress", "build_representation", "render_resolution", "orientation_weight"]
+__all__ = ["Trainer", "TrainEvents", "Cadence", "load_checkpoint", "Progress", "build_representation", "render_resolution", "orientation_weight",
+           "regulariser_weight"]
