@@ -114,8 +114,8 @@ def orientation_weight(progress: float, settings: Mapping[str, Any]) -> float:
 
 def regulariser_weight(name: str, progress: float, settings: Mapping[str, Any]) -> float:
     """The weight of a representation's regulariser ``name`` at ``progress``. The translucency term is off before
-    ``translucency_start``: densification still moves and clones splats until then, and a term that pushes
-    every alpha to 0 or 1 turns the half-settled cloud's strays opaque with it (docs/METHODS.md, session 10)."""
+    ``translucency_start``, so the term can be kept off while densification still moves and clones splats
+    (measured at 0.6 and not a fix: docs/METHODS.md, session 15)."""
     if name == "translucency" and progress < settings["translucency_start"]:
         return 0.0
     return float(settings[f"lambda_{name}"])
