@@ -306,6 +306,11 @@ _ALL: tuple[Setting, ...] = (
        "see-through white over the grey background looks like a shaded white face (docs/METHODS.md, session 10).",
        "optimise",
        0.0, 1e4, representations=("gaussians",), advanced=True),
+    _s("translucency_start", float, 0.0,
+       "Fraction of the run before which the translucency loss is off (0: on from the start). Measured at 0.6, "
+       "where densification stops: it did not lift the draft white cube and swelled the red cube and pink torus, "
+       "since the term moves every soft silhouette edge outward (docs/METHODS.md, session 15).",
+       "optimise", 0.0, 1.0, representations=("gaussians",), advanced=True),
     _s("nerf_samples_per_ray", int, 128, "NeRF samples per ray before empty-space skipping.", "nerf", 8, 1024,
        representations=("nerf",), advanced=True),
     _s("nerf_grid_levels", int, 16, "Hash-grid levels (threestudio: 16).", "nerf", 1, 32, representations=("nerf",),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from backend.priors.procedural.prior import ProceduralPrior
-from backend.train import PHASES, Cadence, Trainer, TrainEvents
+from backend.train import PHASES, Cadence, Trainer, TrainEvents, regulariser_weight
 from shared.settings import validate
 
 
@@ -82,3 +82,22 @@ def test_a_run_resumes_on_the_gpu_with_its_generator(tmp_path: Path):
     resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.pt", gpu_prior, device="cuda")
     assert resumed.step == 2
     assert __import__("torch").equal(resumed.generator.get_state(), trainer.generator.get_state())
+
+
+def test_the_translucency_weight_is_off_before_its_start_and_the_settings_value_after():
+    settings = validate({"representation": "gaussians", "lambda_translucency": 0.3, "translucency_start": 0.6})
+    assert [regulariser_weight("translucency", p, settings) for p in (0.0, 0.59, 0.6, 0.99)] == [0.0, 0.0, 0.3, 0.3]
+    # The default start keeps the term on from step 0, as before the setting existed.
+    assert regulariser_weight("translucency", 0.0, validate({"lambda_translucency": 0.3})) == 0.3
+    assert regulariser_weight("sparsity", 0.0, settings) == settings["lambda_sparsity"]  # other terms: no start
+
+
+def test_a_run_with_a_late_translucency_start_trains_as_one_without_the_term_until_then(prior):
+    def losses(weight: float) -> list[float]:
+        trainer = Trainer(prior, "a white cube", _settings(steps=4, lambda_translucency=weight,
+                                                           translucency_start=0.5))
+        return [float(trainer.train_step()["loss"]) for _ in range(4)]
+
+    without, late = losses(0.0), losses(5.0)
+    assert late[:2] == without[:2]
+    assert late[2] > without[2]  # from half the run the term adds to the loss
