@@ -14,6 +14,12 @@ passed with --image. The 2D part (``--part 2d``) runs the image experiment in pr
 
     python bench/isd_study.py --part 3d --groups modes,suite,scale --out bench/results/isd/cpu_draft_s14 --workers 2
     python bench/isd_study.py --part 2d --out bench/results/isd/cpu_2d_s14
+
+The SD path with learned weights (issue 26's bar: "a cube" with a reference of a coloured cube gives that colour in at
+least 4 of 5 colours, world-SD and its IP-Adapter, GPU standard): the ``colours`` group, with the run's model named.
+
+    python bench/isd_study.py --groups colours --model world-sd --ip-adapter world-sd-ip --quality standard \
+        --device cuda --workers 8 --out DIR
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ MODE_CASES: list[tuple[str, str | None, str, dict[str, Any]]] = [
 ]
 SUITE_PROMPTS = ("a red cube", "a pink torus")  # a prism and the hardest shape of the suite
 SCALES = (0.0, 0.2, 0.5, 0.7, 1.0)  # the paper's IP-scale study
+# Five of the world's ten colours, spread round the hue circle plus white (the hardest to tell from the background).
+REFERENCE_COLOURS = ("red", "blue", "green", "yellow", "white")
 
 
 def cases(groups: list[str], representation: str) -> list[dict[str, Any]]:
@@ -69,6 +77,15 @@ def cases(groups: list[str], representation: str) -> list[dict[str, Any]]:
         for ref in ("a blue cube", "a red cube"):
             out.append(dict(group="nerf", prompt="a cube", reference=ref, method="isd", seed=0, settings={},
                             representation="nerf"))
+    if "colours" in groups:  # seeds 0-1 with a reference; without one, what "a cube" gives on its own
+        for colour in REFERENCE_COLOURS:
+            for seed in (0, 1):
+                out.append(dict(group="colours", prompt="a cube", reference=f"a {colour} cube", method="isd",
+                                seed=seed, settings={}))
+        for method in ("tbsd", "sds"):
+            for seed in (0, 1):
+                out.append(dict(group="colours", prompt="a cube", reference=None, method=method, seed=seed,
+                                settings={}))
     if "noise" in groups:  # ISD's control-variate blend: 0 is the paper's eq. 7
         for a in (0.0, 0.1, 0.2, 0.5, 1.0):
             out.append(dict(group="noise", prompt="a cube", reference="a blue cube", method="isd", seed=0,
@@ -103,14 +120,14 @@ def write_references(folder: Path, objects: set[str], size: int = 64) -> dict[st
     return paths
 
 
-def run_3d(case: dict[str, Any], refs: dict[str, Path], runs: Path, threads: int) -> dict[str, Any]:
+def run_3d(case: dict[str, Any], refs: dict[str, Path], runs: Path, threads: int, run_args: list[str]) -> dict[str, Any]:
     out = runs / name_of(case)
     row = {**case, "name": out.name}
     if not (out / "job.json").exists():
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "backend", "generate", case["prompt"], "--out", str(out), "--method",
-               case["method"], "--representation", case["representation"], "--quality", "draft", "--device", "cpu",
-               "--seed", str(case["seed"]), "--quiet"]
+               case["method"], "--representation", case["representation"], "--seed", str(case["seed"]), "--quiet",
+               *run_args]
         if case["reference"] is not None:
             cmd += ["--image", str(refs[case["reference"]])]
         for key, value in case["settings"].items():
@@ -125,6 +142,8 @@ def run_3d(case: dict[str, Any], refs: dict[str, Path], runs: Path, threads: int
     landed = landed_object(glb)
     ref = record.get("reference") or {}
     mode = ref.get("mode")
+    if "mode" not in ref and case["reference"] is not None:
+        mode = case["reference"]  # an SD prior has no mixture to pick from: the reference's object is the mode
     if len(set((ref.get("weights") or {}).values())) == 1:
         mode = None  # equal weights (ip_scale 0) select no mode (records written before this was said say one)
     single = case["prompt"] in SUITE_PROMPTS
@@ -222,7 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="Folder for runs/, refs/ and study.json / .md.")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quality", default="draft", choices=("draft", "standard", "high"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default=None, help="the prior (--model of generate) [the product's default]")
+    parser.add_argument("--ip-adapter", default=None, help="the model's IP-Adapter (needed by isd on an SD model)")
+    parser.add_argument("--reference-size", type=int, default=64, help="reference PNG side in pixels")
     args = parser.parse_args(argv)
+    run_args = ["--quality", args.quality, "--device", args.device]
+    run_args += ["--model", args.model] if args.model else []
+    run_args += ["--ip-adapter", args.ip_adapter] if args.ip_adapter else []
     args.out.mkdir(parents=True, exist_ok=True)
     if args.part == "2d":
         rows = run_2d(args.out, args.groups.split(","))
@@ -232,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     todo = cases(args.groups.split(","), args.representation)
     if args.only:
         todo = [c for c in todo if args.only in name_of(c)]
-    refs = write_references(args.out / "refs", {c["reference"] for c in todo if c["reference"]})
+    refs = write_references(args.out / "refs", {c["reference"] for c in todo if c["reference"]}, args.reference_size)
     rows = []
     with ThreadPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_3d, c, refs, args.out / "runs", args.threads) for c in todo]
+        futures = [pool.submit(run_3d, c, refs, args.out / "runs", args.threads, run_args) for c in todo]
         for f in as_completed(futures):
             rows.append(f.result())
             r = rows[-1]
