@@ -69,3 +69,29 @@ def test_the_trainer_pauses_resumes_exactly_and_writes_an_adapter_the_prior_load
                               ["target", "null", "image_target", "image_null"])
     assert all(torch.isfinite(v).all() for v in out.values())
     assert not torch.equal(out["image_target"], out["target"])
+
+
+def test_the_shipped_adapter_gives_a_sample_the_references_colour():
+    """The committed models/world-sd-ip, through the product's loader: "a cube" sampled with a red and with a blue
+    cube as reference takes each one's colour (the world's judge), from the same noise as text alone."""
+    from backend.priors import load_prior
+    from backend.priors.procedural import world
+    from backend.priors.sampling import ddim_sample
+    from backend.scene.cameras import orbit_views
+    from backend.worldsd.judge import ShapeBank, judge
+
+    prior = load_prior("world-sd", "cpu", ip_adapter="world-sd-ip")
+    views = orbit_views([30.0], [20.0], [1.9], [42.5])
+    geometry = world.render_shapes(views, prior.image_size)
+    bank = ShapeBank()
+    judged = {}
+    for colour in ("red", "blue", None):
+        if colour is None:
+            prompts, branches = PromptSet("a cube"), ("target", "null")
+        else:
+            reference = world.compose(geometry, (world.Component("cube", colour),))[0, 0]
+            prompts, branches = PromptSet("a cube", reference=ImagePrompt(reference, 0.5, 1e-3)), \
+                ("image_target", "image_null")
+        image = ddim_sample(prior, prompts, torch.Generator().manual_seed(0), 30, 7.5, branches)
+        judged[colour] = judge(image, bank).colour
+    assert judged["red"] == "red" and judged["blue"] == "blue", judged
