@@ -1,6 +1,7 @@
 """Texture jobs over the wire: a real server process textures a mesh sent in a ``submit`` (kind "texture") and sends
-it back with the same geometry, refines and edits it by text from its checkpoint with that geometry; malformed meshes are refused with ``bad_field`` naming the array and what is
-allowed, and the server keeps serving."""
+it back with the same geometry, refines and edits it by text from its checkpoint with that geometry, and a restarted
+server resumes one its killed predecessor left running from its checkpoint; malformed meshes are refused with
+``bad_field`` naming the array and what is allowed, and the server keeps serving."""
 
 from __future__ import annotations
 
@@ -189,31 +190,91 @@ def test_wrong_kinds_stream_options_and_torn_frames_are_refused(server):
     c.close()
 
 
-def test_a_texture_job_a_killed_server_left_running_finishes_after_a_restart(tmp_path):
-    """The mesh is in the job's folder before the job is accepted, so the restarted server builds the job from
-    disk: from its start (backend/jobs/recovery.py does not resume a texture job's own checkpoint, though one is
-    there: checkpoint_every 2)."""
+def test_a_texture_job_a_killed_server_left_running_resumes_from_its_checkpoint_after_a_restart(tmp_path):
+    """The server is SIGKILLed just after the job's checkpoint at step 4 of 8 (its writes: the running record, the
+    checkpoints at steps 2 and 4). The restarted server resumes the job from that checkpoint, which holds the mesh
+    (backend/jobs/recovery.py): it starts at step 4, and its texture is the one an uninterrupted run of the same job
+    bakes, texel for texel (the checkpoint holds the colour field, optimiser, step and generator)."""
     results, port = tmp_path / "results", free_port()
     v, f, uvs = cube()
-    s = ServerProcess(results, port).start()
+    settings = {**SETTINGS, "steps": 8, "preview_every": 0, "checkpoint_every": 2}
+    s = ServerProcess(results, port).start(env={"TBSD_TEST_KILL_AT_PUBLISH": "3+"})
     try:
         c = client(s, "restarted")
-        job = texture(c, v, f, uvs, settings={**SETTINGS, "steps": 400, "preview_every": 0,
-                                              "checkpoint_every": 2}).job
-        wait_for(c, lambda m: m.job == job and m.type == "progress" and m["step"] >= 3, 120)
+        job = texture(c, v, f, uvs, settings=settings).job
+        assert s.wait(120) == -signal.SIGKILL, s.log()[-3000:]
         c.close()
-        s.signal(signal.SIGKILL)
-        assert s.wait(30) == -signal.SIGKILL
         assert (results / job / "checkpoint.pt").is_file()
+        s.stop()
         s = ServerProcess(results, port).start()
         c = client(s, "restarted")  # the same token: the job's events come to it again
-        seen = run_to_end(c, job, 600)
+        seen = run_to_end(c, job, 300)
         assert seen[-1].type == "finished", [m.header for m in seen if m.type == "error"]
-        assert next(m for m in seen if m.type == "started")["step"] == 0
+        started = next(m for m in seen if m.type == "started")
+        assert (started["step"], started["total"]) == (4, 8), started.header
+        assert min(m["step"] for m in seen if m.type == "progress") == 5
         final = next(m for m in seen if m.type == "mesh" and m.get("final"))
         assert np.array_equal(final.arrays["vertices"], v) and np.array_equal(final.arrays["faces"], f)
+        assert np.allclose(final.arrays["uvs"], uvs, atol=1e-6)
         record = json.loads((results / job / "job.json").read_text())
-        assert record["status"] == "finished" and record["recovered"] == 1
+        assert record["status"] == "finished" and record["recovered"] == 1, record
+        assert record["resumed_at_step"] == 4 and record["steps_done"] == 8, record
+        assert record["command"] == "texture" and record["mesh_source"] == "input_mesh.ply", record
+        assert "from its checkpoint" in s.log(), s.log()[-3000:]
+        # The same job, never interrupted, on the same server: the same texture.
+        again = texture(c, v, f, uvs, settings=settings).job
+        straight = run_to_end(c, again, 300)
+        assert straight[-1].type == "finished", [m.header for m in straight if m.type == "error"]
+        reference = next(m for m in straight if m.type == "mesh" and m.get("final"))
+        assert np.array_equal(final.arrays["texture"], reference.arrays["texture"])
         c.close()
     finally:
         s.stop()
+
+
+def _texture_record(store, job: str, *, checkpoint: bool, mesh: bool) -> dict:
+    """A texture job's ``running`` record as a killed server left it, with its folder's mesh file and checkpoint."""
+    from backend.jobs.executor import JobSpec
+    from backend.jobs.mesh_input import INPUT_MESH_FILE
+    from shared.status import JobStatus
+
+    spec = JobSpec(job, "owner", "a blue cube", {**SETTINGS, "checkpoint_every": 2},
+                   {"preview_views": 1, "preview_size": 16, "mesh_every": 0, "progress_every": 1},
+                   "2026-01-01T00:00:00Z", input_mesh=INPUT_MESH_FILE)
+    folder = store.job_dir(job)
+    folder.mkdir(parents=True)
+    if mesh:
+        (folder / INPUT_MESH_FILE).write_bytes(b"ply")  # recover looks only for the files
+    if checkpoint:
+        (folder / "checkpoint.pt").write_bytes(b"checkpoint")
+    record = spec.record(JobStatus.RUNNING, ended=None)
+    store.write_record(job, record)
+    return record
+
+
+def test_recover_resumes_a_texture_job_from_its_checkpoint_else_from_its_mesh(tmp_path):
+    """With a checkpoint a texture job is resumed from it (its mesh file not needed); without one it runs again from
+    its start, from its mesh file; with neither it is lost."""
+    from backend.jobs.recovery import recover
+    from backend.jobs.results import ResultStore
+
+    store = ResultStore(tmp_path / "results")
+    cases = {"kept": (True, True), "nomesh": (True, False), "fresh": (False, True), "gone": (False, False)}
+    live = {job: _texture_record(store, job, checkpoint=ckpt, mesh=mesh) for job, (ckpt, mesh) in cases.items()}
+    out = recover(store, live)
+    assert out.lost == ["gone"]
+    resumed = {spec.id: spec for spec in out.resumed}
+    assert set(resumed) == {"kept", "nomesh", "fresh"}
+    for job in ("kept", "nomesh"):
+        spec = resumed[job]
+        assert spec.resume_checkpoint == str((store.job_dir(job) / "checkpoint.pt").resolve())
+        plan = spec.plan(store.job_dir(job))
+        assert plan.resume == store.job_dir(job).resolve() / "checkpoint.pt" and plan.mesh is None
+    fresh = resumed["fresh"]
+    assert fresh.resume_checkpoint is None
+    plan = fresh.plan(store.job_dir("fresh"))
+    assert plan.resume is None and plan.mesh == store.job_dir("fresh") / "input_mesh.ply"
+    for job in resumed:
+        record = store.read_record(job)
+        assert record["status"] == "queued" and record["recovered"] == 1 and record["input_mesh"] == "input_mesh.ply"
+    assert store.read_record("gone")["status"] == "lost"

@@ -82,10 +82,12 @@ class JobSpec:
             "mesh_every": s["mesh_every"]})
         if self.reference_image is not None:
             plan.reference, plan.reference_name = folder / self.reference_image, "sent with the submit"
-        if self.input_mesh is not None:
-            plan.mesh = folder / self.input_mesh  # a texture job always starts afresh (runner.py: no checkpoint yet)
-        elif self.resume_checkpoint is not None:
+        if self.resume_checkpoint is not None:
+            # First, a texture job's too: its checkpoint holds its mesh, UVs and fit (TexturedMesh.extra_state), and
+            # the runner refuses a mesh file beside a checkpoint.
             plan.resume = Path(self.resume_checkpoint)
+        elif self.input_mesh is not None:
+            plan.mesh = folder / self.input_mesh
         elif self.source_checkpoint is not None:
             # A refine's settings are complete (validated over its source's), so all of them are laid over.
             plan.source, plan.overrides = Path(self.source_checkpoint), self.settings

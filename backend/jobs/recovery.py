@@ -5,12 +5,16 @@ A server killed (SIGKILL, a crash, the machine's power) leaves the records of it
 - its own ``checkpoint.pt``: resumed from there, exactly (the runner saves one at the end of training, before
   the export, so a job killed while exporting re-runs only the export; one killed while training continues from
   its last periodic checkpoint, ``checkpoint_every``);
-- no checkpoint: run again from its start (a refine from its source's checkpoint), the same run with the same
-  seed, since nothing it did was kept.
+- no checkpoint: run again from its start (a refine from its source's checkpoint; a texture job from the mesh file
+  its spec names), the same run with the same seed, since nothing it did was kept.
+A texture job is resumed like a generated one: its checkpoint holds its mesh, UVs and fit besides the colour field,
+optimiser, step and generator (``TexturedMesh.extra_state``, ``Trainer.save_checkpoint``), so it needs neither its
+mesh file nor a fresh start. (It ran again from its start only while its checkpoint did not hold the mesh.)
 ``lost`` is left for a job that cannot be run again: its record lacks what a job needs, a refine's source
-checkpoint is gone, or it has already been resumed ``MAX_RECOVERIES`` times (a job that kills its server each
-time must not do so forever). A job stopped on purpose (cancelled, or ``interrupted`` by a server's orderly
-shutdown, whose client was told so) stays stopped: its owner can refine it from its checkpoint.
+checkpoint or a texture job's mesh file is gone and it kept no checkpoint of its own, or it has already been
+resumed ``MAX_RECOVERIES`` times (a job that kills its server each time must not do so forever). A job stopped on
+purpose (cancelled, or ``interrupted`` by a server's orderly shutdown, whose client was told so) stays stopped: its
+owner can refine it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
         elif not checkpoint.is_file() and spec.source_checkpoint is not None \
                 and not Path(spec.source_checkpoint).is_file():
             why = f"it refines a checkpoint that is gone ({spec.source_checkpoint}) and kept none of its own"
-        elif spec.input_mesh is not None and not (folder / spec.input_mesh).is_file():
+        elif spec.input_mesh is not None and not checkpoint.is_file() \
+                and not (folder / spec.input_mesh).is_file():
             why = f"it textures a mesh whose file is gone ({spec.input_mesh})"
         elif spec.reference_image is not None and not (folder / spec.reference_image).is_file():
             why = f"its reference image is gone ({spec.reference_image})"
@@ -74,8 +79,8 @@ def recover(store: ResultStore, live: dict[str, dict[str, Any]]) -> Recovery:
             out.lost.append(job_id)
             continue
         spec.recovered += 1
-        # A texture job runs again from its start, from the mesh its spec names (its checkpoint is not resumed).
-        if checkpoint.is_file() and spec.input_mesh is None:
+        # A texture job's too: its checkpoint holds its mesh (JobSpec.plan resumes it rather than read the mesh file).
+        if checkpoint.is_file():
             spec.resume_checkpoint = str(checkpoint.resolve())
         remove_leftovers(folder)  # a killed export's staging folder and temporary files
         store.write_record(job_id, spec.record(JobStatus.QUEUED, ended=None))
