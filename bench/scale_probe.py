@@ -22,9 +22,9 @@ Camera variants (probe options only, the product's defaults are unchanged):
 ``--sample-size`` adds a 2D check: the foreground share (world-SD's judge's threshold) of the prior's own DDIM samples
 against the world's renders from world-SD's training cameras, for the same prompts.
 
-    /work/main/.venv/bin/python bench/scale_probe.py --models world-sd,procedural --views 32 --draws 2 \
+    python bench/scale_probe.py --models world-sd,procedural --views 32 --draws 2 \
         --variants default --sample-size 8 --out part1.json
-    /work/main/.venv/bin/python bench/scale_probe.py --models world-sd --views 32 --draws 2 \
+    python bench/scale_probe.py --models world-sd --views 32 --draws 2 \
         --variants relative,fixed_fov --variant-methods tbsd,sds --out part2.json
 
 (each about 20-35 minutes on 2 CPU cores; bench/results/world_sd/scale_probe_cpu_s16.json merges the two, part 2
