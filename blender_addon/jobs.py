@@ -3,7 +3,8 @@
 Every message is handled on Blender's main thread inside the timer callback (connection._tick): progress and
 status go into the WindowManager's tbsd_state, previews into the preview image, meshes into the job's object.
 A job's meshes always go into one object, created at the 3D cursor when the job was submitted (or, for Refine,
-the object being refined), so an intermediate mesh replaces the previous one in place.
+the object being refined), so an intermediate mesh replaces the previous one in place. A texture job's result
+(Texture selected, or a Refine of an object it textured) is no new mesh: its texture goes onto the object sent.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class JobView:
     final: bool = False
     batch: bool = False  # one of a Generate batch's jobs
     ended: bool = False
-    texture: texture_target.TextureTarget | None = None  # a Texture selected job: the object its result goes on
+    texture: texture_target.TextureTarget | None = None  # a texture job (or its refine): where its result goes
 
 
 @dataclass
@@ -372,6 +373,12 @@ def stream_options(props: Any) -> dict[str, int]:
     return out
 
 
+def texture_stream_options(props: Any) -> dict[str, int]:
+    """A texture job's stream, submitted or refined: progress and previews as for a generation, no intermediate
+    meshes (the geometry is the object's own; the backend refuses mesh_every for a texture job)."""
+    return {k: v for k, v in stream_options(props).items() if not k.startswith("mesh_")}
+
+
 def _start_view(context: Any, prompt: str, settings: dict[str, Any], object_name: str) -> JobView:
     state = connection.state(context)
     state.last_error = ""
@@ -423,10 +430,8 @@ def texture_selected(context: Any, obj: Any) -> str:
     session = _session(context)
     view = _start_view(context, prompt, settings, obj.name)
     view.texture = target
-    # Progress and previews as for a generation; no intermediate meshes (the geometry is the object's own).
-    stream = {k: v for k, v in stream_options(props).items() if not k.startswith("mesh_")}
     rid = session.client.send_texture(prompt, arrays["vertices"], arrays["faces"], arrays.get("uvs"), settings,
-                                      stream)
+                                      texture_stream_options(props))
     session.requests[rid] = view
     return rid
 
@@ -477,16 +482,20 @@ def generate_batch(context: Any) -> list[str]:
 
 def refine(context: Any, obj: Any) -> str:
     """Continue ``obj``'s job with the panel's prompt and settings (an edit when the edit box names an attribute to
-    remove); the new job's meshes replace ``obj``'s."""
+    remove); the new job's meshes replace ``obj``'s. An object Texture selected textured refines its texture job:
+    its geometry stays, the new texture goes on it as Texture selected's did."""
     job = obj.get(JOB_KEY)
     if not job:
         raise ValueError(f"{obj.name} was not made by TBSD Studio (no {JOB_KEY} property)")
     props = context.scene.tbsd
     prompt = props.prompt.strip() or str(obj.get(PROMPT_KEY, ""))
     settings = job_settings(props, refine=True)
+    target = texture_target.refine_target(context, obj)  # before connecting: a changed mesh sends nothing
+    stream = stream_options(props) if target is None else texture_stream_options(props)
     session = _session(context)
     view = _start_view(context, prompt, settings, obj.name)
-    rid = session.client.send_refine(str(job), prompt=prompt, settings=settings, stream=stream_options(props))
+    view.texture = target
+    rid = session.client.send_refine(str(job), prompt=prompt, settings=settings, stream=stream)
     session.requests[rid] = view
     return rid
 

@@ -65,8 +65,9 @@ class TBSD_OT_refine(bpy.types.Operator):
     bl_idname = "tbsd.refine"
     bl_label = "Refine"
     bl_description = ("Continue the active generated object's run with the prompt and settings above, for Steps "
-                      "more steps (Generate's Steps are the run's total); its mesh is replaced in place. With an "
-                      "attribute in Edit prompt (e.g. 'red'), edit the object toward the prompt ('a green cube')")
+                      "more steps (Generate's Steps are the run's total); its mesh is replaced in place (an object "
+                      "Texture selected textured keeps its mesh and gets the new texture). With an attribute in "
+                      "Edit prompt (e.g. 'red'), edit the object toward the prompt ('a green cube')")
 
     @classmethod
     def poll(cls, context: Any) -> bool:

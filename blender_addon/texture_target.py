@@ -14,11 +14,16 @@ the unwrap put a seam inside the polygon (rare: xatlas charts follow flat region
 That needs the evaluated mesh's loops to be the object's own: a modifier that changes the topology (subdivision,
 say) is fine with the object's UVs (they are interpolated alike on both sides) but refused without, since the
 unwrap's UVs could not be put on the original loops.
+Refine on a textured object continues its texture job (the backend's checkpoint holds the mesh that was sent):
+the result is a new texture for the same triangles, put on through apply_result again. The object carries a digest
+of the triangles it was textured with (SHAPE_KEY), so a mesh edited since is refused rather than given a texture
+made for other geometry.
 Main thread only.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +35,9 @@ from ._vendor.shared.texture_mesh import MAX_TEXTURE_FACES, MAX_TEXTURE_VERTICES
 
 NEW_UV_MAP = "TBSD UV"
 UV_NODE = "TBSD UV Map"
+# Custom property on a textured object: shape_digest of the triangles its texture was made for. Its presence also
+# says "Texture selected made this object's texture", so Refine continues a texture job rather than a generation.
+SHAPE_KEY = "tbsd_texture_shape"
 
 
 @dataclass
@@ -40,6 +48,14 @@ class TextureTarget:
     object_name: str
     uv_map: str | None
     corner_loops: np.ndarray  # int [T * 3]
+    shape: str = ""  # shape_digest of the triangles sent
+
+
+def shape_digest(corner_positions: np.ndarray) -> str:
+    """A digest of the triangles' corner positions (float32 [T * 3, 3], object space, in loop-triangle order):
+    what the texture was baked for. Per corner, not per vertex, so the UV seams the sent mesh was split along (or
+    the UV map the texture added) do not change it."""
+    return hashlib.sha1(np.ascontiguousarray(corner_positions, np.float32).tobytes()).hexdigest()
 
 
 def mesh_to_send(context: Any, obj: Any) -> tuple[dict[str, np.ndarray], TextureTarget]:
@@ -85,7 +101,20 @@ def mesh_to_send(context: Any, obj: Any) -> tuple[dict[str, np.ndarray], Texture
     if len(arrays["vertices"]) > MAX_TEXTURE_VERTICES or len(arrays["faces"]) > MAX_TEXTURE_FACES:
         raise ValueError(f"{obj.name} has {len(arrays['vertices'])} vertices and {len(arrays['faces'])} triangles; "
                          f"a texture job takes at most {MAX_TEXTURE_VERTICES} and {MAX_TEXTURE_FACES}: decimate it")
-    return arrays, TextureTarget(obj.name, uv_map, corner_loops)
+    return arrays, TextureTarget(obj.name, uv_map, corner_loops, shape_digest(co[corner_verts]))
+
+
+def refine_target(context: Any, obj: Any) -> TextureTarget | None:
+    """Where a Refine of ``obj`` puts its result: None for a generated object (its meshes replace the object's),
+    the object's TextureTarget for one Texture selected textured. Refused in words when its mesh no longer is
+    the one the texture job holds (moved vertices, other topology): the refine's texture would not fit it."""
+    if obj is None or obj.get(SHAPE_KEY) is None:
+        return None
+    _, target = mesh_to_send(context, obj)  # the same triangles and checks as the texturing itself
+    if target.shape != obj[SHAPE_KEY]:
+        raise ValueError(f"{obj.name}'s mesh changed since it was textured, and a refine keeps the geometry it was "
+                         "textured with: texture it again (Texture selected)")
+    return target
 
 
 def apply_result(target: TextureTarget, arrays: dict[str, Any], name: str) -> Any:
@@ -118,6 +147,7 @@ def apply_result(target: TextureTarget, arrays: dict[str, Any], name: str) -> An
     else:
         mesh.materials.append(material)
     mesh.update()
+    obj[SHAPE_KEY] = target.shape  # what a later Refine checks the mesh against
     return obj
 
 
@@ -132,4 +162,5 @@ def _use_uv_map(material: Any, uv_map: str) -> None:
     links.new(node.outputs["UV"], tex.inputs["Vector"])
 
 
-__all__ = ["NEW_UV_MAP", "TextureTarget", "apply_result", "mesh_to_send"]
+__all__ = ["NEW_UV_MAP", "SHAPE_KEY", "TextureTarget", "apply_result", "mesh_to_send", "refine_target",
+           "shape_digest"]

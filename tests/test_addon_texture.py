@@ -75,3 +75,30 @@ def test_undo_takes_the_texture_away_and_keeps_the_geometry_and_redo_brings_it_b
     assert undone["materials"] == 0 and undone["uv_maps"] == before["uv_maps"]
     assert (undone["vertices"], undone["faces"]) == (before["vertices"], before["faces"])
     assert job["after_redo"]["image"] == {"size": [64, 64], "packed": True}
+
+
+@pytest.mark.parametrize("kind", ["refine", "edit"])
+def test_refine_and_edit_of_a_textured_object_put_the_new_texture_on_it_and_undo_brings_the_first_back(report, kind):
+    job = report[kind]
+    assert job["job_state"] == "done" and job["last_error"] == "", job
+    assert job["objects_added"] == 0 and job["previews"] >= 1
+    before, after = job["before"], job["after"]
+    # The geometry is the user's: untouched; the texture is the refine's, a new image with other pixels.
+    assert job["same_positions"]
+    assert (after["vertices"], after["faces"], after["loops"], after["uv_maps"]) == \
+        (before["vertices"], before["faces"], before["loops"], before["uv_maps"])
+    assert after["material"] == {"principled": True, "base_color_from": "TEX_IMAGE"}
+    assert after["image"] == {"size": [64, 64], "packed": True} and after["uv_map_node"] == "UVMap"
+    assert after["image_name"] != before["image_name"] and after["pixels"] != before["pixels"]
+    # The object now shows the refine's job, a new one on the backend.
+    assert job["job_property"] == job["state_job"] and job["job_property"] != job["job_before"]
+    # Undo: the texture and job before the refine; redo: the refine's.
+    assert job["undo_same_positions"]
+    assert job["after_undo"]["pixels"] == before["pixels"] and job["undo_job_property"] == job["job_before"]
+    assert job["after_redo"]["pixels"] == after["pixels"]
+
+
+def test_refine_of_a_textured_object_whose_mesh_changed_is_refused_in_words(report):
+    changed = report["changed_refine"]
+    assert "changed since it was textured" in changed["last_error"], changed
+    assert changed["job_state"] == "done"  # nothing was sent

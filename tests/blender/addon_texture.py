@@ -5,11 +5,14 @@
 Two objects: a cube with its UV map (the texture is baked into it) and a UV sphere without UVs, of quads and
 triangles (the backend unwraps it; its UVs come back per face corner into a new UV map). For each: its geometry
 before and after, the material, the image, the UV maps, then undo (the material and new UV map go, the geometry
-stays) and redo. One JSON report on stdout.
+stays) and redo. Then the textured cube is refined, and edited ("a green cube" without "red"), on the backend:
+each puts its new texture on the same object (same geometry, a new image, the object's job id the refine's) and
+undo brings the texture before it back. One JSON report on stdout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -52,6 +55,10 @@ def describe(obj) -> dict:
         out["material"] = {"principled": bsdf is not None, "base_color_from": node.type if node else None}
         if node is not None and node.type == "TEX_IMAGE" and node.image is not None:
             out["image"] = {"size": list(node.image.size), "packed": node.image.packed_file is not None}
+            pixels = np.empty(len(node.image.pixels), np.float32)
+            node.image.pixels.foreach_get(pixels)
+            out["image_name"], out["pixels_mean"] = node.image.name, float(pixels.mean())
+            out["pixels"] = hashlib.sha1(np.round(pixels * 255).astype(np.uint8).tobytes()).hexdigest()
             vector = node.inputs["Vector"]
             if vector.is_linked and vector.links[0].from_node.type == "UVMAP":
                 out["uv_map_node"] = vector.links[0].from_node.uv_map
@@ -126,6 +133,48 @@ def main(argv: list[str]) -> dict:
         state = bpy.context.window_manager.tbsd_state  # undo rebuilt the data: fetch it again
         report[name] = job
     report["image_names"] = [im.name for im in bpy.data.images]
+    # Refine, then edit, the textured cube: each continues the object's texture job from its checkpoint.
+    props = bpy.context.scene.tbsd
+    props.steps = 3  # a refine's steps are how many more
+    for kind, prompt, edit in (("refine", "a blue cube", ""), ("edit", "a green cube", "red")):
+        name = "user cube"
+        obj = bpy.data.objects[name]
+        for other in bpy.context.view_layer.objects:
+            other.select_set(False)
+        obj.select_set(True)
+        bpy.context.view_layer.objects.active = obj
+        before_co, before, before_job = positions(obj), describe(obj), obj.get("tbsd_job")
+        props.prompt, props.edit_prompt = prompt, edit
+        state.last_error = ""
+        n_objects = len(bpy.data.objects)
+        assert bpy.ops.tbsd.refine() == {"FINISHED"}, state.last_error
+        seconds = tick_until(conn, state, f"the {kind} of {name}", lambda: state.job_state in ("done", "failed"), 300)
+        obj = bpy.data.objects[name]
+        job = {"seconds": seconds, "job_state": state.job_state, "last_error": state.last_error,
+               "state_job": state.job_id, "previews": state.previews_received, "job_before": before_job,
+               "job_property": obj.get("tbsd_job"), "before": before, "after": describe(obj),
+               "same_positions": bool(np.array_equal(positions(obj), before_co)),
+               "objects_added": len(bpy.data.objects) - n_objects}
+        bpy.ops.ed.undo()
+        obj = bpy.data.objects[name]
+        job["after_undo"] = describe(obj)
+        job["undo_job_property"] = obj.get("tbsd_job")
+        job["undo_same_positions"] = bool(np.array_equal(positions(obj), before_co))
+        bpy.ops.ed.redo()
+        job["after_redo"] = describe(bpy.data.objects[name])
+        state = bpy.context.window_manager.tbsd_state
+        props = bpy.context.scene.tbsd
+        report[kind] = job
+    # The mesh changed since it was textured (a vertex moved): refused in words, nothing sent.
+    obj = bpy.data.objects["user cube"]
+    obj.data.vertices[0].co.x += 0.1
+    state.last_error = ""
+    props.edit_prompt = ""
+    try:
+        result = sorted(bpy.ops.tbsd.refine())
+    except RuntimeError as exc:  # an operator's ERROR report raises when it is called from Python
+        result = [f"RuntimeError: {exc}"]
+    report["changed_refine"] = {"result": result, "last_error": state.last_error, "job_state": state.job_state}
     return report
 
 
