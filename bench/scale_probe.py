@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-size", type=int, default=0, help="DDIM samples per prompt for the 2D size check.")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="{}", help="JSON object of settings over the preset (e.g. tbsd_anchor)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     ks = [float(v) for v in args.scales.split(",")]
@@ -224,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
     methods = args.methods.split(",")
     variants = args.variants.split(",")
-    base = validate({"quality": args.quality, "representation": args.representation})
+    base = validate({**json.loads(args.settings), "quality": args.quality, "representation": args.representation})
     points = sorted({round(v, 6) for k in ks for v in (k - args.delta, k, k + args.delta)})
     result = {"command": " ".join(sys.argv), "scales": ks, "delta": args.delta, "views": args.views,
-              "draws": args.draws, "progress": progresses, "quality": args.quality, "rows": []}
+              "draws": args.draws, "progress": progresses, "quality": args.quality,
+              "settings": json.loads(args.settings), "rows": []}
     start = time.time()
     for model in args.models.split(","):
         prior = load_prior(model, "cpu", procedural_resolution=base["procedural_resolution"])
