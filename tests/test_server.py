@@ -655,7 +655,12 @@ def test_curve_server_admits_only_authorised_keys(tmp_path):
         stranger = Client(s.endpoint, "stranger", server_public_key=server_public)
         plain = Client(s.endpoint, "plain")
         for c in (stranger, plain):
-            c.send_hello()
+            try:
+                c.send_hello()
+            except zmq.Again:
+                # The server refused the handshake before this send and libzmq dropped the pipe (a race seen in
+                # CI): the hello cannot even be queued, which is the refusal this test is about.
+                pass
         t0 = time.monotonic()
         while time.monotonic() - t0 < 2.0:
             assert not stranger.poll_messages(50) and not plain.poll_messages(50)
